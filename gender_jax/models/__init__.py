@@ -1,0 +1,22 @@
+"""Model registry: `create_model(model_config)` for every architecture by name."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from gender_jax.models import resnet, vgg
+
+ARCHS = (*resnet.SPECS, *(n + bn for n in vgg.CFGS for bn in ("", "_bn")))
+
+
+def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
+  """Builds the model a `config.model` section names; call inside `nnx.eval_shape` for shapes."""
+  name = model_config.arch
+  kwargs = dict(num_classes=model_config.num_classes,
+                dtype=jnp.dtype(model_config.compute_dtype),
+                rngs=rngs or nnx.Rngs(model_config.get("seed", 0)))
+  if name in resnet.SPECS:
+    return resnet.create(name, variant=model_config.get("variant", "torchvision"), **kwargs)
+  if name.removesuffix("_bn") in vgg.CFGS:
+    return vgg.create(name, dropout=model_config.get("dropout", 0.5), **kwargs)
+  raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")

@@ -1,0 +1,22 @@
+"""Every test runs on 8 fake CPU devices, so each sharding path is exercised without a GPU."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+UTKFACE_2K = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "utkface-2k"
+
+
+@pytest.fixture
+def utkface_2k():
+  """The real 2,000-image UTKFace folder; tests using it skip where it is absent."""
+  if not (UTKFACE_2K / "labels.csv").exists():
+    pytest.skip(f"real data not found at {UTKFACE_2K}")
+  return UTKFACE_2K
