@@ -143,6 +143,18 @@ class Bundle:
       return jax.nn.softmax(logits(state, images) / temperature, axis=-1)
     return lambda images: probs(state, images)
 
+  def decide(self, probs) -> list[dict[str, Any]]:
+    """Calibrated probabilities (N, 2) → per-image answers, with abstention below threshold."""
+    threshold = float(self.calibration.get("abstain_threshold", 0.0))
+    probs = np.asarray(probs, np.float64)
+    out = []
+    for p in probs:
+      top = int(np.argmax(p))
+      out.append({"label": "uncertain" if p[top] < threshold else self.class_names[top],
+                  "abstained": bool(p[top] < threshold),
+                  **{f"p_{name}": float(p[i]) for i, name in enumerate(self.class_names)}})
+    return out
+
 
 # ----------------------------------------------------------------------------- train state
 def create_manager(directory: str, *, keep: int, best_metric: str | None,
