@@ -65,14 +65,31 @@ def load_flat(model: nnx.Module, flat: dict[str, Any], *, collections=(nnx.Param
   return left
 
 
+def load_pretrained(model: nnx.Module, directory: str) -> dict[str, Any]:
+  """Loads `config.init_from` weights (a port or another run's bundle) into `model`.
+
+  Strict for the backbone; the `fc` head is kept from `model` (freshly initialised) when the
+  file has none or a different class count, e.g. an ImageNet port's dropped 1000-way head.
+  """
+  flat, meta = load_weights(directory)
+  head = {k: v for k, v in flat.items() if k.startswith("fc/")}
+  model_head = to_flat(nnx.state(model, nnx.Param))
+  keep_head = not head or any(np.shape(v) != model_head.get(k, np.zeros(0)).shape
+                              for k, v in head.items())
+  load_flat(model, {k: v for k, v in flat.items() if not (keep_head and k.startswith("fc/"))},
+            skip_prefixes=("fc/",) if keep_head else ())
+  return meta
+
+
 def save_weights(directory: str, flat: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "weights"), flat, force=True)
     ckptr.wait_until_finished()
-  with open(os.path.join(directory, "meta.json"), "w") as f:
-    json.dump(meta, f, indent=2)
+  if jax.process_index() == 0:  # every process joins Orbax's save; one writes the JSON
+    with open(os.path.join(directory, "meta.json"), "w") as f:
+      json.dump(meta, f, indent=2)
 
 
 def load_weights(directory: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -1,0 +1,73 @@
+"""The shared defaults every config starts from; each section mirrors a trainer section."""
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # input
+  config.data = ml_collections.ConfigDict()
+  config.data.sources = ml_collections.ConfigDict()  # name → {weight, …source options}
+  config.data.image_size = 224
+  config.data.preprocessing = "scratch"  # overridden by the preset recorded in init_from
+  config.data.batch_size = 256           # global, over all devices of all hosts
+  config.data.eval_batch_size = 256
+  config.data.crop_scale = (0.6, 1.0)
+  config.data.flip = True
+  config.data.num_workers = 0            # grain worker processes (0: threads only)
+  config.data.read_threads = 2
+  config.data.prefetch = 4
+
+  # model
+  config.model = ml_collections.ConfigDict()
+  config.model.arch = "resnet50"
+  config.model.num_classes = 2
+  config.model.compute_dtype = "bfloat16"  # params stay float32
+  config.model.variant = "torchvision"
+  config.model.dropout = 0.5
+
+  # fine-tuning: scratch | all | head | last_n (head + the last `last_n` stages)
+  config.init_from = ""    # a `gender_jax.convert` output or another run's bundle
+  config.resume_from = ""  # another run's checkpoints/ directory
+  config.finetune = ml_collections.ConfigDict(dict(mode="scratch", last_n=1))
+
+  # optimizer & schedule
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "sgd"
+  config.optimizer.lr = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = True
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.weight_decay = 5e-5
+  config.optimizer.grad_clip_norm = 0.0
+  config.optimizer.warmup_steps = None
+  config.optimizer.warmup_epochs = None
+  config.optimizer.warmup_examples = None
+  config.optimizer.end_lr_fraction = 0.0
+  config.optimizer.lr_mult = ml_collections.ConfigDict()  # stage name → lr multiplier
+  config.label_smoothing = 0.1
+  config.total_steps = None
+  config.total_epochs = None
+  config.total_examples = None
+
+  # evals & logging
+  config.eval_every_steps = None
+  config.eval_every_epochs = None
+  config.eval_every_examples = None
+  config.log_every = 50
+
+  # checkpoint
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.keep = 2
+  config.checkpoint.best_metric = "val_balanced_accuracy"
+  config.checkpoint.async_save = True
+  config.checkpoint.checkpoint_every_steps = None
+  config.checkpoint.checkpoint_every_epochs = None
+  config.checkpoint.checkpoint_every_examples = None
+  config.checkpoint.preemption_check_every = 10
+
+  # mesh
+  config.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: every device
+  return config

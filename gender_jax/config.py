@@ -1,0 +1,42 @@
+"""Step arithmetic and validation for ml_collections training configs."""
+from __future__ import annotations
+
+import ml_collections
+
+FINETUNE_MODES = ("scratch", "all", "head", "last_n")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def get_steps(name: str, config: ml_collections.ConfigDict, num_train_examples: int,
+              batch_size: int, default: int | None = None) -> int | None:
+  """Turns `{name}_steps`, `{name}_epochs` or `{name}_examples` into steps; at most one may be set."""
+  given = {suffix: config.get(f"{name}_{suffix}") for suffix in ("steps", "epochs", "examples")}
+  given = {k: v for k, v in given.items() if v is not None}
+  if len(given) > 1:
+    raise ValueError(f"set only one of {', '.join(f'{name}_{k}' for k in given)}")
+  if not given:
+    return default
+  (suffix, value), = given.items()
+  if suffix == "steps":
+    return int(value)
+  examples = value * num_train_examples if suffix == "epochs" else value
+  return max(1, int(round(examples / batch_size)))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails early, with the key named, on settings the trainer would only trip over later."""
+  errors = []
+  if config.finetune.mode not in FINETUNE_MODES:
+    errors.append(f"finetune.mode={config.finetune.mode!r}: choose from {FINETUNE_MODES}")
+  if config.finetune.mode == "last_n" and config.finetune.last_n < 1:
+    errors.append("finetune.last_n must be ≥ 1 when finetune.mode='last_n'")
+  if config.finetune.mode == "scratch" and config.init_from:
+    errors.append("finetune.mode='scratch' with init_from set: pick one")
+  if config.optimizer.name not in OPTIMIZERS:
+    errors.append(f"optimizer.name={config.optimizer.name!r}: choose from {OPTIMIZERS}")
+  if config.model.compute_dtype not in ("float32", "bfloat16", "float16"):
+    errors.append(f"model.compute_dtype={config.model.compute_dtype!r}")
+  if config.data.batch_size < 1:
+    errors.append("data.batch_size must be positive")
+  if errors:
+    raise ValueError("invalid config:\n  " + "\n  ".join(errors))

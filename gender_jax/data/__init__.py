@@ -1,0 +1,1 @@
+"""Data: sources (one record schema), the grain input pipeline, and preprocessing."""
