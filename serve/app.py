@@ -1,0 +1,240 @@
+"""The Ray Serve application: one FastAPI ingress deployment that owns the jitted model.
+
+`serve run serve/config.yaml` builds it through `app(args)`. A replica loads the inference
+bundle once, compiles `bundle.probs_fn()` for each padded batch size in `batch_sizes` before it
+reports healthy, and then only ever calls those executables: `@serve.batch` collects single
+images from concurrent requests and the batch is zero-padded up to the next compiled size.
+Every backend compile in the replica process is counted (jax.monitoring), so a compile on the
+request path shows in `/v1/stats` and the Prometheus gauge instead of as a latency spike.
+
+Ingress and model share one deployment on purpose: a separate ingress deployment adds a Ray
+actor hop per request, and on small models the proxy, not the model, is the ceiling.
+"""
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import pathlib
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from ray import serve
+from ray.serve import metrics
+
+from serve import inputs
+
+PAGE = pathlib.Path(__file__).with_name("index.html")
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
+
+# ----------------------------------------------------------------------------- compile counter
+_compiles = 0
+_compile_lock = threading.Lock()
+
+
+def _count_compile(event: str, duration: float, **kwargs) -> None:
+  del duration, kwargs
+  global _compiles
+  if event == "/jax/core/compile/backend_compile_duration":
+    with _compile_lock:
+      _compiles += 1
+
+
+def _install_compile_counter() -> None:
+  import jax.monitoring
+  if not getattr(_install_compile_counter, "done", False):
+    jax.monitoring.register_event_duration_secs_listener(_count_compile)
+    _install_compile_counter.done = True
+
+
+def _bundle_digest(directory: str) -> str:
+  """sha256 over every file of the bundle: which exact model this replica serves."""
+  h = hashlib.sha256()
+  for path in sorted(pathlib.Path(directory).rglob("*")):
+    if path.is_file():
+      h.update(str(path.relative_to(directory)).encode())
+      h.update(path.read_bytes())
+  return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- HTTP app
+api = FastAPI(title="gender_jax", description="Perceived-gender classification of face or "
+              "person crops; labels are the training data's binary labels.")
+
+
+@api.exception_handler(inputs.BadRequest)
+async def _bad_request(request: Request, e: inputs.BadRequest):
+  del request
+  return JSONResponse({"error": e.message}, status_code=e.status)
+
+
+@serve.deployment(max_ongoing_requests=64)
+@serve.ingress(api)
+class GenderClassifier:
+  """Loads the bundle, compiles every batch size, answers /v1/predict in padded batches."""
+
+  def __init__(self, bundle: str | None = None, batch_sizes=(1, 8, 32),
+               batch_wait_timeout_s: float = 0.005, compute_dtype: str = "float32",
+               max_body_bytes: int = 16 * 2**20, max_images: int = 32,
+               max_image_pixels: int = 40_000_000):
+    import jax
+    from gender_jax.checkpoint import Bundle
+
+    # The environment wins so one config file serves any bundle (a KubeRay pod, a CI run).
+    path = os.environ.get("GENDER_JAX_BUNDLE") or bundle
+    if not path:
+      raise ValueError("no bundle: set args.bundle in serve/config.yaml or GENDER_JAX_BUNDLE")
+    if not os.path.exists(os.path.join(path, "meta.json")):
+      raise FileNotFoundError(f"bundle {path!r} (from "
+                              f"{'GENDER_JAX_BUNDLE' if os.environ.get('GENDER_JAX_BUNDLE') else 'args.bundle'})"
+                              " has no meta.json; point it at a WORKDIR/bundle directory")
+    self.batch_sizes = tuple(sorted({int(s) for s in batch_sizes}))
+    if not self.batch_sizes or self.batch_sizes[0] < 1:
+      raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
+    self.limits = inputs.Limits(int(max_body_bytes), int(max_images), int(max_image_pixels))
+    _install_compile_counter()
+
+    self.bundle = Bundle(path, compute_dtype=compute_dtype)
+    self.probs = self.bundle.probs_fn()
+    size = self.bundle.image_size
+    t0 = time.perf_counter()
+    for n in self.batch_sizes:  # every shape the request path will ever see
+      np.asarray(self.probs(np.zeros((n, size, size, 3), np.uint8)))
+    self.warmup_s = time.perf_counter() - t0
+    self.compiles_at_warmup = _compiles
+    # One thread runs the model, so the event loop keeps parsing and decoding meanwhile.
+    self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
+    self._infer.set_max_batch_size(self.batch_sizes[-1])
+    self._infer.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+
+    self.info = dict(
+        arch=self.bundle.model_config.arch, num_classes=int(self.bundle.model_config.num_classes),
+        image_size=size, compute_dtype=compute_dtype,
+        bundle_format_version=self.bundle.meta.get("format_version"),
+        bundle_sha256=_bundle_digest(path), bundle_path=os.path.abspath(path),
+        class_names=list(self.bundle.class_names), calibration=dict(self.bundle.calibration),
+        preprocessing=self.bundle.preprocessing, batch_sizes=list(self.batch_sizes),
+        backend=jax.default_backend(),
+        limits=dict(max_body_bytes=self.limits.max_body_bytes, max_images=self.limits.max_images,
+                    max_image_pixels=self.limits.max_image_pixels))
+    self.page = PAGE.read_text()
+    self._init_metrics()
+
+  def _init_metrics(self):
+    # Replica-local mirrors of the Prometheus series, for /v1/stats and the tests.
+    self.stats = dict(batches=0, images=0, batch_size_counts={}, predictions={}, abstentions=0,
+                      bad_requests={}, queue_wait_s_max=0.0)
+    self.m_batch = metrics.Histogram(
+        "gender_jax_batch_size", description="Images per model call, before padding.",
+        boundaries=BATCH_BUCKETS)
+    self.m_padded = metrics.Counter(
+        "gender_jax_padded_images", description="Zero images added to reach a compiled size.")
+    self.m_wait = metrics.Histogram(
+        "gender_jax_queue_wait_seconds", description="From enqueue to the start of its batch.",
+        boundaries=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    self.m_model = metrics.Histogram(
+        "gender_jax_model_seconds", description="Model call per batch (padded).",
+        boundaries=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    self.m_pred = metrics.Counter(
+        "gender_jax_predictions", description="Answers by label.", tag_keys=("label",))
+    self.m_abstain = metrics.Counter(
+        "gender_jax_abstentions", description="Answers below the abstain threshold.")
+    self.m_bad = metrics.Counter(
+        "gender_jax_bad_requests", description="4xx answers by status.", tag_keys=("status",))
+    self.m_compiles = metrics.Gauge(
+        "gender_jax_compiles_after_warmup", description="XLA compiles after start; must stay 0.")
+    self.m_compiles.set(0)
+
+  # --------------------------------------------------------------------------- batching
+  @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+  async def _infer(self, items: list[tuple[np.ndarray, float]]) -> list[dict[str, Any]]:
+    start = time.perf_counter()
+    n = len(items)
+    padded = next(s for s in self.batch_sizes if s >= n)
+    batch = np.zeros((padded, *items[0][0].shape), np.uint8)
+    for i, (image, _) in enumerate(items):
+      batch[i] = image
+    probs = await asyncio.get_running_loop().run_in_executor(
+        self.executor, lambda: np.asarray(self.probs(batch))[:n])
+    answers = self.bundle.decide(probs)
+    self._record(items, answers, start, time.perf_counter() - start, padded)
+    return answers
+
+  def _record(self, items, answers, start, model_s, padded):
+    n, s = len(items), self.stats
+    s["batches"] += 1
+    s["images"] += n
+    s["batch_size_counts"][n] = s["batch_size_counts"].get(n, 0) + 1
+    self.m_batch.observe(n)
+    self.m_model.observe(model_s)
+    if padded > n:
+      self.m_padded.inc(padded - n)
+    for _, enqueued in items:
+      wait = start - enqueued
+      s["queue_wait_s_max"] = max(s["queue_wait_s_max"], wait)
+      self.m_wait.observe(wait)
+    for a in answers:
+      s["predictions"][a["label"]] = s["predictions"].get(a["label"], 0) + 1
+      self.m_pred.inc(tags={"label": a["label"]})
+      if a["abstained"]:
+        s["abstentions"] += 1
+        self.m_abstain.inc()
+    self.m_compiles.set(_compiles - self.compiles_at_warmup)
+
+  # --------------------------------------------------------------------------- routes
+  @api.post("/v1/predict")
+  async def predict(self, request: Request):
+    try:
+      encoded = await inputs.encoded_images(request, self.limits)
+      size = self.bundle.image_size
+      images = [inputs.decode_image(name, data, size, self.limits.max_image_pixels)
+                for name, data in encoded]
+    except inputs.BadRequest as e:
+      self.stats["bad_requests"][e.status] = self.stats["bad_requests"].get(e.status, 0) + 1
+      self.m_bad.inc(tags={"status": str(e.status)})
+      raise
+    now = time.perf_counter()
+    answers = await asyncio.gather(*(self._infer((image, now)) for image in images))
+    for (name, _), answer in zip(encoded, answers):
+      answer["input"] = name
+    return {"predictions": answers}
+
+  @api.get("/healthz")
+  def healthz(self):
+    return {"status": "ok", "compiles_after_warmup": _compiles - self.compiles_at_warmup}
+
+  @api.get("/v1/model")
+  def model(self):
+    return self.info
+
+  @api.get("/v1/stats")
+  def stats_(self):
+    """This replica's counters (Prometheus has the cluster-wide series)."""
+    return dict(self.stats, replica=serve.get_replica_context().replica_id.unique_id,
+                pid=os.getpid(), compiles_at_warmup=self.compiles_at_warmup,
+                compiles_after_warmup=_compiles - self.compiles_at_warmup,
+                warmup_s=round(self.warmup_s, 3))
+
+  @api.get("/", response_class=HTMLResponse)
+  def page_(self):
+    return self.page
+
+  def check_health(self):
+    """Serve's periodic probe: an unusable model makes the controller replace the replica."""
+    if self.executor._shutdown:  # pylint: disable=protected-access
+      raise RuntimeError("model executor is shut down")
+
+
+def app(args: dict[str, Any] | None = None) -> serve.Application:
+  """Application builder for `serve run serve/config.yaml` (`import_path: serve.app:app`)."""
+  args = dict(args or {})
+  known = {"bundle", "batch_sizes", "batch_wait_timeout_s", "compute_dtype", "max_body_bytes",
+           "max_images", "max_image_pixels"}
+  unknown = sorted(set(args) - known)
+  if unknown:
+    raise ValueError(f"unknown serve args {unknown}; known: {sorted(known)}")
+  return GenderClassifier.bind(**args)
