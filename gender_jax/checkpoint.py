@@ -31,7 +31,7 @@ def flat_key(path) -> str:
 
 def to_flat(state: nnx.State) -> dict[str, np.ndarray]:
   """nnx.State → {"a/0/b": array}: a layout-free form for files and ports."""
-  return {flat_key(path): np.asarray(jax.device_get(v.get_value() if hasattr(v, "get_value") else v.value))
+  return {flat_key(path): np.asarray(jax.device_get(v.get_value()))
           for path, v in nnx.to_flat_state(state)}
 
 
@@ -50,14 +50,14 @@ def load_flat(model: nnx.Module, flat: dict[str, Any], *, collections=(nnx.Param
       left.append(key)
       continue
     if key not in flat:
-      problems.append(f"missing: {key} {tuple(var.value.shape)}")
+      problems.append(f"missing: {key} {tuple(var.get_value().shape)}")
       continue
     value = np.asarray(flat[key])
     used.add(key)
-    if value.shape != var.value.shape:
-      problems.append(f"shape: {key} has {value.shape}, model wants {tuple(var.value.shape)}")
+    if value.shape != var.get_value().shape:
+      problems.append(f"shape: {key} has {value.shape}, model wants {tuple(var.get_value().shape)}")
       continue
-    var.value = jax.numpy.asarray(value, var.value.dtype)
+    var.set_value(jax.numpy.asarray(value, var.get_value().dtype))
   unused = sorted(k for k in flat if k not in used and not k.startswith(skip_prefixes))
   problems += [f"unexpected: {k} {np.shape(flat[k])}" for k in unused]
   if strict and problems:

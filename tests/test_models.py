@@ -1,0 +1,56 @@
+"""Model shapes, parameter counts that match torchvision, and the train/eval switch."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from gender_jax.models import ARCHS, create_model
+
+
+def _config(arch, dtype="float32"):
+  return ml_collections.ConfigDict(dict(arch=arch, num_classes=2, compute_dtype=dtype))
+
+
+@pytest.mark.parametrize("arch,params", [
+    # torchvision's counts with the 1000-way head swapped for a 2-way one.
+    ("resnet18", 11_689_512 - 513_000 + 1_026),
+    ("resnet50", 25_557_032 - 2_049_000 + 4_098),
+    ("vgg16", 138_357_544 - 4_097_000 + 8_194),
+    ("vgg16_bn", 138_365_992 - 4_097_000 + 8_194),
+])
+def test_parameter_counts_match_torchvision(arch, params):
+  model = nnx.eval_shape(lambda: create_model(_config(arch)))
+  count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert count == params
+
+
+@pytest.mark.parametrize("arch", ["resnet_tiny", "vgg_tiny", "vgg_tiny_bn"])
+def test_tiny_models_run_in_both_modes(arch):
+  model = create_model(_config(arch, "bfloat16"))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+  model.train()
+  y_train = model(x, rngs=nnx.Rngs(dropout=0))
+  model.eval()
+  y_eval, y_eval2 = model(x), model(x)
+  assert y_train.shape == y_eval.shape == (4, 2) and y_eval.dtype == jnp.float32
+  np.testing.assert_array_equal(y_eval, y_eval2)  # eval is deterministic
+
+
+def test_bn_statistics_update_only_in_train_mode():
+  model = create_model(_config("resnet_tiny"))
+  x = jnp.ones((2, 32, 32, 3))
+  before = np.asarray(model.bn1.mean.value)
+  model.eval()
+  model(x)
+  np.testing.assert_array_equal(before, model.bn1.mean.value)
+  model.train()
+  model(x)
+  assert not np.array_equal(before, model.bn1.mean.value)
+
+
+def test_unknown_arch_names_the_choices():
+  with pytest.raises(ValueError, match="resnet50"):
+    create_model(_config("resnet51"))
+  assert "vgg19_bn" in ARCHS

@@ -1,0 +1,151 @@
+"""The trainer on 8 fake CPU devices: sharding, resume, restore, fine-tune modes, config errors."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from gender_jax import trainer
+from tests.helpers import bundle_weights, tiny_config, train_cli
+
+TINY_OVERRIDES = [
+    "--config.data.sources.synthetic.train_size=256",
+    "--config.data.sources.synthetic.validation_size=64",
+    "--config.data.sources.synthetic.image_size=20", "--config.data.image_size=16",
+    "--config.data.batch_size=32", "--config.data.eval_batch_size=32",
+    "--config.total_epochs=None", "--config.eval_every_epochs=None",
+    "--config.eval_every_steps=12", "--config.checkpoint.checkpoint_every_steps=3",
+    "--config.log_every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def run8(tmp_path_factory):
+  """6 steps on all 8 devices, checkpoints every 2 steps."""
+  assert jax.device_count() == 8
+  workdir = str(tmp_path_factory.mktemp("run8"))
+  result = trainer.train_and_evaluate(tiny_config(), workdir)
+  return workdir, result
+
+
+def test_run_writes_checkpoints_bundle_and_metrics(run8):
+  workdir, result = run8
+  assert result["step"] == 6 and not result["preempted"]
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert steps[-1] == 6 and len(steps) <= 3  # keep=2 latest (+ the best, which is step 6)
+  from gender_jax.checkpoint import Bundle
+  bundle = Bundle(os.path.join(workdir, "bundle"))
+  probs = bundle.probs_fn()(np.zeros((3, 16, 16, 3), np.uint8))
+  assert probs.shape == (3, 2) and np.allclose(probs.sum(-1), 1, atol=1e-5)
+  assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+
+
+def test_sharded_step_equals_single_device(run8, tmp_path):
+  workdir8, _ = run8
+  trainer.train_and_evaluate(tiny_config(**{"mesh.num_devices": 1}), str(tmp_path))
+  w8, w1 = bundle_weights(workdir8), bundle_weights(str(tmp_path))
+  assert w8.keys() == w1.keys()
+  for k in w8:
+    np.testing.assert_allclose(w8[k], w1[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+def test_checkpoint_from_8_devices_restores_on_1(run8, tmp_path, caplog):
+  workdir8, _ = run8
+  config = tiny_config(**{"mesh.num_devices": 1,
+                          "resume_from": os.path.join(workdir8, "checkpoints")})
+  with caplog.at_level("INFO"):
+    result = trainer.train_and_evaluate(config, str(tmp_path))
+  assert "resumed from" in caplog.text and "at step 6" in caplog.text
+  assert result["step"] == 6
+  w8, w1 = bundle_weights(workdir8), bundle_weights(str(tmp_path))
+  for k in w8:
+    np.testing.assert_array_equal(w8[k], w1[k], err_msg=k)
+
+
+@pytest.mark.parametrize("mode,last_n", [("head", 1), ("last_n", 1), ("all", 1)])
+def test_finetune_mode_freezes_exactly_the_frozen_stages(run8, tmp_path, mode, last_n):
+  workdir8, _ = run8
+  init = bundle_weights(workdir8)
+  config = tiny_config(**{"init_from": os.path.join(workdir8, "bundle"), "finetune.mode": mode,
+                          "finetune.last_n": last_n, "total_steps": 2,
+                          "eval_every_steps": 2, "optimizer.lr": 0.05})
+  trainer.train_and_evaluate(config, str(tmp_path))
+  after = bundle_weights(str(tmp_path))
+  stages = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
+  trainable = {"head": stages[-1:], "last_n": stages[-2:], "all": stages}[mode]
+  for key in init:
+    first = key.split("/")[0]
+    stage = "stem" if first in ("conv1", "bn1") else first
+    if stage in trainable:
+      if key.endswith(("kernel", "scale")) and not key.startswith("fc/"):
+        assert not np.array_equal(init[key], after[key]), f"{key} should have trained"
+    else:
+      np.testing.assert_array_equal(init[key], after[key], err_msg=f"{key} must stay frozen")
+
+
+def test_bad_config_values_fail_clearly(tmp_path):
+  with pytest.raises(ValueError, match="finetune.mode"):
+    trainer.train_and_evaluate(tiny_config(**{"finetune.mode": "sideways"}), str(tmp_path))
+  with pytest.raises(ValueError, match="only one of total_steps, total_epochs"):
+    trainer.train_and_evaluate(tiny_config(total_epochs=1), str(tmp_path))
+
+
+def test_typo_in_override_fails_with_suggestion(tmp_path):
+  proc = train_cli(str(tmp_path), "--config.data.batch_sise=64")
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0
+  assert "batch_sise" in out and 'Did you mean "batch_size"' in out
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))  # failed before training
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+  """A run SIGKILLed mid-way and restarted with the same command ends where an unbroken run does."""
+  ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
+  proc = train_cli(ref, *TINY_OVERRIDES, "--config.total_steps=12")
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, out[-3000:]
+
+  proc = train_cli(killed, *TINY_OVERRIDES, "--config.total_steps=12")
+  ckpts = os.path.join(killed, "checkpoints")
+  deadline = time.time() + 200
+  # Kill once a checkpoint past step 3 is committed, i.e. mid-run, with steps in flight.
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpts) and any(s.isdigit() and int(s) >= 6 for s in os.listdir(ckpts)):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "run ended before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=30)
+  assert not os.path.exists(os.path.join(killed, "bundle"))
+
+  proc = train_cli(killed, *TINY_OVERRIDES, "--config.total_steps=12")
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, out[-3000:]
+  assert "resumed from" in out
+  w_ref, w_killed = bundle_weights(ref), bundle_weights(killed)
+  for k in w_ref:
+    np.testing.assert_array_equal(w_ref[k], w_killed[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_then_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  overrides = [*TINY_OVERRIDES, "--config.total_steps=400", "--config.eval_every_steps=400",
+               "--config.checkpoint.checkpoint_every_steps=400"]
+  proc = train_cli(workdir, *overrides)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 200
+  while time.time() < deadline and not (os.path.exists(metrics) and
+                                        os.path.getsize(metrics) > 200):
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 143, out[-3000:]
+  assert "checkpoint saved" in out
+  steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+  assert len(steps) == 1 and 0 < steps[0] < 400
