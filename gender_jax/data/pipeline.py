@@ -7,6 +7,7 @@ storing worker state, and lets a run saved on N processes resume on M.
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 import grain
@@ -14,21 +15,47 @@ import jax
 import ml_collections
 import numpy as np
 
-from gender_jax.data import preprocess, sources
+from gender_jax.data import augment, preprocess, sources
 
 
-def _train_record(config):
-  size, scale, flip = config.data.image_size, tuple(config.data.crop_scale), config.data.flip
+# A record that fails to decode at training time (a source that was not prepared, or a file
+# damaged after preparation) is replaced by another record of the same source drawn with the
+# element's own rng, so the stream stays deterministic and training goes on.
+MAX_DECODE_RETRIES = 8
 
+
+def _train_record(source, spec: augment.AugmentSpec, size: int, source_id: int):
   def fn(record, rng: np.random.Generator):
-    image = preprocess.train_image(record["image"], size, rng, crop_scale=scale, flip=flip)
-    return {"image": image, "label": np.int32(record["label"])}
+    for _ in range(MAX_DECODE_RETRIES):
+      try:
+        image = augment.train_image(record["image"], size, rng, spec)
+        return {"image": image, "label": np.int32(record["label"]),
+                "source_id": np.int32(source_id)}
+      except preprocess.ImageError as e:
+        _warn_bad(record, e)
+        record = source[int(rng.integers(len(source)))]
+    raise RuntimeError(f"source {record.get('source')!r}: {MAX_DECODE_RETRIES} records in a row "
+                       "failed to decode; prepare it again (python -m gender_jax.data prepare)")
   return fn
+
+
+_WARNED: set = set()
+
+
+def _warn_bad(record, error):
+  where = f"{record.get('source', '?')}:{record.get('path') or '?'}"
+  if where not in _WARNED:
+    _WARNED.add(where)
+    logging.warning("skipping undecodable training image %s: %s", where, error)
 
 
 def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
                   process_index: int | None = None, process_count: int | None = None):
-  """The per-process stream of training batches from `start_step` on, as a grain IterDataset."""
+  """The per-process stream of training batches from `start_step` on, as a grain IterDataset.
+
+  Batches hold `image` (uint8 NHWC), `label` and `source_id` (the index of the record's
+  source in `configured_sources(config)`).
+  """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if config.data.batch_size % process_count:
@@ -36,14 +63,18 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
                      f"{process_count} processes")
   per_process = config.data.batch_size // process_count
   weights = sources.configured_sources(config)
-  # Each source reshuffles every epoch (grain reseeds its shuffle per pass).
-  streams = [grain.MapDataset.source(sources.get_source(name, "train", config))
-             .shuffle(seed=config.seed + 7919 * i).repeat()
-             for i, name in enumerate(weights)]
+  streams = []
+  for i, name in enumerate(weights):
+    source = sources.get_source(name, "train", config)
+    spec = augment.spec_for(sources.source_options(name, config), config)
+    # Each source reshuffles every epoch (grain reseeds its shuffle per pass); augmentation
+    # randomness is seeded by the element's index in its source stream: deterministic
+    # whatever the worker count.
+    streams.append(grain.MapDataset.source(source)
+                   .shuffle(seed=config.seed + 7919 * i).repeat()
+                   .random_map(_train_record(source, spec, config.data.image_size, i),
+                               seed=config.seed + 104729 * (i + 1)))
   ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, list(weights.values()))
-  # Per-element augmentation randomness is seeded by the element's index: deterministic
-  # whatever the worker count.
-  ds = ds.random_map(_train_record(config), seed=config.seed)
   ds = ds.batch(per_process, drop_remainder=True)
   ds = ds[process_index::process_count][start_step:]
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.read_threads,
@@ -82,6 +113,10 @@ def _padded(records, per_process, size):
   labels = np.zeros((per_process,), np.int32)
   mask = np.zeros((per_process,), np.float32)
   for i, r in enumerate(records):
-    images[i] = preprocess.eval_image(r["image"], size)
+    try:
+      images[i] = preprocess.eval_image(r["image"], size)
+    except preprocess.ImageError as e:  # counted out of the metrics (mask 0), never a crash
+      _warn_bad(r, e)
+      continue
     labels[i], mask[i] = r["label"], 1.0
   return {"image": images, "label": labels, "mask": mask}

@@ -2,10 +2,18 @@
 
 A source is a random-access sequence (grain's `RandomAccessDataSource` protocol) of records
 `{"image": JPEG bytes or uint8 HxWx3, "label": 0 female | 1 male, "source": name, …}`.
-`config.data.sources` maps a source name to its options and mixing `weight`.
+`config.data.sources` maps a source name to its options and mixing `weight`; a name may carry
+a tag after a colon ("folder:office", "folder:home") to use one kind several times.
+
+Prepared sources (celeba, peta, rap, pa100k, folder) take `manual_dir` (a folder also takes
+`path`), optional `data_dir`, and prepare themselves on first use (see prepare.py);
+`config.data.folder=PATH` is a shortcut for one folder source. "synthetic" is generated on
+the fly, needs no files, and is what the demo uses.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Callable
 
 import ml_collections
@@ -25,9 +33,60 @@ def register(name: str):
 
 @register("synthetic")
 def _synthetic(split: str, options: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+  if options.get("prepared", False):  # the same set, written as JPEG array_record
+    return _prepared("synthetic")(split, options, config)
   size = options.get(f"{split}_size", options.get("train_size") if split == "train" else 512)
   return synthetic.SyntheticSource(split, size=size, image_size=options.get("image_size", 40),
                                    seed=options.get("seed", 0))
+
+
+def _data_dir(options, config) -> str | None:
+  return options.get("data_dir") or config.data.get("data_dir") or None
+
+
+def prepared_builder(kind: str, options, config):
+  """The prepared TFDS builder behind a source (preparing it now if needed)."""
+  from gender_jax.data import prepare
+  if kind == "celeba" and options.get("from_catalog", False):
+    return None
+  manual_dir = options.get("manual_dir") or options.get("path")
+  return prepare.prepare(kind, manual_dir, _data_dir(options, config),
+                         version=options.get("version"))
+
+
+_OPENED: dict[str, Any] = {}  # the trainer asks for the same split several times
+
+
+def _prepared(kind: str):
+  def factory(split, options, config):
+    from gender_jax.data import celeba, prepare
+    key = json.dumps([kind, split, options.to_dict() if hasattr(options, "to_dict") else options,
+                      config.data.get("data_dir")], sort_keys=True, default=str)
+    if key not in _OPENED:
+      b = prepared_builder(kind, options, config)
+      if b is None:
+        _OPENED[key] = celeba.CatalogSource(split, _data_dir(options, config))
+      else:
+        _OPENED[key] = prepare.open_split(b, split, options.get("source_name", kind))
+    return _OPENED[key]
+  return factory
+
+
+for _kind in ("celeba", "peta", "rap", "pa100k", "folder"):
+  register(_kind)(_prepared(_kind))
+
+
+def source_options(name: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.data.sources[name], or the `config.data.folder` shortcut's implied options."""
+  if name in config.data.sources:
+    options = config.data.sources[name]
+  elif name == "folder" and config.data.get("folder"):
+    options = ml_collections.ConfigDict(dict(path=config.data.folder, weight=1.0))
+  else:
+    raise ValueError(f"no options for data source {name!r} in config.data.sources")
+  options = ml_collections.ConfigDict(options.to_dict())
+  options.source_name = name  # the records' "source" field: the configured name, tag included
+  return options
 
 
 def get_source(name: str, split: str, config: ml_collections.ConfigDict):
@@ -35,14 +94,40 @@ def get_source(name: str, split: str, config: ml_collections.ConfigDict):
   base = name.split(":")[0]
   if base not in REGISTRY:
     raise ValueError(f"unknown data source {name!r}; known: {', '.join(sorted(REGISTRY))}")
-  return REGISTRY[base](split, config.data.sources[name], config)
+  return REGISTRY[base](split, source_options(name, config), config)
 
 
 def configured_sources(config: ml_collections.ConfigDict) -> dict[str, float]:
   """{source name: mixing weight} for the training mixture."""
   sources = {name: float(opts.get("weight", 1.0)) for name, opts in config.data.sources.items()}
+  if config.data.get("folder") and "folder" not in sources:
+    sources["folder"] = 1.0
   if not sources:
-    raise ValueError("config.data.sources is empty: name at least one data source")
+    raise ValueError("config.data.sources is empty: name at least one data source "
+                     "(or set config.data.folder)")
   if any(w < 0 for w in sources.values()) or not any(sources.values()):
     raise ValueError(f"source weights must be ≥ 0 and not all 0: {sources}")
   return {k: w for k, w in sources.items() if w > 0}
+
+
+def bad_file_report(config: ml_collections.ConfigDict) -> dict[str, list[dict[str, str]]]:
+  """{source name: [{path, reason}, …]} for every configured prepared source."""
+  from gender_jax.data import prepare
+  report = {}
+  for name in configured_sources(config):
+    base = name.split(":")[0]
+    options = source_options(name, config)
+    if base == "synthetic" and not options.get("prepared", False):
+      continue
+    b = prepared_builder(base, options, config)
+    if b is not None:
+      report[name] = prepare.bad_files(b)
+  return report
+
+
+def write_bad_file_report(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """Writes WORKDIR/bad_files.json (the files skipped while preparing); returns their count."""
+  report = bad_file_report(config)
+  with open(os.path.join(workdir, "bad_files.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  return sum(len(v) for v in report.values())

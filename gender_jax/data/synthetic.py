@@ -8,6 +8,8 @@ fraction of labels are flipped so no model reaches 100%. Records are a pure func
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 SPLITS = {"train": 0, "validation": 1, "test": 2}
@@ -45,3 +47,43 @@ class SyntheticSource:
       label = 1 - label
     image = np.clip(img * 255, 0, 255).astype(np.uint8)
     return {"image": image, "label": label, "source": "synthetic"}
+
+
+@functools.cache  # a TFDS builder class registers its name once per process
+def create_builder_class():
+  """The synthetic set as a TFDS builder (`gender_synthetic`), for testing the prepared path.
+
+  Defined lazily so that importing this module does not import TensorFlow.
+  """
+  import io
+
+  from PIL import Image
+
+  from gender_jax.data import builder, schema
+
+  class GenderSynthetic(builder.GenderBuilder):
+    """The synthetic grating set written as JPEG records; no manual files needed."""
+    name = "gender_synthetic"
+    SOURCE = "synthetic"
+    SIZES = {"train": 4096, "validation": 512, "test": 512}
+
+    def _split_generators(self, dl_manager):
+      meta = self.info.metadata
+      meta.update(source=self.SOURCE, split_method="generated", bad_files=[],
+                  counts={s: {"female": 0, "male": 0} for s in self.SIZES}, identities={})
+      return {s: self._generate(s, n) for s, n in self.SIZES.items()}
+
+    def _entries(self, manual_dir):
+      raise NotImplementedError
+
+    def _generate(self, split, n):
+      src = SyntheticSource(split, size=n, image_size=40)
+      for i in range(n):
+        r = src[i]
+        out = io.BytesIO()
+        Image.fromarray(r["image"]).save(out, format="JPEG", quality=schema.JPEG_QUALITY)
+        self.info.metadata["counts"][split][schema.CLASS_NAMES[r["label"]]] += 1
+        entry = schema.Entry(path="", key=f"{split}/{i:06d}", label=r["label"])
+        yield entry.key, schema.to_example(entry, out.getvalue(), self.SOURCE)
+
+  return GenderSynthetic

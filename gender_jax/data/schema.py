@@ -1,0 +1,128 @@
+"""The one record schema every prepared source is written with, and image validation.
+
+Each source is written once, as `array_record`, with these features:
+  image      JPEG bytes (sources' JPEGs are kept byte for byte; other formats re-encoded)
+  label      0 female | 1 male (the datasets' binary perceived-gender labels)
+  source     the source name ("celeba", "peta", …)
+  identity   person id where the source has one ("" otherwise)
+  path       the file's path inside the manual directory (for reports)
+  subgroups  JSON object name → value (CelebA attributes, age, race, …) for subgroup reports
+Files that are not decodable images are skipped at prepare time and listed with their reason
+in the dataset's `metadata.json` under "bad_files".
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+CLASS_NAMES = ("female", "male")
+# Label spellings accepted in labels.csv and folder names (case-insensitive).
+LABEL_ALIASES = {"female": 0, "f": 0, "woman": 0, "women": 0, "0": 0,
+                 "male": 1, "m": 1, "man": 1, "men": 1, "1": 1}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+JPEG_QUALITY = 95
+
+
+class AnnotationError(ValueError):
+  """A malformed annotation file; the message names the file, the line and the reason."""
+
+  def __init__(self, path, line: int | str | None, reason: str):
+    # `line` is a 1-based line number for text files, or a field name for .mat files.
+    self.path, self.line, self.reason = str(path), line, reason
+    if isinstance(line, int):
+      where = f"{path}:{line}"
+    else:
+      where = f"{path} [{line}]" if line else str(path)
+    super().__init__(f"{where}: {reason}")
+
+
+class BadImage(ValueError):
+  """A file that is missing, unreadable or not a decodable image."""
+
+
+@dataclasses.dataclass
+class Entry:
+  """One image as a source's annotation describes it, before it is read."""
+  path: str                       # absolute path on disk
+  key: str                        # path relative to the manual dir: unique, reported
+  label: int
+  identity: str = ""
+  subgroups: dict[str, Any] = dataclasses.field(default_factory=dict)
+  split: str | None = None        # the official split, where the source has one
+
+
+def features():
+  import tensorflow_datasets as tfds
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+      "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+      "source": tfds.features.Text(),
+      "identity": tfds.features.Text(),
+      "path": tfds.features.Text(),
+      "subgroups": tfds.features.Text(),
+  })
+
+
+def parse_label(value: str) -> int | None:
+  return LABEL_ALIASES.get(str(value).strip().lower())
+
+
+def encode_image_file(path: str, max_side: int = 0) -> bytes:
+  """Reads and fully decodes `path`; returns JPEG bytes, raising BadImage on any failure.
+
+  Baseline JPEGs in RGB or grayscale are returned unchanged (no generation loss); PNG, BMP,
+  CMYK, EXIF-rotated or (with max_side) oversize images are re-encoded.
+  """
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise BadImage(f"unreadable: {e.strerror or e}") from None
+  if not data:
+    raise BadImage("empty file (0 bytes)")
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      fmt = im.format
+      im.load()  # full decode: a truncated file fails here, not during training
+      orientation = im.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
+      too_big = max_side and max(im.size) > max_side
+      if fmt == "JPEG" and im.mode in ("RGB", "L") and orientation == 1 and not too_big:
+        return data
+      im = ImageOps.exif_transpose(im) if orientation != 1 else im
+      im = im.convert("RGB")
+      if too_big:
+        im.thumbnail((max_side, max_side), Image.BILINEAR)
+      out = io.BytesIO()
+      im.save(out, format="JPEG", quality=JPEG_QUALITY)
+      return out.getvalue()
+  except UnidentifiedImageError:
+    raise BadImage("not a recognised image format") from None
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise BadImage(f"corrupt or truncated image: {e}") from None
+
+
+def to_example(entry: Entry, image: bytes, source: str) -> dict[str, Any]:
+  return dict(image=image, label=int(entry.label), source=source, identity=str(entry.identity),
+              path=entry.key, subgroups=json.dumps(entry.subgroups, sort_keys=True))
+
+
+def from_record(record: dict[str, Any]) -> dict[str, Any]:
+  """A record read back from array_record → the pipeline's record dict (str fields, dict)."""
+  def text(v):
+    return v.decode() if isinstance(v, bytes) else str(v)
+  image = record["image"]
+  if isinstance(image, np.ndarray) and image.dtype == object:
+    image = image.item()
+  return {"image": image, "label": int(record["label"]), "source": text(record["source"]),
+          "identity": text(record["identity"]), "path": text(record["path"]),
+          "subgroups": json.loads(text(record["subgroups"]) or "{}")}
+
+
+def relpath(path: str, root: str) -> str:
+  return os.path.relpath(path, root).replace(os.sep, "/")
