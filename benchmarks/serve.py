@@ -1,0 +1,291 @@
+"""Serving benchmark: the HTTP endpoint against Ray Serve's own ceilings and the model in-process.
+
+  python benchmarks/serve.py --images ../shared/data/utkface-2k [--bundle WORKDIR/bundle]
+                             [--proxy default,ha] [--concurrency 1,8,32] [--seconds 10]
+
+For each proxy mode (a fresh Ray each, because the mode is read from the environment when Ray
+starts) it measures, with the same single-image POSTs and the same client:
+  noop    a deployment that reads the body and answers {}       (Serve's ceiling)
+  decode  one that also decodes and resizes it (eval_image)     (the ceiling for any model)
+  model   serve/config.yaml as shipped, with --replicas replicas
+and then, in this process, the same model called directly on batches of `concurrency` images
+(decode + pad + jitted probs + decide), the most the HTTP path could reach. Without --bundle a
+resnet_tiny bundle with random weights at 64 px is written to a temporary directory.
+Prints a Markdown table and writes JSON to --out.
+"""
+import os
+import sys
+
+# This file is named serve.py: keep its folder off sys.path so `serve` is the app package, for
+# this process and for the Ray workers that inherit the driver's path.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
+    os.path.abspath(__file__))]
+sys.path.insert(0, REPO)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+PROXY_ENV = {"default": {},
+             "ha": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}}
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def load_images(folder: str, count: int) -> list[bytes]:
+  paths = sorted(p for p in pathlib.Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+  if not paths:
+    raise FileNotFoundError(f"no .jpg/.png images under {folder}")
+  return [p.read_bytes() for p in paths[:count]]
+
+
+def make_random_bundle(directory: str) -> str:
+  import ml_collections
+  from flax import nnx
+  from gender_jax import checkpoint
+  from gender_jax.data import preprocess
+  from gender_jax.models import create_model
+  config = dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32")
+  model = create_model(ml_collections.ConfigDict(config), rngs=nnx.Rngs(0))
+  checkpoint.save_bundle(directory, model, model_config=config,
+                         preprocessing=preprocess.make_spec(64))
+  return directory
+
+
+# ----------------------------------------------------------------------------- load generator
+async def _load(url: str, images: list[bytes], concurrency: int, seconds: float) -> dict:
+  """`concurrency` keep-alive clients posting one image each, back to back, for `seconds`."""
+  import aiohttp
+  latencies, errors = [], 0
+  connector = aiohttp.TCPConnector(limit=concurrency)
+  async with aiohttp.ClientSession(connector=connector) as session:
+    async def one(i):
+      nonlocal errors
+      t = time.perf_counter()
+      async with session.post(url, data=images[i % len(images)],
+                              headers={"Content-Type": "image/jpeg"}) as r:
+        await r.read()
+        if r.status != 200:
+          errors += 1
+      return time.perf_counter() - t
+
+    async def client(k, deadline, record):
+      i = k
+      while time.perf_counter() < deadline:
+        dt = await one(i)
+        if record:
+          latencies.append(dt)
+        i += concurrency
+
+    # One second of warm-up traffic (connections, routing tables) is not counted.
+    await asyncio.gather(*(client(k, time.perf_counter() + 1.0, False) for k in range(concurrency)))
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k, start + seconds, True) for k in range(concurrency)))
+    elapsed = time.perf_counter() - start
+  lat = np.asarray(latencies) * 1e3
+  return dict(requests=len(lat), errors=errors, rps=len(lat) / elapsed,
+              p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)))
+
+
+def measure(url, images, concurrencies, seconds):
+  return {c: asyncio.run(_load(url, images, c, seconds)) for c in concurrencies}
+
+
+# ----------------------------------------------------------------------------- ceilings
+def ceiling_apps():
+  from fastapi import FastAPI, Request
+  from ray import serve
+
+  noop_api, decode_api = FastAPI(), FastAPI()
+
+  @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+  @serve.ingress(noop_api)
+  class Noop:
+    @noop_api.post("/v1/predict")
+    async def predict(self, request: Request):
+      await request.body()
+      return {}
+
+  @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+  @serve.ingress(decode_api)
+  class Decode:
+    def __init__(self, size: int):
+      self.size = size
+
+    @decode_api.post("/v1/predict")
+    async def predict(self, request: Request):
+      from gender_jax.data import preprocess
+      preprocess.eval_image(await request.body(), self.size)
+      return {}
+
+  return Noop, Decode
+
+
+def run_mode(mode: str, bundle: str, images: list[bytes], concurrencies, seconds, replicas) -> dict:
+  """One proxy mode, in this (child) process, whose environment already selects it."""
+  import ray
+  import yaml
+  from ray import serve
+  from ray.serve._private import api as serve_api
+  from ray.serve.schema import ServeDeploySchema
+  from gender_jax.checkpoint import Bundle
+
+  port = free_port()
+  ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace="serve",
+           log_to_driver=False)
+  try:
+    config = yaml.safe_load(open(os.path.join(REPO, "serve", "config.yaml")))
+    config["http_options"].update(host="127.0.0.1", port=port)
+    schema = ServeDeploySchema.model_validate(config)
+    # What `serve run serve/config.yaml` calls, with the port and replica count overridden.
+    client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
+                                   proxy_location=schema.proxy_location)
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    size = Bundle(bundle).image_size
+    out = {}
+    noop, decode = ceiling_apps()
+    for name, deployment in (("noop", noop.bind()), ("decode", decode.bind(size))):
+      serve.run(deployment, name=name, route_prefix="/")
+      out[name] = measure(url, images, concurrencies, seconds)
+      serve.delete(name)
+      print(mode, name, json.dumps(out[name]), flush=True)
+
+    app = schema.applications[0]
+    app.args["bundle"] = bundle
+    dep = app.deployments[0]
+    dep.autoscaling_config = None
+    dep.num_replicas = replicas
+    client.deploy_apps(schema, _blocking=True)
+    stats_url = f"http://127.0.0.1:{port}/v1/stats"
+    import requests
+    before = requests.get(stats_url, timeout=10).json()
+    out["model"] = measure(url, images, concurrencies, seconds)
+    after = requests.get(stats_url, timeout=10).json()
+    out["model_stats"] = dict(
+        mean_batch=(after["images"] - before["images"]) / max(1, after["batches"] - before["batches"]),
+        compiles_after_warmup=after["compiles_after_warmup"])
+    print(mode, "model", json.dumps(out["model"]), json.dumps(out["model_stats"]), flush=True)
+    return out
+  finally:
+    serve.shutdown()
+    ray.shutdown()
+
+
+# ----------------------------------------------------------------------------- in-process
+def in_process(bundle_dir: str, images: list[bytes], concurrencies, seconds, batch_sizes) -> dict:
+  """The same model called directly: decode + pad + probs + decide, `c` images per call."""
+  from gender_jax.checkpoint import Bundle
+  from gender_jax.data import preprocess
+  bundle = Bundle(bundle_dir, compute_dtype="float32")
+  probs_fn, size = bundle.probs_fn(), bundle.image_size
+  for n in batch_sizes:
+    np.asarray(probs_fn(np.zeros((n, size, size, 3), np.uint8)))
+  out = {}
+  for c in concurrencies:
+    padded = next(s for s in batch_sizes if s >= c)
+    lat, done, i = [], 0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      t = time.perf_counter()
+      batch = np.zeros((padded, size, size, 3), np.uint8)
+      for k in range(c):
+        batch[k] = preprocess.eval_image(images[(i + k) % len(images)], size)
+      bundle.decide(np.asarray(probs_fn(batch))[:c])
+      lat.append(time.perf_counter() - t)
+      done += c
+      i += c
+    elapsed = time.perf_counter() - start
+    lat = np.asarray(lat) * 1e3
+    out[c] = dict(images_per_s=done / elapsed, batch_p50_ms=float(np.percentile(lat, 50)),
+                  batch_p99_ms=float(np.percentile(lat, 99)))
+  return out
+
+
+def table(results: dict, concurrencies) -> str:
+  rows = ["| proxy | endpoint | " + " | ".join(f"conc {c}: req/s, p50/p99 ms" for c in concurrencies) + " |",
+          "|---|---|" + "---|" * len(concurrencies)]
+  for mode, r in results["http"].items():
+    for name in ("noop", "decode", "model"):
+      cells = [f"{r[name][c]['rps']:.0f}, {r[name][c]['p50_ms']:.1f}/{r[name][c]['p99_ms']:.1f}"
+               for c in concurrencies]
+      rows.append(f"| {mode} | {name} | " + " | ".join(cells) + " |")
+  ip = results["in_process"]
+  rows.append("| — | in-process (batch = conc) | " + " | ".join(
+      f"{ip[c]['images_per_s']:.0f} img/s, {ip[c]['batch_p50_ms']:.1f}/{ip[c]['batch_p99_ms']:.1f}"
+      for c in concurrencies) + " |")
+  lines = ["\n".join(rows), ""]
+  for mode, r in results["http"].items():
+    for c in concurrencies:
+      m = r["model"][c]["rps"]
+      lines.append(f"{mode} conc {c}: model/decode-ceiling {m / r['decode'][c]['rps']:.0%}, "
+                   f"model/noop-ceiling {m / r['noop'][c]['rps']:.0%}, "
+                   f"HTTP/in-process {m / ip[c]['images_per_s']:.0%}")
+    lines.append(f"{mode}: mean batch {r['model_stats']['mean_batch']:.1f}, compiles after "
+                 f"warm-up {r['model_stats']['compiles_after_warmup']}")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--images", default=os.path.join(REPO, "..", "shared", "data", "utkface-2k"))
+  parser.add_argument("--bundle", default=None)
+  parser.add_argument("--proxy", default="default,ha")
+  parser.add_argument("--concurrency", default="1,8,32")
+  parser.add_argument("--seconds", type=float, default=10.0)
+  parser.add_argument("--replicas", type=int, default=1)
+  parser.add_argument("--count", type=int, default=256, help="distinct images to cycle through")
+  parser.add_argument("--out", default="serve_benchmark.json")
+  parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  concurrencies = [int(c) for c in args.concurrency.split(",")]
+  images = load_images(args.images, args.count)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+  if args._child:  # one proxy mode, in a fresh process with the mode's environment
+    result = run_mode(args._child, args.bundle, images, concurrencies, args.seconds, args.replicas)
+    with open(args.out, "w") as f:
+      json.dump(result, f)
+    return
+
+  with tempfile.TemporaryDirectory() as tmp:
+    bundle = os.path.abspath(args.bundle) if args.bundle else make_random_bundle(
+        os.path.join(tmp, "bundle"))
+    results = {"http": {}}
+    for mode in args.proxy.split(","):
+      child_out = os.path.join(tmp, f"{mode}.json")
+      env = dict(os.environ, PYTHONPATH=REPO, **PROXY_ENV[mode])
+      subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", mode,
+                      "--bundle", bundle, "--images", args.images, "--concurrency",
+                      args.concurrency, "--seconds", str(args.seconds), "--replicas",
+                      str(args.replicas), "--count", str(args.count), "--out", child_out],
+                     check=True, env=env, cwd=REPO)
+      with open(child_out) as f:
+        results["http"][mode] = {k: ({int(c): v for c, v in r.items()} if k != "model_stats" else r)
+                                 for k, r in json.load(f).items()}
+    from gender_jax.checkpoint import Bundle
+    batch_sizes = [int(s) for s in __import__("yaml").safe_load(open(os.path.join(
+        REPO, "serve", "config.yaml")))["applications"][0]["args"]["batch_sizes"]]
+    results["in_process"] = in_process(bundle, images, concurrencies, args.seconds, batch_sizes)
+    results["bundle"] = {"path": args.bundle or "random resnet_tiny, 64 px",
+                         "arch": Bundle(bundle).model_config.arch}
+  text = table(results, concurrencies)
+  print(text)
+  results["table"] = text
+  with open(args.out, "w") as f:
+    json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,370 @@
+"""The Ray Serve endpoint, against a real Serve on loopback (CPU).
+
+One Serve instance (Ray start + replica warm-up, ~30 s on 2 cores) is shared by this module and
+test_serve_page.py through the session-scoped `served` fixture; the replica-kill test runs last
+here and leaves a healthy replacement behind.
+"""
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import pathlib
+import socket
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `serve` (the app package) lives at the repository root
+
+pytest.importorskip("ray.serve")
+requests = pytest.importorskip("requests")
+yaml = pytest.importorskip("yaml")
+
+from gender_jax import checkpoint  # noqa: E402
+from gender_jax.data import preprocess  # noqa: E402
+from serve import inputs  # noqa: E402
+
+IMAGE_SIZE = 64
+
+
+# ----------------------------------------------------------------------------- helpers
+def make_bundle(directory) -> str:
+  """resnet_tiny with random weights scaled so different images get clearly different answers."""
+  import ml_collections
+  from flax import nnx
+  from gender_jax.models import create_model
+  config = dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32")
+  model = create_model(ml_collections.ConfigDict(config), rngs=nnx.Rngs(3))
+  rng = np.random.default_rng(0)
+  state = nnx.state(model, nnx.Param)
+  for _, var in nnx.to_flat_state(state):
+    value = np.asarray(var.get_value())
+    var.set_value(value + 0.3 * rng.standard_normal(value.shape).astype(np.float32))
+  nnx.update(model, state)
+  checkpoint.save_bundle(str(directory), model, model_config=config,
+                         preprocessing=preprocess.make_spec(IMAGE_SIZE),
+                         calibration=dict(temperature=1.0, abstain_threshold=0.55))
+  return str(directory)
+
+
+def written_images(count: int, seed: int = 0) -> list[bytes]:
+  """JPEGs and PNGs of varied sizes and content, written here so no data set is needed."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(count):
+    h, w = rng.integers(40, 240, size=2)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * rng.uniform(0.5, 3)) % 256, (yy * rng.uniform(0.5, 3)) % 256,
+                     np.full((h, w), rng.integers(0, 256))], -1)
+    noise = rng.integers(0, 60, size=(h, w, 3))
+    img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG" if i % 3 == 0 else "JPEG", quality=90)
+    out.append(buf.getvalue())
+  return out
+
+
+def offline(bundle: checkpoint.Bundle, images: list[bytes]) -> list[dict]:
+  """What predict does offline: the eval decode, then bundle.decide(bundle.probs_fn()(batch))."""
+  batch = np.stack([preprocess.eval_image(b, bundle.image_size) for b in images])
+  return bundle.decide(bundle.probs_fn()(batch))
+
+
+def assert_same(http_answers, offline_answers):
+  assert len(http_answers) == len(offline_answers)
+  for i, (got, want) in enumerate(zip(http_answers, offline_answers)):
+    assert got["label"] == want["label"], (i, got, want)
+    assert got["abstained"] == want["abstained"], (i, got, want)
+    np.testing.assert_allclose([got["p_female"], got["p_male"]],
+                               [want["p_female"], want["p_male"]], atol=2e-5, err_msg=str(i))
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def load_config() -> dict:
+  with open(REPO / "serve" / "config.yaml") as f:
+    return yaml.safe_load(f)
+
+
+class Served:
+  def __init__(self, url, bundle_dir):
+    self.url, self.bundle_dir = url, bundle_dir
+    self.bundle = checkpoint.Bundle(bundle_dir, compute_dtype="float32")
+
+  def post(self, body=None, content_type="image/jpeg", **kwargs):
+    headers = {"Content-Type": content_type} if content_type else {}
+    return requests.post(self.url + "/v1/predict", data=body, headers=headers, timeout=60, **kwargs)
+
+  def stats(self):
+    return requests.get(self.url + "/v1/stats", timeout=30).json()
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+  """serve/config.yaml deployed on a free loopback port, with a test bundle and one replica."""
+  import ray
+  from ray import serve
+  from ray.serve._private import api as serve_api
+  from ray.serve.schema import ServeDeploySchema
+
+  bundle_dir = make_bundle(tmp_path_factory.mktemp("serve") / "bundle")
+  # The replica finds the bundle through the environment, as a KubeRay pod would.
+  saved = {k: os.environ.get(k) for k in ("GENDER_JAX_BUNDLE", "PYTHONPATH")}
+  os.environ["GENDER_JAX_BUNDLE"] = bundle_dir
+  os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved["PYTHONPATH"]]))
+  port = free_port()
+  config = load_config()
+  config["http_options"].update(host="127.0.0.1", port=port)
+  deployment = config["applications"][0]["deployments"][0]
+  # One replica, so /v1/stats always reaches the replica that served the requests.
+  deployment.pop("autoscaling_config")
+  deployment["num_replicas"] = 1
+  schema = ServeDeploySchema.model_validate(config)
+  ray.init(num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
+  try:
+    # What `serve run serve/config.yaml` does (ray/serve/scripts.py), minus the CLI.
+    client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
+                                   proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_ok(url, timeout=120)
+    yield Served(url, bundle_dir)
+  finally:
+    serve.shutdown()
+    ray.shutdown()
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+def wait_until_ok(url, timeout):
+  deadline, last = time.monotonic() + timeout, None
+  while time.monotonic() < deadline:
+    try:
+      r = requests.get(url + "/healthz", timeout=5)
+      if r.status_code == 200:
+        return
+      last = r.status_code
+    except requests.RequestException as e:
+      last = e
+    time.sleep(0.5)
+  raise TimeoutError(f"{url}/healthz not OK after {timeout} s: {last}")
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_files_validate():
+  from ray.serve.schema import ServeDeploySchema
+  from serve.app import app
+  config = load_config()
+  schema = ServeDeploySchema.model_validate(config)
+  (application,) = schema.applications
+  assert application.import_path == "serve.app:app"
+  deployment = application.deployments[0]
+  assert deployment.max_ongoing_requests >= max(application.args["batch_sizes"])
+  app(application.args)  # every arg is one the deployment takes
+  with pytest.raises(ValueError, match="unknown serve args.*batch_size"):
+    app({"batch_size": 8})
+  # The KubeRay manifest carries the same application.
+  manifest = yaml.safe_load((REPO / "serve" / "rayservice.yaml").read_text())
+  embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+  ServeDeploySchema.model_validate(embedded)
+  assert embedded["applications"][0]["import_path"] == application.import_path
+  assert embedded["applications"][0]["args"]["batch_sizes"] == application.args["batch_sizes"]
+
+
+# ----------------------------------------------------------------------------- decoding (no Ray)
+def test_decode_refuses_bombs_before_decoding():
+  bomb = io.BytesIO()
+  Image.new("1", (12000, 12000)).save(bomb, format="PNG")  # 144 Mpixel in ~20 KB
+  assert len(bomb.getvalue()) < 100_000
+  with pytest.raises(inputs.BadRequest, match="12000x12000.*over the limit") as e:
+    inputs.decode_image("x", bomb.getvalue(), 64, max_pixels=40_000_000)
+  assert e.value.status == 413
+
+
+def test_decode_keeps_pils_own_bomb_guard():
+  # With our limit set above PIL's, PIL's DecompressionBombError still ends as a 413.
+  bomb = io.BytesIO()
+  Image.new("1", (20000, 10000)).save(bomb, format="PNG")
+  with pytest.raises(inputs.BadRequest, match="decompression bomb") as e:
+    inputs.decode_image("x", bomb.getvalue(), 64, max_pixels=10**12)
+  assert e.value.status == 413
+
+
+def test_decode_errors_name_the_input():
+  jpeg = written_images(2)[1]
+  for data, match in ((b"", "empty"), (b"not an image", "not a recognised"),
+                      (jpeg[: len(jpeg) // 2], "truncated")):
+    with pytest.raises(inputs.BadRequest, match=f"photo.jpg: .*{match}") as e:
+      inputs.decode_image("photo.jpg", data, 64, max_pixels=10**8)
+    assert e.value.status == 400
+
+
+# ----------------------------------------------------------------------------- over HTTP
+def test_predict_equals_offline_for_every_body_form(served):
+  images = written_images(12)
+  want = offline(served.bundle, images)
+  assert len({a["label"] for a in want}) > 1, "test bundle should not answer one label for all"
+  # Raw body, one image per request.
+  raw = [served.post(b, "image/png" if b.startswith(b"\x89PNG") else "image/jpeg")
+         for b in images[:4]]
+  assert [r.status_code for r in raw] == [200] * 4
+  assert_same([r.json()["predictions"][0] for r in raw], want[:4])
+  # Multipart with many files.
+  r = served.post(None, None, files=[("file", (f"{i}.img", b)) for i, b in enumerate(images)])
+  assert r.status_code == 200, r.text
+  assert_same(r.json()["predictions"], want)
+  assert r.json()["predictions"][3]["input"] == "file:3.img"
+  # JSON with base64, including a data URL as the web page's FileReader would send.
+  doc = {"images": [base64.b64encode(b).decode() for b in images[:5]]}
+  doc["images"][0] = "data:image/jpeg;base64," + doc["images"][0]
+  r = served.post(json.dumps(doc), "application/json")
+  assert r.status_code == 200, r.text
+  assert_same(r.json()["predictions"], want[:5])
+
+
+def test_predict_equals_offline_on_real_photos(served, utkface_2k):
+  paths = sorted((utkface_2k / "female").glob("*.jpg"))[:8] + sorted((utkface_2k / "male").glob("*.jpg"))[:8]
+  images = [p.read_bytes() for p in paths]
+  r = served.post(None, None, files=[("file", (p.name, b)) for p, b in zip(paths, images)])
+  assert r.status_code == 200, r.text
+  assert_same(r.json()["predictions"], offline(served.bundle, images))
+
+
+def test_model_health_and_page(served):
+  assert requests.get(served.url + "/healthz", timeout=10).json()["status"] == "ok"
+  info = requests.get(served.url + "/v1/model", timeout=10).json()
+  assert info["arch"] == "resnet_tiny" and info["image_size"] == IMAGE_SIZE
+  assert info["bundle_format_version"] == checkpoint.BUNDLE_VERSION
+  assert info["calibration"] == {"temperature": 1.0, "abstain_threshold": 0.55}
+  assert info["bundle_path"] == os.path.abspath(served.bundle_dir)  # GENDER_JAX_BUNDLE won
+  assert info["batch_sizes"] == [1, 8, 32]
+  page = requests.get(served.url + "/", timeout=10)
+  assert page.status_code == 200 and 'id="file"' in page.text
+
+
+def test_concurrent_requests_are_batched_without_compiles(served):
+  images = written_images(48, seed=1)
+  want = offline(served.bundle, images)
+  before = served.stats()
+  with concurrent.futures.ThreadPoolExecutor(32) as pool:
+    responses = list(pool.map(lambda b: served.post(b), images))
+  assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+  assert_same([r.json()["predictions"][0] for r in responses], want)
+  after = served.stats()
+  sizes = {int(k): v - before["batch_size_counts"].get(k, 0)
+           for k, v in after["batch_size_counts"].items()}
+  assert max(s for s, n in sizes.items() if n > 0) > 1, sizes
+  assert after["images"] - before["images"] == len(images)
+  assert after["compiles_at_warmup"] > 0  # warm-up did compile, so the counter works
+  assert after["compiles_after_warmup"] == 0
+  label_counts = {k: after["predictions"].get(k, 0) - before["predictions"].get(k, 0)
+                  for k in after["predictions"]}
+  assert sum(label_counts.values()) == len(images)
+  assert after["abstentions"] - before["abstentions"] == sum(a["abstained"] for a in want)
+
+
+def _bad_requests():
+  jpeg = written_images(2)[1]
+  bomb = io.BytesIO()
+  Image.new("1", (12000, 12000)).save(bomb, format="PNG")
+  too_many = [("file", (f"{i}.jpg", jpeg)) for i in range(33)]
+  return {
+      "not an image": (dict(body=b"GIF? no, plain text"), 400, "not a recognised image format"),
+      "truncated": (dict(body=jpeg[: len(jpeg) // 2]), 400, "truncated"),
+      "zero bytes": (dict(body=b""), 400, "empty input"),
+      "wrong content type": (dict(body=jpeg, content_type="text/plain"), 415,
+                             "unsupported content type 'text/plain'"),
+      "no content type": (dict(body=jpeg, content_type=None), 415, "unsupported content type"),
+      "malformed json": (dict(body=b'{"images": [', content_type="application/json"), 400,
+                         "malformed JSON"),
+      "json wrong shape": (dict(body=b'{"pictures": []}', content_type="application/json"), 400,
+                           "must be {\"images\""),
+      "json bad base64": (dict(body=b'{"images": ["@@@"]}', content_type="application/json"),
+                          400, "images[0]: not valid base64"),
+      "json empty list": (dict(body=b'{"images": []}', content_type="application/json"), 400,
+                          "no image"),
+      "too many images": (dict(body=None, content_type=None, files=too_many), 413,
+                          "too many images"),
+      "multipart without files": (dict(content_type=None, files={"a": (None, "b")}), 400,
+                                  "no file part"),
+      "over the size limit": (dict(body=b"\xff" * (16 * 2**20 + 1)), 413, "over the limit"),
+      "decompression bomb": (dict(body=bomb.getvalue(), content_type="image/png"), 413,
+                             "12000x12000"),
+  }
+
+
+def test_bad_requests_get_4xx_and_the_replica_stays_healthy(served):
+  good = written_images(1)[0]
+  before = served.stats()
+  for name, (kwargs, status, message) in _bad_requests().items():
+    r = served.post(**kwargs)
+    assert r.status_code == status, (name, r.status_code, r.text)
+    assert message in r.json()["error"], (name, r.text)
+    ok = served.post(good, "image/png")
+    assert ok.status_code == 200, (name, ok.text)
+  after = served.stats()
+  assert after["replica"] == before["replica"] and after["pid"] == before["pid"]
+  assert sum(after["bad_requests"].values()) - sum(before["bad_requests"].values()) == len(_bad_requests())
+
+
+def test_bad_requests_do_not_disturb_concurrent_good_ones(served):
+  images = written_images(16, seed=2)
+  want = offline(served.bundle, images)
+  bad = [kw for kw, _, _ in _bad_requests().values()]
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    good_f = [pool.submit(served.post, b) for b in images]
+    bad_f = [pool.submit(served.post, **kw) for kw in bad]
+    assert all(400 <= f.result().status_code < 500 for f in bad_f)
+    assert_same([f.result().json()["predictions"][0] for f in good_f], want)
+
+
+@pytest.mark.slow
+def test_killed_replica_is_replaced(served):
+  """Kill the replica under load: failures are server errors, never 4xx, then service resumes."""
+  import ray
+  before = served.stats()
+  (actor_name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                   if "GenderClassifier" in a["name"] and "REPLICA" in a["name"]]
+  actor = ray.get_actor(actor_name, namespace="serve")
+  image = written_images(1)[0]
+  statuses, stop = [], time.monotonic() + 8
+
+  def load():
+    while time.monotonic() < stop:
+      try:
+        statuses.append(served.post(image, "image/png", ).status_code)
+      except requests.RequestException:
+        statuses.append("connection error")
+
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    futures = [pool.submit(load) for _ in range(4)]
+    time.sleep(2)
+    ray.kill(actor, no_restart=True)
+    for f in futures:
+      f.result()
+  assert not [s for s in statuses if isinstance(s, int) and 400 <= s < 500], statuses
+  deadline = time.monotonic() + 120
+  while time.monotonic() < deadline:
+    try:
+      if served.post(image, "image/png").status_code == 200:
+        break
+    except requests.RequestException:
+      pass
+    time.sleep(1)
+  results = [served.post(image, "image/png").status_code for _ in range(20)]
+  assert results == [200] * 20
+  after = served.stats()
+  assert after["replica"] != before["replica"] and after["pid"] != before["pid"]
+  assert after["compiles_after_warmup"] == 0
