@@ -23,9 +23,10 @@ def _seed(seed: int, text: str) -> int:
 
 def assign(entries: Sequence[Entry], fractions: dict[str, float] | None = None,
            seed: int = 0) -> dict[str, list[Entry]]:
-  """Groups entries by identity (an entry without one is its own group), then, per label
-  stratum (the group's majority label), deals shuffled groups to the splits in order until
-  each holds its fraction of the stratum's images. A group never straddles two splits."""
+  """Groups entries by identity (an entry without one is its own group); then, per label
+  stratum (a group's majority label), deals the shuffled groups: first one to each split
+  (smallest fraction first, so no split of a small set is left empty), then each to the split
+  furthest below its share of the stratum. A group never straddles two splits."""
   fractions = dict(fractions or DEFAULT_FRACTIONS)
   total = sum(fractions.values())
   if total <= 0 or any(f < 0 for f in fractions.values()):
@@ -38,20 +39,22 @@ def assign(entries: Sequence[Entry], fractions: dict[str, float] | None = None,
     labels = [m.label for m in members]
     strata[int(np.bincount(labels, minlength=2).argmax())].append(gid)
   out: dict[str, list[Entry]] = {name: [] for name in fractions}
-  names = list(fractions)
+  names = [n for n in fractions if fractions[n] > 0]
   for label, gids in sorted(strata.items()):
     gids = sorted(gids)
-    order = np.random.default_rng(_seed(seed, f"label{label}")).permutation(len(gids))
+    order = list(np.random.default_rng(_seed(seed, f"label{label}")).permutation(len(gids)))
     n = sum(len(groups[g]) for g in gids)
-    # Cumulative targets: split k takes groups until the running count reaches its bound.
-    bounds = np.cumsum([fractions[s] / total * n for s in names])
-    taken, k = 0, 0
+    target = {s: fractions[s] / total * n for s in names}
+    count = dict.fromkeys(names, 0)
+
+    def give(split, i):
+      out[split].extend(groups[gids[i]])
+      count[split] += len(groups[gids[i]])
+    for split in sorted(names, key=lambda s: fractions[s]):
+      if order:
+        give(split, order.pop(0))
     for i in order:
-      members = groups[gids[i]]
-      while k < len(names) - 1 and taken + len(members) / 2 > bounds[k]:
-        k += 1
-      out[names[k]].extend(members)
-      taken += len(members)
+      give(max(names, key=lambda s: target[s] - count[s]), i)
   for name in out:
     out[name].sort(key=lambda e: e.key)
   return out

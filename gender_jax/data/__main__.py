@@ -1,0 +1,64 @@
+"""python -m gender_jax.data prepare --source NAME --manual_dir PATH [--data_dir DIR]
+
+Prepares a source (reads its own files, writes array_record with the one schema) and prints
+the counts per split and label, the split method and every skipped file with its reason.
+The same builders run under `tfds build`, e.g.
+  tfds build gender_jax/data/celeba.py --manual_dir PATH --data_dir DIR --file_format array_record
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+
+def _print_summary(summary: dict, seconds: float) -> None:
+  print(f"{summary['source']}: prepared in {seconds:.1f} s → {summary['data_dir']}")
+  print(f"split method: {summary['split_method']}")
+  print(f"{'split':<12}{'female':>9}{'male':>9}{'total':>9}{'identities':>12}")
+  for split, c in summary["counts"].items():
+    print(f"{split:<12}{c['female']:>9}{c['male']:>9}{c['female'] + c['male']:>9}"
+          f"{summary['identities'].get(split, 0):>12}")
+  if summary.get("excluded_uncertain_gender"):
+    print(f"excluded (gender marked uncertain): {summary['excluded_uncertain_gender']}")
+  bad = summary["bad_files"]
+  print(f"skipped files: {len(bad)}")
+  for b in bad:
+    print(f"  {b['path']}: {b['reason']}")
+
+
+def main(argv=None) -> int:
+  from gender_jax.data import prepare, schema
+  parser = argparse.ArgumentParser(prog="python -m gender_jax.data")
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("prepare", help="prepare a source into array_record")
+  p.add_argument("--source", required=True, choices=sorted(prepare.KINDS))
+  p.add_argument("--manual_dir", help="the dataset's own files (a folder for --source folder)")
+  p.add_argument("--data_dir", default=None,
+                 help=f"where prepared datasets live (default {prepare.default_data_dir()})")
+  p.add_argument("--version", default=None, help="RAP only: v1 or v2 (default v2)")
+  p.add_argument("--overwrite", action="store_true", help="prepare again even if prepared")
+  p.add_argument("--json", action="store_true", help="print the summary as JSON")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.WARNING)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  t0 = time.perf_counter()
+  try:
+    b = prepare.prepare(args.source, args.manual_dir, args.data_dir, version=args.version,
+                        overwrite=args.overwrite)
+  except (schema.AnnotationError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  summary = prepare.summary(b)
+  if args.json:
+    print(json.dumps(dict(summary, seconds=time.perf_counter() - t0), indent=2))
+  else:
+    _print_summary(summary, time.perf_counter() - t0)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
