@@ -1,0 +1,144 @@
+"""Temperature scaling and the abstain threshold, fitted on held-out data and kept in the bundle.
+
+A network trained with cross-entropy is usually over-confident; dividing its logits by one
+fitted temperature T fixes most of that without changing a single prediction (Guo et al. 2017).
+The abstain threshold turns the calibrated top probability into "uncertain" below it.
+
+  python -m gender_jax.calibration --bundle RUN/bundle --data VAL_FOLDER [--target-accuracy 0.95]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import numpy as np
+from scipy import optimize, special
+
+from gender_jax import stats
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+  """Mean negative log-likelihood of `labels` under softmax(logits / T)."""
+  logp = special.log_softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
+  return float(-logp[np.arange(len(labels)), np.asarray(labels)].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray,
+                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+  """The T minimising validation NLL. NLL(log T) is smooth and unimodal here: a bounded 1-D search."""
+  logits, labels = np.asarray(logits, np.float64), np.asarray(labels).astype(int)
+  if len(labels) == 0:
+    raise ValueError("cannot fit a temperature on 0 examples")
+  result = optimize.minimize_scalar(lambda log_t: nll(logits, labels, np.exp(log_t)),
+                                    bounds=np.log(bounds), method="bounded",
+                                    options=dict(xatol=1e-6))
+  return float(np.exp(result.x))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+  return special.softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
+
+
+def threshold_for_accuracy(probs: np.ndarray, labels: np.ndarray, target: float) -> float:
+  """The lowest abstain threshold whose answered images reach `target` accuracy (most coverage).
+
+  Returns the top-probability cut-off; 0.0 when every image can be answered, and 1.0 (answer
+  almost nothing) when no threshold reaches the target.
+  """
+  probs = np.asarray(probs, np.float64)
+  conf, correct = probs.max(1), probs.argmax(1) == np.asarray(labels)
+  order = np.argsort(-conf, kind="stable")
+  conf, correct = conf[order], correct[order]
+  acc = np.cumsum(correct) / np.arange(1, len(conf) + 1)  # accuracy of the k most confident
+  # A threshold must answer all images sharing a confidence value, so only cut between values.
+  last_of_value = np.r_[conf[1:] != conf[:-1], True]
+  ok = np.flatnonzero((acc >= target) & last_of_value)
+  if not len(ok):
+    return 1.0
+  k = ok[-1]
+  return 0.0 if k == len(conf) - 1 else float(conf[k])
+
+
+def write_calibration(bundle_dir: str, temperature: float | None = None,
+                      abstain_threshold: float | None = None, fitted_on: dict | None = None) -> dict:
+  """Rewrites the "calibration" entry of the bundle's meta.json; the weights are untouched."""
+  path = os.path.join(bundle_dir, "meta.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{bundle_dir} is not an inference bundle (no meta.json)")
+  with open(path) as f:
+    meta = json.load(f)
+  calibration = dict(meta.get("calibration") or {})
+  calibration.setdefault("temperature", 1.0)
+  calibration.setdefault("abstain_threshold", 0.0)
+  if temperature is not None:
+    calibration["temperature"] = float(temperature)
+  if abstain_threshold is not None:
+    if not 0.0 <= abstain_threshold <= 1.0:
+      raise ValueError(f"abstain_threshold must be in [0, 1], got {abstain_threshold}")
+    calibration["abstain_threshold"] = float(abstain_threshold)
+  if fitted_on is not None:
+    calibration["fitted_on"] = fitted_on
+  meta["calibration"] = calibration
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(meta, f, indent=2)
+  os.replace(tmp, path)  # a reader never sees half a file
+  return calibration
+
+
+def calibrate_bundle(bundle_dir: str, records, *, target_accuracy: float | None = None,
+                     abstain_threshold: float | None = None, batch_size: int = 64,
+                     description: str = "") -> dict[str, Any]:
+  """Fits the bundle's temperature on held-out `records` and stores it (and a threshold).
+
+  `records`: a random-access sequence of {"image", "label"} (a validation source or folder).
+  The threshold is `abstain_threshold` if given, else the one reaching `target_accuracy` on
+  the same records, else the bundle's current one is kept. Returns the fit summary.
+  """
+  from gender_jax import predict
+  from gender_jax.checkpoint import Bundle
+  bundle = Bundle(bundle_dir)
+  predictor = predict.Predictor(bundle, batch_size=batch_size)
+  logits, labels, _, _ = predictor.logits_for_records(records)
+  if len(labels) == 0:
+    raise ValueError(f"no readable images to calibrate {bundle_dir} on")
+  temperature = fit_temperature(logits, labels)
+  probs = softmax(logits, temperature)
+  if abstain_threshold is None and target_accuracy is not None:
+    abstain_threshold = threshold_for_accuracy(probs, labels, target_accuracy)
+  summary = dict(
+      count=int(len(labels)), temperature=temperature,
+      nll_before=nll(logits, labels), nll_after=nll(logits, labels, temperature),
+      ece_before=float(stats.ece(softmax(logits), labels)[0]),
+      ece_after=float(stats.ece(probs, labels)[0]))
+  write_calibration(bundle_dir, temperature, abstain_threshold,
+                    fitted_on=dict(data=description, count=int(len(labels)),
+                                   target_accuracy=target_accuracy))
+  summary["abstain_threshold"] = abstain_threshold
+  return summary
+
+
+def main(argv=None):
+  from gender_jax import eval_data
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--bundle", help="inference bundle directory")
+  parser.add_argument("--workdir", help="training run; its bundle is WORKDIR/bundle")
+  parser.add_argument("--data", help="held-out data: a male/ female/ folder, NAME=FOLDER, or "
+                      "source:NAME[:SPLIT] (default: the run's validation split)")
+  parser.add_argument("--target-accuracy", type=float,
+                      help="set the abstain threshold to reach this accuracy on answered images")
+  parser.add_argument("--abstain-threshold", type=float, help="set this threshold explicitly")
+  parser.add_argument("--batch-size", type=int, default=64)
+  args = parser.parse_args(argv)
+  bundle_dir = eval_data.resolve_bundle(args.bundle, args.workdir)
+  [dataset] = eval_data.load(args.data and [args.data], workdir=args.workdir, split="validation")
+  summary = calibrate_bundle(bundle_dir, dataset.records, target_accuracy=args.target_accuracy,
+                             abstain_threshold=args.abstain_threshold, batch_size=args.batch_size,
+                             description=dataset.description)
+  print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+  main()

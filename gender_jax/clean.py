@@ -1,0 +1,417 @@
+"""Data cleaning: duplicates, duplicates across splits, and likely label errors.
+
+  python -m gender_jax.clean --data FOLDER --out DIR [--bundle RUN/bundle]
+
+- exact duplicates: the same bytes (SHA-1 of the file, or of the pixels for arrays);
+- near duplicates: 64-bit perceptual hashes (DCT of a 32x32 grey image) within
+  `--near-distance` bits (default 4 of 64);
+- cross-split: a duplicate group with members in different splits (a folder's split is the
+  one the "folder" data source assigns; a configured source's is its own);
+- likely label errors (confident learning, Northcutt et al. 2021): out-of-fold probabilities
+  from a cheap classifier — L2 logistic regression over K folds on the bundle model's pooled
+  last-stage features (`--bundle`), or on 16x16 colour thumbnails without one — flag an image
+  when another class is at least as likely as that class's average self-confidence.
+
+Writes DIR/issues.csv (one row per finding), DIR/summary.json, contact sheets
+(DIR/contact_duplicates.png, DIR/contact_label_errors.png) and DIR/exclude.txt: one line per
+image to leave out, `KEY<TAB>reason`, KEY being the record's path relative to its folder (the
+`path` a data source reports); `#` lines are comments. Per duplicate group one image is kept
+(the one in the evaluation split if any, so test sets stay fixed; else the first by key).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import csv
+import hashlib
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from gender_jax import CLASS_NAMES, eval_data
+from gender_jax.data import preprocess
+from gender_jax.data.preprocess import ImageError
+
+SPLIT_PRIORITY = {"test": 0, "validation": 1, "train": 2}  # which copy of a duplicate to keep
+THUMB = 16  # side of the pixel features used without a bundle
+
+
+# ----------------------------------------------------------------------------- hashing
+def content_hash(image) -> str:
+  if isinstance(image, np.ndarray):
+    return hashlib.sha1(str(image.shape).encode() + np.ascontiguousarray(image).tobytes()).hexdigest()
+  return hashlib.sha1(image).hexdigest()
+
+
+_DCT = None
+
+
+def _dct_matrix(n: int = 32) -> np.ndarray:
+  k, x = np.arange(n)[:, None], np.arange(n)[None, :]
+  return np.cos(np.pi * (2 * x + 1) * k / (2 * n))
+
+
+def perceptual_hash(img: np.ndarray) -> np.uint64:
+  """pHash: grey 32x32 → 2-D DCT → the 8x8 lowest frequencies vs their median → 64 bits."""
+  global _DCT
+  if _DCT is None:
+    _DCT = _dct_matrix()
+  grey = np.asarray(Image.fromarray(img).convert("L").resize((32, 32), Image.BILINEAR), np.float64)
+  low = (_DCT @ grey @ _DCT.T)[:8, :8].ravel()
+  bits = low > np.median(low[1:])  # the DC term would dominate the median
+  return np.uint64(int("".join("1" if b else "0" for b in bits), 2))
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int, block: int = 1024) -> list[tuple[int, int, int]]:
+  """All (i, j, hamming distance) with i < j and distance ≤ max_distance, blockwise."""
+  hashes = np.asarray(hashes, np.uint64)
+  out = []
+  for lo in range(0, len(hashes), block):
+    a = hashes[lo:lo + block]
+    d = np.bitwise_count(a[:, None] ^ hashes[None, :])
+    i, j = np.nonzero(d <= max_distance)
+    keep = j > i + lo
+    out += [(int(x + lo), int(y), int(d[x, y])) for x, y in zip(i[keep], j[keep])]
+  return out
+
+
+# ----------------------------------------------------------------------------- scanning
+def scan(records, threads: int = 4) -> dict[str, Any]:
+  """One pass over the records: content hash, perceptual hash, thumbnail feature, or error."""
+  def one(i):
+    meta = eval_data.record_meta(records, i)
+    try:
+      image = records[i]["image"]
+      img = preprocess.decode(image)
+    except ImageError as e:
+      return meta, None, str(e)
+    thumb = preprocess.resize(img, THUMB).astype(np.float32).ravel() / 255.0
+    return meta, (content_hash(image), perceptual_hash(img), thumb), None
+  metas, sha, phash, thumbs, ok, errors = [], [], [], [], [], []
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    for lo in range(0, len(records), 256):  # bounded look-ahead, not every image in memory
+      for i, (meta, out, error) in zip(range(lo, len(records)),
+                                       pool.map(one, range(lo, min(lo + 256, len(records))))):
+        if error is not None:
+          errors.append(dict(key=meta.get("key", str(i)), source=meta.get("source", ""),
+                             reason=error))
+          continue
+        metas.append(meta)
+        ok.append(i)
+        sha.append(out[0])
+        phash.append(out[1])
+        thumbs.append(out[2])
+  return dict(metas=metas, index=np.asarray(ok, np.int64), sha=sha,
+              phash=np.asarray(phash, np.uint64), thumbs=np.stack(thumbs) if thumbs else
+              np.zeros((0, THUMB * THUMB * 3), np.float32), errors=errors)
+
+
+# ----------------------------------------------------------------------------- label errors
+def logistic_regression(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25) -> np.ndarray:
+  """L2-regularised binary logistic regression by Newton's method; returns [w…, b]."""
+  xb = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+  w = np.zeros(xb.shape[1])
+  reg = np.full(xb.shape[1], l2)
+  reg[-1] = 0.0  # the bias is not shrunk
+  for _ in range(iters):
+    p = 1 / (1 + np.exp(-np.clip(xb @ w, -30, 30)))
+    grad = xb.T @ (p - y) + reg * w
+    hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(reg) + 1e-9 * np.eye(len(w))
+    step = np.linalg.solve(hess, grad)
+    w -= step
+    if np.abs(step).max() < 1e-7:
+      break
+  return w
+
+
+def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, l2: float = 1.0,
+                      max_dims: int = 128, seed: int = 0) -> np.ndarray:
+  """(n, 2) probabilities, each image's from a model fitted on the other folds (stratified)."""
+  x = np.asarray(features, np.float64)
+  labels = np.asarray(labels).astype(int)
+  rng = np.random.default_rng(seed)
+  fold = np.zeros(len(labels), int)
+  for c in (0, 1):  # stratified: each fold gets its share of each class
+    idx = np.flatnonzero(labels == c)
+    fold[rng.permutation(idx)] = np.arange(len(idx)) % folds
+  probs = np.zeros((len(labels), 2))
+  for k in range(folds):
+    train, test = fold != k, fold == k
+    if not test.any():
+      continue
+    mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+    xt, xs = (x[train] - mean) / std, (x[test] - mean) / std
+    if x.shape[1] > max_dims:  # PCA on the training folds keeps Newton's Hessian small
+      _, _, vt = np.linalg.svd(xt - xt.mean(0), full_matrices=False)
+      xt, xs = xt @ vt[:max_dims].T, xs @ vt[:max_dims].T
+    w = logistic_regression(xt, labels[train].astype(np.float64), l2)
+    p1 = 1 / (1 + np.exp(-np.clip(np.concatenate([xs, np.ones((len(xs), 1))], 1) @ w, -30, 30)))
+    probs[test] = np.stack([1 - p1, p1], axis=1)
+  return probs
+
+
+def confident_label_issues(probs: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+  """Confident learning: i is an issue when its confidently-assigned class differs from its label.
+
+  Per-class threshold t_j = mean p_j over images labelled j; image i's candidate classes are
+  those with p_ij ≥ t_j, its assigned class the most likely candidate. Sorted by the given
+  label's probability, lowest (most likely wrong) first.
+  """
+  probs, labels = np.asarray(probs, np.float64), np.asarray(labels).astype(int)
+  t = np.array([probs[labels == j, j].mean() if (labels == j).any() else 1.0 for j in range(2)])
+  above = probs >= t[None, :]
+  assigned = np.where(above.any(1), np.argmax(np.where(above, probs, -1.0), axis=1), labels)
+  out = [dict(index=int(i), given=int(labels[i]), suggested=int(assigned[i]),
+              p_given=float(probs[i, labels[i]]))
+         for i in np.flatnonzero(assigned != labels)]
+  return sorted(out, key=lambda r: r["p_given"])
+
+
+# ----------------------------------------------------------------------------- grouping
+def _components(n: int, pairs) -> list[list[int]]:
+  parent = list(range(n))
+
+  def find(a):
+    while parent[a] != a:
+      parent[a] = parent[parent[a]]
+      a = parent[a]
+    return a
+  for a, b in pairs:
+    parent[find(a)] = find(b)
+  groups = collections.defaultdict(list)
+  for i in range(n):
+    groups[find(i)].append(i)
+  return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def find_issues(scanned: dict[str, Any], *, near_distance: int = 4, features: np.ndarray | None = None,
+                folds: int = 5, seed: int = 0) -> dict[str, Any]:
+  """Duplicates, cross-split duplicates and likely label errors of a scanned dataset."""
+  metas = scanned["metas"]
+  n = len(metas)
+  by_hash = collections.defaultdict(list)
+  for i, h in enumerate(scanned["sha"]):
+    by_hash[h].append(i)
+  exact_pairs = [(g[0], j) for g in by_hash.values() for j in g[1:]]
+  near = [(i, j, d) for i, j, d in near_pairs(scanned["phash"], near_distance)
+          if scanned["sha"][i] != scanned["sha"][j]]
+  groups = _components(n, exact_pairs + [(i, j) for i, j, _ in near])
+  split = [str(m.get("split", "")) for m in metas]
+  labels = np.array([int(m["label"]) for m in metas], int)
+  feats = scanned["thumbs"] if features is None else features
+  probs = out_of_fold_probs(feats, labels, folds=folds, seed=seed) if n >= 2 * folds else None
+  issues = confident_label_issues(probs, labels) if probs is not None else []
+  return dict(exact_pairs=exact_pairs, near_pairs=near, groups=groups, split=split, labels=labels,
+              probs=probs, label_issues=issues,
+              cross_split_groups=[g for g in groups if len({split[i] for i in g}) > 1])
+
+
+def exclusions(found: dict[str, Any], metas, *, label_errors: bool = True) -> dict[int, str]:
+  """{record position: reason}: all but one of each duplicate group, and likely label errors."""
+  out = {}
+  for g in found["groups"]:
+    keep = min(g, key=lambda i: (SPLIT_PRIORITY.get(found["split"][i], 3), metas[i]["key"]))
+    for i in g:
+      if i != keep:
+        cross = " (other split)" if found["split"][i] != found["split"][keep] else ""
+        out[i] = f"duplicate of {metas[keep]['key']}{cross}"
+  if label_errors:
+    for r in found["label_issues"]:
+      out.setdefault(r["index"], f"likely label error: labelled {CLASS_NAMES[r['given']]}, "
+                                 f"p={r['p_given']:.3f}")
+  return out
+
+
+# ----------------------------------------------------------------------------- output
+def _thumb(records, index: int, size: int = 96) -> Image.Image:
+  try:
+    return Image.fromarray(preprocess.eval_image(records[index]["image"], size))
+  except ImageError:
+    return Image.new("RGB", (size, size), (128, 0, 0))
+
+
+def contact_sheet(tiles: list[tuple[list[Image.Image], str]], path: str, title: str,
+                  columns: int = 4, size: int = 96) -> None:
+  """A grid of cells; each cell holds 1–2 thumbnails side by side and a caption below."""
+  per = max((len(t[0]) for t in tiles), default=1)
+  cell_w, cell_h = per * size + 8 * per, size + 34
+  rows = max(1, -(-len(tiles) // columns))
+  sheet = Image.new("RGB", (columns * cell_w + 8, rows * cell_h + 28), "white")
+  draw = ImageDraw.Draw(sheet)
+  draw.text((8, 6), title if tiles else f"{title}: none found", fill="black")
+  for k, (images, caption) in enumerate(tiles):
+    x0, y0 = 8 + (k % columns) * cell_w, 28 + (k // columns) * cell_h
+    for m, im in enumerate(images):
+      sheet.paste(im.resize((size, size)), (x0 + m * (size + 4), y0))
+    for line_no, line in enumerate(caption.split("\n")[:2]):
+      draw.text((x0, y0 + size + 2 + 12 * line_no), line[:2 * per * 16], fill="black")
+  sheet.save(path)
+
+
+def write_outputs(out_dir: str, datasets, records, scanned, found, *, label_errors: bool = True,
+                  feature_kind: str = "", max_tiles: int = 48) -> dict[str, Any]:
+  os.makedirs(out_dir, exist_ok=True)
+  metas, probs = scanned["metas"], found["probs"]
+  index = scanned["index"]
+
+  def who(i):
+    m = metas[i]
+    return dict(key=m["key"], source=m.get("source", ""), split=found["split"][i],
+                label=CLASS_NAMES[int(m["label"])])
+  rows = []
+  for kind, pairs in (("exact_duplicate", [(i, j, 0) for i, j in found["exact_pairs"]]),
+                      ("near_duplicate", found["near_pairs"])):
+    for i, j, d in pairs:
+      a, b = who(i), who(j)
+      rows.append(dict(kind=kind, **a, other_key=b["key"], other_split=b["split"],
+                       other_label=b["label"], distance=d,
+                       cross_split=int(a["split"] != b["split"]),
+                       labels_differ=int(a["label"] != b["label"])))
+  for r in found["label_issues"]:
+    rows.append(dict(kind="label_error", **who(r["index"]), p_given_label=round(r["p_given"], 4),
+                     suggested_label=CLASS_NAMES[r["suggested"]]))
+  for e in scanned["errors"]:
+    rows.append(dict(kind="unreadable", key=e["key"], source=e["source"], reason=e["reason"]))
+  columns = ["kind", "source", "key", "split", "label", "other_key", "other_split", "other_label",
+             "distance", "cross_split", "labels_differ", "p_given_label", "suggested_label",
+             "reason"]
+  with open(os.path.join(out_dir, "issues.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+
+  excluded = exclusions(found, metas, label_errors=label_errors)
+  by_source = collections.defaultdict(list)
+  for i, reason in sorted(excluded.items(), key=lambda kv: metas[kv[0]]["key"]):
+    by_source[metas[i].get("source", "")].append(f"{metas[i]['key']}\t{reason}")
+  for e in scanned["errors"]:
+    by_source[e["source"]].append(f"{e['key']}\tunreadable: {e['reason']}")
+  names = [d.name for d in datasets]
+  files = {}
+  for name in names:
+    fname = "exclude.txt" if len(names) == 1 else f"exclude-{name}.txt"
+    with open(os.path.join(out_dir, fname), "w") as f:
+      f.write(f"# {name}: images to leave out (KEY<TAB>reason); written by gender_jax.clean\n")
+      f.write("\n".join(by_source.get(name, [])) + ("\n" if by_source.get(name) else ""))
+    files[name] = fname
+
+  dup_tiles = []
+  for kind, pairs in (("exact", [(i, j, 0) for i, j in found["exact_pairs"]]),
+                      ("near", found["near_pairs"])):
+    for i, j, d in pairs:
+      if len(dup_tiles) >= max_tiles:
+        break
+      tag = "CROSS-SPLIT " if found["split"][i] != found["split"][j] else ""
+      dup_tiles.append(([_thumb(records, index[i]), _thumb(records, index[j])],
+                        f"{tag}{kind} d={d} {who(i)['label'][0]}/{who(j)['label'][0]}\n"
+                        f"{os.path.basename(metas[i]['key'])[:26]}"))
+  contact_sheet(dup_tiles, os.path.join(out_dir, "contact_duplicates.png"),
+                f"Duplicates ({len(found['exact_pairs'])} exact, {len(found['near_pairs'])} near "
+                f"pairs; first {len(dup_tiles)})", columns=4)
+  err_tiles = [([_thumb(records, index[r["index"]])],
+                f"given {CLASS_NAMES[r['given']]} p={r['p_given']:.2f}\n"
+                f"{os.path.basename(metas[r['index']]['key'])[:14]}")
+               for r in found["label_issues"][:max_tiles]]
+  contact_sheet(err_tiles, os.path.join(out_dir, "contact_label_errors.png"),
+                f"Likely label errors ({len(found['label_issues'])}; most confident first, "
+                f"features: {feature_kind})", columns=8)
+  oof_acc = (float((probs.argmax(1) == found["labels"]).mean()) if probs is not None else None)
+  summary = dict(
+      images=len(metas), unreadable=len(scanned["errors"]),
+      exact_duplicate_pairs=len(found["exact_pairs"]), near_duplicate_pairs=len(found["near_pairs"]),
+      duplicate_groups=len(found["groups"]), cross_split_groups=len(found["cross_split_groups"]),
+      duplicate_pairs_with_different_labels=sum(r.get("labels_differ", 0) for r in rows),
+      label_errors=len(found["label_issues"]), label_error_features=feature_kind,
+      out_of_fold_accuracy=oof_acc, excluded=len(excluded) + len(scanned["errors"]),
+      exclude_files=files)
+  with open(os.path.join(out_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+class _Concat:
+  """Several record sequences as one (with per-record metadata)."""
+
+  def __init__(self, parts: Sequence):
+    self.parts = list(parts)
+    self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+  def __len__(self):
+    return int(self.offsets[-1])
+
+  def _locate(self, i):
+    k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+    return self.parts[k], i - int(self.offsets[k])
+
+  def __getitem__(self, i):
+    part, j = self._locate(i)
+    return part[j]
+
+  def meta(self, i):
+    part, j = self._locate(i)
+    return eval_data.record_meta(part, j)
+
+
+def load_datasets(specs, workdir=None, config_file=None) -> list[eval_data.Dataset]:
+  """Folders as they are; a configured source without a split: all of its splits."""
+  out = []
+  for spec in specs:
+    if spec.startswith("source:") and spec.count(":") == 1:
+      parts = [eval_data.load_one(f"{spec}:{s}", workdir=workdir, config_file=config_file)
+               for s in SPLIT_PRIORITY]
+      out.append(eval_data.Dataset(spec.split(":")[1], spec,
+                                   _Concat([p.records for p in parts])))
+    else:
+      out.append(eval_data.load_one(spec, workdir=workdir, config_file=config_file))
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--data", action="append", required=True,
+                      help="FOLDER, NAME=FOLDER or source:NAME[:SPLIT] (repeatable)")
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--bundle", help="use this model's features for the label-error model")
+  parser.add_argument("--workdir", help="run whose config names source:… data (and bundle)")
+  parser.add_argument("--config", help="config file for source:… data")
+  parser.add_argument("--near-distance", type=int, default=4,
+                      help="max differing pHash bits (of 64) for a near duplicate")
+  parser.add_argument("--folds", type=int, default=5)
+  parser.add_argument("--keep-label-errors", action="store_true",
+                      help="list likely label errors but do not exclude them")
+  parser.add_argument("--batch-size", type=int, default=64)
+  args = parser.parse_args(argv)
+  datasets = load_datasets(args.data, args.workdir, args.config)
+  records = _Concat([d.records for d in datasets])
+  print(f"scanning {len(records)} images…", file=sys.stderr)
+  scanned = scan(records)
+  features, kind = None, f"{THUMB}x{THUMB} RGB thumbnails"
+  if args.bundle:
+    from gender_jax.predict import Predictor
+    predictor = Predictor(args.bundle, batch_size=args.batch_size)
+
+    class _Readable:  # only the records that decoded, in scan order
+      def __len__(self):
+        return len(scanned["index"])
+
+      def __getitem__(self, i):
+        return records[int(scanned["index"][i])]
+
+      def meta(self, i):
+        return scanned["metas"][i]
+    features = predictor.features_for_records(_Readable(), progress=True).values
+    kind = f"pooled last-stage features of {os.path.abspath(args.bundle)}"
+  found = find_issues(scanned, near_distance=args.near_distance, features=features,
+                      folds=args.folds)
+  summary = write_outputs(args.out, datasets, records, scanned, found,
+                          label_errors=not args.keep_label_errors, feature_kind=kind)
+  print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,180 @@
+"""Labelled data for evaluate, calibrate and clean: image folders and configured sources.
+
+A folder is the layout of a user's own data: `ROOT/male/…`, `ROOT/female/…` (any depth) and an
+optional `ROOT/labels.csv` whose `path` column (relative to ROOT) adds per-image fields such as
+UTKFace's `age` and `race`, and optionally `split`. A configured source is any registered
+source (`source:NAME[:SPLIT]`), configured by a run's `config.json`.
+
+Records are `{"image": bytes | uint8 HxWx3, "label": 0|1, "source", "key", subgroup fields…}`;
+`key` identifies the record in reports and exclude lists (a folder's relative path).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+from gender_jax import CLASS_NAMES
+
+# Fields that describe a record rather than a subgroup of people.
+NOT_SUBGROUPS = {"image", "label", "source", "key", "path", "split", "identity", "id", "index"}
+MAX_SUBGROUP_VALUES = 20  # more distinct values than this is an id, not a subgroup
+AGE_BANDS = ((0, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 200))
+# UTKFace's race codes (its file names and labels.csv), shown next to the code in reports.
+UTKFACE_RACE = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
+
+
+@dataclasses.dataclass
+class Dataset:
+  name: str
+  description: str
+  records: Sequence[dict[str, Any]]
+
+
+def age_band(age) -> str:
+  try:
+    a = int(float(age))
+  except (TypeError, ValueError):
+    return "unknown"
+  for lo, hi in AGE_BANDS:
+    if lo <= a <= hi:
+      return f"{lo}+" if hi >= 200 else f"{lo}-{hi}"
+  return "unknown"
+
+
+def subgroup_fields(record: dict[str, Any]) -> dict[str, str]:
+  """The record's subgroup values as strings: `age` becomes `age_band`, codes get names."""
+  out = {}
+  for k, v in record.items():
+    if k in NOT_SUBGROUPS or isinstance(v, (bytes, list, dict)) or hasattr(v, "shape"):
+      continue
+    if k == "age":
+      out["age_band"] = age_band(v)
+    elif k == "race" and str(v) in UTKFACE_RACE:
+      out[k] = f"{v} {UTKFACE_RACE[str(v)]}"
+    else:
+      out[k] = "unknown" if v is None or str(v) == "" else str(v)
+  return out
+
+
+class FolderRecords:
+  """Random-access records of a folder, listed as the "folder" data source lists it.
+
+  Each record also carries the split the folder source assigns it (seeded, label-stratified),
+  so cross-split duplicates can be found before training.
+  """
+
+  def __init__(self, root: str, name: str | None = None):
+    from gender_jax.data import builder, folder, splits
+    self.root = os.path.abspath(root)
+    self.name = name or os.path.basename(self.root.rstrip("/"))
+    entries, _ = folder.read_entries(self.root)
+    split_of = {e.key: s for s, es in splits.assign(
+        entries, builder.GenderBuilder.SPLIT_FRACTIONS, builder.GenderBuilder.SPLIT_SEED).items()
+        for e in es}
+    self.entries = sorted(entries, key=lambda e: e.key)
+    self.splits = [split_of[e.key] for e in self.entries]
+
+  def __len__(self):
+    return len(self.entries)
+
+  def meta(self, index: int) -> dict[str, Any]:
+    """Everything but the image, without reading the file."""
+    e = self.entries[index]
+    return {**e.subgroups, "label": e.label, "source": self.name, "key": e.key, "path": e.key,
+            "identity": e.identity, "split": self.splits[index]}
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    try:
+      with open(self.entries[index].path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      from gender_jax.data.preprocess import ImageError
+      raise ImageError(f"cannot read file: {e.strerror or e}") from None
+    return {"image": data, **self.meta(index)}
+
+
+class SourceRecords:
+  """A configured source's split, with a `key` per record (NAME/SPLIT/INDEX)."""
+
+  def __init__(self, source, name: str, split: str):
+    self.source, self.name, self.split = source, name, split
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = dict(self.source[index])
+    # Prepared sources keep subgroup fields in one dict; reports want them as fields.
+    for k, v in (record.pop("subgroups", None) or {}).items():
+      record.setdefault(k, v)
+    record.setdefault("source", self.name)
+    record.setdefault("key", record.get("path") or f"{self.name}/{self.split}/{index}")
+    return record
+
+  def meta(self, index: int) -> dict[str, Any]:
+    return {k: v for k, v in self[index].items() if k != "image"}
+
+
+def record_meta(records, index: int) -> dict[str, Any]:
+  if hasattr(records, "meta"):
+    return records.meta(index)
+  return {k: v for k, v in records[index].items() if k != "image"}
+
+
+def resolve_bundle(bundle: str | None, workdir: str | None) -> str:
+  if bundle:
+    return bundle
+  if workdir:
+    return os.path.join(workdir, "bundle")
+  raise ValueError("give --bundle DIR or --workdir RUN (whose bundle is RUN/bundle)")
+
+
+def run_config(workdir: str | None, config_file: str | None = None):
+  """The ml_collections config of a run (its config.json) or of a config file."""
+  import ml_collections
+  if config_file:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("config_module", config_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+  if workdir and os.path.exists(os.path.join(workdir, "config.json")):
+    with open(os.path.join(workdir, "config.json")) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  raise ValueError("a configured source needs the run's config: give --workdir RUN "
+                   "(with RUN/config.json) or --config FILE")
+
+
+def load_one(spec: str, *, workdir: str | None = None, config_file: str | None = None,
+             split: str = "test") -> Dataset:
+  """One data argument: FOLDER, NAME=FOLDER, or source:NAME[:SPLIT]."""
+  if spec.startswith("source:"):
+    from gender_jax.data import sources
+    parts = spec.split(":")
+    name, split = parts[1], (parts[2] if len(parts) > 2 else split)
+    config = run_config(workdir, config_file)
+    if name not in config.data.sources:
+      raise ValueError(f"{spec}: source {name!r} is not configured in this run "
+                       f"(configured: {', '.join(config.data.sources)})")
+    return Dataset(f"{name}:{split}", spec,
+                   SourceRecords(sources.get_source(name, split, config), name, split))
+  name, _, path = spec.rpartition("=")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"--data {spec}: {path} is not a directory")
+  records = FolderRecords(path, name or None)
+  return Dataset(records.name, os.path.abspath(path), records)
+
+
+def load(specs: Sequence[str] | None, *, workdir: str | None = None,
+         config_file: str | None = None, split: str = "test") -> list[Dataset]:
+  """Data arguments → datasets; with none, the run's configured sources at `split`."""
+  if specs:
+    return [load_one(s, workdir=workdir, config_file=config_file, split=split) for s in specs]
+  config = run_config(workdir, config_file)
+  from gender_jax.data import sources
+  out = []
+  for name in sources.configured_sources(config):
+    out.append(load_one(f"source:{name}:{split}", workdir=workdir, config_file=config_file))
+  return out

@@ -1,0 +1,316 @@
+"""Evaluation reports: overall, per source and per subgroup, with calibration and abstention.
+
+  python -m gender_jax.evaluate --workdir RUN [--data …] --out REPORT_DIR
+  python -m gender_jax.evaluate --bundle DIR --data FOLDER [--data NAME=FOLDER …] --out REPORT_DIR
+
+`--data`: a male/ female/ folder (with an optional labels.csv of subgroup columns), NAME=FOLDER,
+or source:NAME[:SPLIT] of the run's config; with none, the run's configured sources (test split).
+Every number comes with its 95% CI and sample count. Writes report.json, report.md and PNGs
+(reliability diagram, accuracy vs coverage, one bar chart per subgroup field, and with several
+bundles or sources a cross-dataset matrix). `--calibrate-on DATA` fits the temperature on held-out
+data first; `--write-calibration` stores it (and `--target-accuracy`'s threshold) in the bundle.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from gender_jax import CLASS_NAMES, calibration, eval_data, stats
+from gender_jax.checkpoint import Bundle
+from gender_jax.predict import TTA_MODES, Predictor
+
+MIN_GROUP = 1  # groups are reported at any size; the CI says how little a small one tells
+
+
+def group_metrics(probs, labels, *, bootstrap: int, seed: int) -> dict[str, Any]:
+  return stats.classification_metrics(probs, labels, class_names=CLASS_NAMES,
+                                      bootstrap=bootstrap, seed=seed)
+
+
+def subgroups(metas: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """{field: per-record value array} for every subgroup field with 2..MAX distinct values."""
+  per_record = [eval_data.subgroup_fields(m) for m in metas]
+  fields = sorted({k for r in per_record for k in r})
+  out = {}
+  for field in fields:
+    values = np.array([r.get(field, "unknown") for r in per_record], dtype=object)
+    if 2 <= len(set(values)) <= eval_data.MAX_SUBGROUP_VALUES:
+      out[field] = values
+  return out
+
+
+def _sort_key(value: str):
+  head = value.split("-")[0].split(" ")[0].rstrip("+")
+  return (0, float(head), value) if head.replace(".", "", 1).isdigit() else (1, 0.0, value)
+
+
+def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dict[str, Any]], *,
+                     temperature: float = 1.0, abstain_threshold: float = 0.0,
+                     bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+  """Logits + labels + per-record fields → the report's numbers (no files)."""
+  labels = np.asarray(labels).astype(int)
+  probs = calibration.softmax(logits, temperature)
+  raw = calibration.softmax(logits)
+  report: dict[str, Any] = {"count": int(len(labels))}
+  report["overall"] = group_metrics(probs, labels, bootstrap=bootstrap, seed=seed)
+  report["calibration"] = dict(
+      temperature=temperature,
+      ece_uncalibrated=stats.classification_metrics(raw, labels, bootstrap=bootstrap,
+                                                    seed=seed)["ece"] if len(labels) else None,
+      ece_calibrated=report["overall"].get("ece"),
+      nll_uncalibrated=calibration.nll(logits, labels) if len(labels) else None,
+      nll_calibrated=calibration.nll(logits, labels, temperature) if len(labels) else None,
+      reliability_uncalibrated=stats.reliability_bins(raw, labels),
+      reliability_calibrated=stats.reliability_bins(probs, labels))
+  conf, correct = probs.max(1), probs.argmax(1) == labels
+  answered = conf >= abstain_threshold
+  report["abstention"] = dict(
+      threshold=abstain_threshold, coverage=float(answered.mean()) if len(labels) else None,
+      answered=int(answered.sum()),
+      accuracy_answered=float(correct[answered].mean()) if answered.any() else None,
+      accuracy_answered_ci=list(stats.wilson(int(correct[answered].sum()), int(answered.sum()))),
+      curve=stats.coverage_curve(probs, labels))
+  sources = np.array([str(m.get("source", "data")) for m in metas], dtype=object)
+  report["by_source"] = {s: group_metrics(probs[sources == s], labels[sources == s],
+                                          bootstrap=bootstrap, seed=seed)
+                         for s in sorted(set(sources))}
+  report["subgroups"] = {}
+  for field, values in subgroups(metas).items():
+    report["subgroups"][field] = {
+        v: group_metrics(probs[values == v], labels[values == v], bootstrap=bootstrap, seed=seed)
+        for v in sorted(set(values), key=_sort_key) if (values == v).sum() >= MIN_GROUP}
+  return report
+
+
+def bundle_name(bundle_dir: str) -> str:
+  """What a bundle was trained on (its run's config.json), for the cross-dataset matrix."""
+  config = os.path.join(os.path.dirname(os.path.abspath(bundle_dir)), "config.json")
+  if os.path.exists(config):
+    with open(config) as f:
+      names = list(json.load(f).get("data", {}).get("sources", {}))
+    if names:
+      return "+".join(names)
+  return os.path.basename(os.path.abspath(bundle_dir).rstrip("/"))
+
+
+def evaluate_bundle(bundle_dir: str, datasets: Sequence[eval_data.Dataset], out_dir: str, *,
+                    calibrate_on: eval_data.Dataset | None = None, write_calibration: bool = False,
+                    target_accuracy: float | None = None, tta: str = "none", batch_size: int = 64,
+                    bootstrap: int = 1000, compute_dtype: str | None = None,
+                    progress: bool = True) -> dict[str, Any]:
+  """Runs the bundle over the datasets; writes report.json, report.md and plots to out_dir."""
+  os.makedirs(out_dir, exist_ok=True)
+  bundle = Bundle(bundle_dir, compute_dtype)
+  predictor = Predictor(bundle, batch_size=batch_size, tta=tta)
+  temperature = float(bundle.calibration.get("temperature", 1.0))
+  threshold = float(bundle.calibration.get("abstain_threshold", 0.0))
+  fitted = None
+  if calibrate_on is not None:
+    val = predictor.logits_for_records(calibrate_on.records, progress=progress)
+    temperature = calibration.fit_temperature(val.values, val.labels)
+    if target_accuracy is not None:
+      threshold = calibration.threshold_for_accuracy(
+          calibration.softmax(val.values, temperature), val.labels, target_accuracy)
+    fitted = dict(data=calibrate_on.description, count=int(len(val.labels)),
+                  temperature=temperature, abstain_threshold=threshold,
+                  target_accuracy=target_accuracy, unreadable=len(val.errors))
+    if write_calibration:
+      calibration.write_calibration(bundle_dir, temperature, threshold,
+                                    fitted_on=dict(data=calibrate_on.description,
+                                                   count=int(len(val.labels)),
+                                                   target_accuracy=target_accuracy))
+  logits, labels, metas, errors = [], [], [], []
+  for ds in datasets:
+    out = predictor.logits_for_records(ds.records, progress=progress)
+    logits.append(out.values)
+    labels.append(out.labels)
+    metas += out.metas
+    errors += [dict(source=ds.name, key=k, reason=r) for k, r in out.errors]
+  logits, labels = np.concatenate(logits), np.concatenate(labels)
+  report = dict(bundle=os.path.abspath(bundle_dir), trained_on=bundle_name(bundle_dir),
+                data={ds.name: ds.description for ds in datasets}, tta=tta, bootstrap=bootstrap,
+                **evaluate_outputs(logits, labels, metas, temperature=temperature,
+                                   abstain_threshold=threshold, bootstrap=bootstrap))
+  report["calibration"]["fitted"] = fitted
+  report["calibration"]["source"] = "fitted now" if fitted else "stored in the bundle"
+  report["unreadable"] = errors
+  write_report(report, out_dir)
+  return report
+
+
+# ------------------------------------------------------------------------------ output
+def _fmt(m: dict | None, digits: int = 3) -> str:
+  if not m or m.get("value") is None:
+    return "–"
+  lo, hi = m["ci"]
+  ci = "" if lo is None or hi is None or np.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+  return f"{m['value']:.{digits}f}{ci}"
+
+
+GROUP_COLUMNS = ("accuracy", "balanced_accuracy", "recall_female", "recall_male", "roc_auc", "ece")
+
+
+def _group_table(groups: dict[str, dict], label: str) -> list[str]:
+  lines = [f"| {label} | n | " + " | ".join(c.replace("_", " ") for c in GROUP_COLUMNS) + " |",
+           "|---|---:|" + "---|" * len(GROUP_COLUMNS)]
+  for name, m in groups.items():
+    lines.append(f"| {name} | {m['count']} | " + " | ".join(_fmt(m.get(c)) for c in GROUP_COLUMNS)
+                 + " |")
+  return lines
+
+
+def write_report(report: dict[str, Any], out_dir: str) -> None:
+  from gender_jax import plots
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "report.json"), "w") as f:
+    json.dump(report, f, indent=2, default=float)
+  cal, abst = report["calibration"], report["abstention"]
+  plots.reliability({f"uncalibrated (ECE {cal['ece_uncalibrated']['value']:.3f})":
+                     cal["reliability_uncalibrated"],
+                     f"T={cal['temperature']:.2f} (ECE {cal['ece_calibrated']['value']:.3f})":
+                     cal["reliability_calibrated"]},
+                    os.path.join(out_dir, "reliability.png"),
+                    title=f"Reliability — {report['trained_on']} on {', '.join(report['data'])}")
+  plots.coverage({"all": abst["curve"]}, os.path.join(out_dir, "coverage.png"),
+                 threshold=abst["threshold"])
+  pngs = ["reliability.png", "coverage.png"]
+  if len(report["by_source"]) > 1:
+    plots.subgroup_bars("source", report["by_source"], os.path.join(out_dir, "by_source.png"))
+    pngs.append("by_source.png")
+  for field, groups in report["subgroups"].items():
+    plots.subgroup_bars(field, groups, os.path.join(out_dir, f"subgroup_{field}.png"))
+    pngs.append(f"subgroup_{field}.png")
+
+  o = report["overall"]
+  md = [f"# Evaluation: {report['trained_on']} → {', '.join(report['data'])}", "",
+        f"Bundle `{report['bundle']}`; {report['count']} images"
+        + (f" ({len(report['unreadable'])} unreadable, listed below)" if report["unreadable"]
+           else "") + f"; test-time augmentation: {report['tta']}. Intervals are 95%: Wilson "
+        f"for proportions, percentile bootstrap ({report['bootstrap']} resamples) for balanced "
+        "accuracy, ROC AUC and ECE.", "",
+        "Labels are the dataset's binary labels of perceived gender; appearance is not identity.",
+        "", "## Overall", "", "| metric | value [95% CI] | n |", "|---|---|---:|"]
+  for key in ("accuracy", "balanced_accuracy", "recall_female", "recall_male", "roc_auc", "ece"):
+    md.append(f"| {key.replace('_', ' ')} | {_fmt(o.get(key))} | {o.get(key, {}).get('count', '')} |")
+  cm = o["confusion"]["matrix"]
+  md += ["", "Confusion matrix (rows: true, columns: predicted):", "",
+         "| | " + " | ".join(CLASS_NAMES) + " |", "|---|---:|---:|"]
+  md += [f"| {CLASS_NAMES[i]} | {cm[i][0]} | {cm[i][1]} |" for i in range(2)]
+  if len(report["by_source"]) > 1:
+    md += ["", "## Per source", ""] + _group_table(report["by_source"], "source")
+  for field, groups in report["subgroups"].items():
+    md += ["", f"## By {field}", ""] + _group_table(groups, field)
+    md += ["", f"![{field}](subgroup_{field}.png)"]
+  md += ["", "## Calibration", "",
+         f"Temperature {cal['temperature']:.4f} ({cal['source']}"
+         + (f", fitted on {cal['fitted']['data']}, {cal['fitted']['count']} images" if cal["fitted"]
+            else "") + ").", "",
+         "| | ECE [95% CI] | NLL |", "|---|---|---|",
+         f"| uncalibrated (T=1) | {_fmt(cal['ece_uncalibrated'])} | {cal['nll_uncalibrated']:.4f} |",
+         f"| calibrated (T={cal['temperature']:.2f}) | {_fmt(cal['ece_calibrated'])} | "
+         f"{cal['nll_calibrated']:.4f} |", "", "![reliability](reliability.png)", "",
+         "## Abstention", "",
+         f"At the bundle's threshold {abst['threshold']:.3f}: {abst['answered']} of {report['count']}"
+         f" answered (coverage {abst['coverage']:.3f}), accuracy on answered "
+         + (f"{abst['accuracy_answered']:.3f} [{abst['accuracy_answered_ci'][0]:.3f}, "
+            f"{abst['accuracy_answered_ci'][1]:.3f}]." if abst["accuracy_answered"] is not None
+            else "–."), "",
+         "| threshold | coverage | accuracy on answered |", "|---:|---:|---:|"]
+  for c in abst["curve"]:
+    if round(c["threshold"] * 20, 6) % 1 == 0:  # every 0.05
+      acc = "–" if c["accuracy"] is None else f"{c['accuracy']:.3f}"
+      md.append(f"| {c['threshold']:.2f} | {c['coverage']:.3f} | {acc} |")
+  md += ["", "![coverage](coverage.png)"]
+  if report["unreadable"]:
+    md += ["", "## Unreadable inputs", ""]
+    md += [f"- {e['source']}: `{e['key']}`: {e['reason']}" for e in report["unreadable"][:50]]
+    if len(report["unreadable"]) > 50:
+      md.append(f"- … {len(report['unreadable']) - 50} more in report.json")
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write("\n".join(md) + "\n")
+
+
+def write_matrix(reports: dict[str, dict], out_dir: str) -> dict[str, Any]:
+  """Trained-on × tested-on accuracy and balanced accuracy, from per-bundle reports."""
+  from gender_jax import plots
+  rows = list(reports)
+  cols = sorted({s for r in reports.values() for s in r["by_source"]})
+  out = {}
+  for metric in ("accuracy", "balanced_accuracy"):
+    values = np.full((len(rows), len(cols)), np.nan)
+    for i, r in enumerate(rows):
+      for j, c in enumerate(cols):
+        m = reports[r]["by_source"].get(c, {}).get(metric)
+        if m and m["value"] is not None:
+          values[i, j] = m["value"]
+    plots.matrix(rows, cols, values, os.path.join(out_dir, f"matrix_{metric}.png"),
+                 f"Cross-dataset {metric.replace('_', ' ')}")
+    out[metric] = dict(rows=rows, cols=cols, values=[[None if np.isnan(v) else float(v) for v in row]
+                                                     for row in values])
+  with open(os.path.join(out_dir, "matrix.json"), "w") as f:
+    json.dump(out, f, indent=2)
+  md = ["# Cross-dataset matrix", "", "Rows: trained on; columns: tested on.", ""]
+  for metric, m in out.items():
+    md += [f"## {metric.replace('_', ' ')}", "", "| trained on | " + " | ".join(cols) + " |",
+           "|---|" + "---:|" * len(cols)]
+    md += [f"| {r} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in row) + " |"
+           for r, row in zip(rows, m["values"])]
+    md += ["", f"![{metric}](matrix_{metric}.png)", ""]
+  with open(os.path.join(out_dir, "matrix.md"), "w") as f:
+    f.write("\n".join(md))
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--bundle", action="append", default=[], help="bundle dir (repeatable)")
+  parser.add_argument("--workdir", action="append", default=[],
+                      help="training run (repeatable); its bundle is RUN/bundle")
+  parser.add_argument("--data", action="append", default=[],
+                      help="FOLDER, NAME=FOLDER or source:NAME[:SPLIT] (repeatable)")
+  parser.add_argument("--config", help="config file for source:… data without a --workdir")
+  parser.add_argument("--split", default="test", help="split of configured sources (default test)")
+  parser.add_argument("--out", required=True, help="report directory")
+  parser.add_argument("--calibrate-on", help="held-out data to fit the temperature on "
+                      "(same forms as --data); default: the bundle's stored calibration")
+  parser.add_argument("--write-calibration", action="store_true",
+                      help="store the fitted temperature (and threshold) in the bundle")
+  parser.add_argument("--target-accuracy", type=float,
+                      help="with --calibrate-on: abstain threshold reaching this accuracy")
+  parser.add_argument("--tta", default="none", choices=TTA_MODES)
+  parser.add_argument("--batch-size", type=int, default=64)
+  parser.add_argument("--bootstrap", type=int, default=1000)
+  parser.add_argument("--compute-dtype", help="e.g. float32 for a bfloat16 bundle on CPU")
+  parser.add_argument("--quiet", action="store_true")
+  args = parser.parse_args(argv)
+  runs = [(b, None) for b in args.bundle] + [(os.path.join(w, "bundle"), w) for w in args.workdir]
+  if not runs:
+    parser.error("give --bundle DIR or --workdir RUN")
+  reports = {}
+  for bundle_dir, workdir in runs:
+    datasets = eval_data.load(args.data, workdir=workdir, config_file=args.config, split=args.split)
+    calibrate_on = (eval_data.load_one(args.calibrate_on, workdir=workdir, config_file=args.config,
+                                       split="validation") if args.calibrate_on else None)
+    name = bundle_name(bundle_dir)
+    while name in reports:
+      name += "'"
+    out_dir = args.out if len(runs) == 1 else os.path.join(args.out, name.replace("/", "_"))
+    reports[name] = evaluate_bundle(
+        bundle_dir, datasets, out_dir, calibrate_on=calibrate_on,
+        write_calibration=args.write_calibration, target_accuracy=args.target_accuracy,
+        tta=args.tta, batch_size=args.batch_size, bootstrap=args.bootstrap,
+        compute_dtype=args.compute_dtype, progress=not args.quiet)
+    o = reports[name]["overall"]
+    print(f"{name}: n={o['count']} accuracy {_fmt(o['accuracy'])} balanced "
+          f"{_fmt(o.get('balanced_accuracy'))} → {out_dir}/report.md", file=sys.stderr)
+  if len(reports) > 1 or len(next(iter(reports.values()))["by_source"]) > 1:
+    write_matrix(reports, args.out)
+
+
+if __name__ == "__main__":
+  main()
