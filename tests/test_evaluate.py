@@ -1,0 +1,157 @@
+"""Metrics, confidence intervals, ECE, temperature scaling and the report, against hand values."""
+import json
+import math
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from gender_jax import calibration, checkpoint, evaluate, stats
+from gender_jax.data.preprocess import make_spec
+from gender_jax.models import create_model
+
+# Ten images with fixed logits. p_male = softmax(logits)[1] = sigmoid(l1 - l0).
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+MARGINS = np.array([-3.0, -1.0, 0.5, -2.0, 2.0, 1.0, -0.5, 3.0, 0.25, 4.0])  # l1 - l0
+LOGITS = np.stack([np.zeros(10), MARGINS], axis=1)
+
+
+def test_point_metrics_match_hand_counts():
+  probs = calibration.softmax(LOGITS)
+  m = stats.classification_metrics(probs, LABELS, bootstrap=200)
+  # predicted male where margin > 0: females 0,0,1,0 → 3/4 right; males 1,1,0,1,1,1 → 5/6 right.
+  assert m["count"] == 10
+  assert m["accuracy"]["value"] == pytest.approx(0.8)
+  assert m["recall_female"]["value"] == pytest.approx(0.75) and m["recall_female"]["count"] == 4
+  assert m["recall_male"]["value"] == pytest.approx(5 / 6) and m["recall_male"]["count"] == 6
+  assert m["balanced_accuracy"]["value"] == pytest.approx((0.75 + 5 / 6) / 2)
+  assert m["confusion"]["matrix"] == [[3, 1], [1, 5]]
+  # AUC by pair counting over the 24 (male, female) pairs: the males at 2, 1, 3, 4 outrank all
+  # four females (16); the males at -0.5 and 0.25 outrank the females at -3, -1, -2 (3 + 3).
+  assert m["roc_auc"]["value"] == pytest.approx((16 + 3 + 3) / 24)
+
+
+def test_wilson_intervals_match_published_values():
+  # Newcombe (1998), table I: 8/10 → 0.4902–0.9433; 0/5 has upper bound z²/(n + z²).
+  assert stats.wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+  z2 = stats.Z95 ** 2
+  assert stats.wilson(0, 5) == pytest.approx((0.0, z2 / (5 + z2)), abs=1e-6)
+  assert all(math.isnan(x) for x in stats.wilson(0, 0))
+  m = stats.classification_metrics(calibration.softmax(LOGITS), LABELS, bootstrap=200)
+  assert m["accuracy"]["ci"] == pytest.approx(list(stats.wilson(8, 10)))
+  assert m["recall_female"]["ci"] == pytest.approx(list(stats.wilson(3, 4)))
+
+
+def test_bootstrap_intervals_bracket_and_repeat():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 2, 400)
+  probs = calibration.softmax(np.stack([np.zeros(400), (2 * labels - 1) + rng.normal(0, 1.5, 400)], 1))
+  a = stats.classification_metrics(probs, labels, bootstrap=300, seed=3)
+  b = stats.classification_metrics(probs, labels, bootstrap=300, seed=3)
+  for key in ("balanced_accuracy", "roc_auc", "ece"):
+    lo, hi = a[key]["ci"]
+    assert lo <= a[key]["value"] <= hi and hi - lo < 0.2, key
+    assert a[key] == b[key]  # a fixed seed gives the same report
+  # The weighted (bootstrap) AUC with unit weights is the plain AUC.
+  assert stats.roc_auc(probs[:, 1], labels, np.ones((2, 400)))[1] == pytest.approx(a["roc_auc"]["value"])
+
+
+def test_ece_hand_computed():
+  # Confidences 0.9, 0.9, 0.6, 0.6 (bins (0.8667,0.9333] and (0.5333,0.6]); correct: 1,0 | 1,1.
+  probs = np.array([[0.1, 0.9], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
+  labels = np.array([1, 0, 0, 1])
+  # bin 0.9: |0.5 − 0.9| · 2/4 = 0.2; bin 0.6: |1.0 − 0.6| · 2/4 = 0.2 → 0.4
+  assert stats.ece(probs, labels)[0] == pytest.approx(0.4)
+  bins = [b for b in stats.reliability_bins(probs, labels) if b["count"]]
+  assert [(b["count"], b["accuracy"]) for b in bins] == [(2, 1.0), (2, 0.5)]
+
+
+def test_temperature_scaling_hand_computed():
+  # Every top logit margin is 4 and 8 of 10 are right: NLL is minimal where
+  # sigmoid(4 / T) = 0.8, i.e. T = 4 / ln 4.
+  labels = np.array([1] * 8 + [0] * 2)
+  logits = np.tile([0.0, 4.0], (10, 1))
+  t = calibration.fit_temperature(logits, labels)
+  assert t == pytest.approx(4 / math.log(4), rel=1e-4)
+  assert calibration.nll(logits, labels, t) < calibration.nll(logits, labels, 1.0)
+  # After scaling, the confidence equals the accuracy: ECE 0.
+  assert stats.ece(calibration.softmax(logits, t), labels)[0] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_abstain_threshold_for_target_accuracy():
+  probs = calibration.softmax(LOGITS)
+  conf = probs.max(1)
+  t = calibration.threshold_for_accuracy(probs, LABELS, target=1.0)
+  # Wrong answers have margins 0.5 and -0.5 (confidence sigmoid(0.5)); the least confident
+  # right one has margin 0.25. Full accuracy means answering only confidences > sigmoid(0.5).
+  answered = conf >= t
+  assert answered.sum() == 7 and (probs.argmax(1) == LABELS)[answered].all()
+  assert calibration.threshold_for_accuracy(probs, LABELS, target=0.5) == 0.0
+  curve = stats.coverage_curve(probs, LABELS, thresholds=[0.5, t])
+  assert curve[0]["coverage"] == 1.0 and curve[1]["accuracy"] == 1.0
+
+
+def test_evaluate_outputs_groups_and_age_bands():
+  metas = [dict(source="a" if i < 5 else "b", age=str(5 + 10 * i), race=str(i % 2)) for i in range(10)]
+  r = evaluate.evaluate_outputs(LOGITS, LABELS, metas, bootstrap=50, abstain_threshold=0.7)
+  assert set(r["by_source"]) == {"a", "b"} and r["by_source"]["a"]["count"] == 5
+  assert list(r["subgroups"]["race"]) == ["0 White", "1 Black"]
+  assert list(r["subgroups"]["age_band"])[:2] == ["0-9", "10-19"]
+  assert r["subgroups"]["age_band"]["70+"]["count"] == 3  # ages 75, 85, 95
+  assert r["abstention"]["answered"] == int((calibration.softmax(LOGITS).max(1) >= 0.7).sum())
+
+
+def constant_bundle(directory, bias=(0.0, 1.0), size=16):
+  """A resnet_tiny whose weights are all zero but the head bias: logits = bias for any image."""
+  cfg = ml_collections.ConfigDict(dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32",
+                                       variant="torchvision", dropout=0.0))
+  model = create_model(cfg, rngs=nnx.Rngs(0))
+  flat = checkpoint.to_flat(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
+  flat = {k: (np.asarray(bias, np.float32) if k == "fc/bias" else
+              np.ones_like(v) if k.endswith("/var") else np.zeros_like(v)) for k, v in flat.items()}
+  checkpoint.load_flat(model, flat)
+  checkpoint.save_bundle(str(directory), model, model_config=cfg.to_dict(),
+                         preprocessing=make_spec(size))
+  return str(directory)
+
+
+def test_evaluate_cli_writes_report_and_plots(tmp_path):
+  bundle = constant_bundle(tmp_path / "bundle", bias=(0.0, 1.0))
+  rng = np.random.default_rng(0)
+  rows = ["path,label,age,race"]
+  for cls, n in (("female", 3), ("male", 5)):
+    os.makedirs(tmp_path / "data" / cls)
+    for i in range(n):
+      Image.fromarray(rng.integers(0, 255, (20, 20, 3), np.uint8)).save(
+          tmp_path / "data" / cls / f"{i}.png")
+      rows.append(f"{cls}/{i}.png,{cls},{10 * i + 3},{i % 2}")
+  (tmp_path / "data" / "labels.csv").write_text("\n".join(rows) + "\n")
+  evaluate.main(["--bundle", bundle, "--data", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "report"), "--bootstrap", "50", "--quiet", "--tta", "flip"])
+  report = json.loads((tmp_path / "report" / "report.json").read_text())
+  # The model says male (p = sigmoid(1)) for every image: 5 of 8 right.
+  assert report["count"] == 8 and report["overall"]["accuracy"]["value"] == pytest.approx(5 / 8)
+  assert report["overall"]["recall_male"]["value"] == 1.0
+  assert report["overall"]["mean_confidence"] == pytest.approx(1 / (1 + math.exp(-1)), abs=1e-5)
+  assert set(report["subgroups"]) == {"age_band", "race"}
+  for png in ("reliability.png", "coverage.png", "subgroup_age_band.png", "subgroup_race.png"):
+    assert (tmp_path / "report" / png).stat().st_size > 1000
+  assert "## By race" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_calibrate_bundle_stores_temperature(tmp_path):
+  bundle = constant_bundle(tmp_path / "bundle", bias=(0.0, 4.0))
+  # 8 male, 2 female, all predicted male with margin 4 → T = 4 / ln 4 (as above).
+  records = [{"image": np.full((16, 16, 3), 9 * i, np.uint8), "label": int(i < 8)}
+             for i in range(10)]
+  summary = calibration.calibrate_bundle(bundle, records, target_accuracy=0.99, batch_size=4)
+  assert summary["temperature"] == pytest.approx(4 / math.log(4), rel=1e-3)
+  assert summary["abstain_threshold"] == 1.0  # 0.8 accuracy can never reach 0.99
+  loaded = checkpoint.Bundle(bundle)
+  assert loaded.calibration["temperature"] == pytest.approx(summary["temperature"])
+  probs = np.asarray(loaded.probs_fn()(np.zeros((2, 16, 16, 3), np.uint8)))
+  assert probs[:, 1] == pytest.approx(0.8, abs=1e-3)
+  assert all(d["abstained"] for d in loaded.decide(probs))
