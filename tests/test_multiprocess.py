@@ -1,0 +1,309 @@
+"""Several real processes on loopback (CPU, gloo collectives, 2 fake devices each).
+
+What is proven: 2 processes train to the same weights as 1 process over the same global
+batches; a checkpoint written by 2 processes resumes in 1; a peer that never arrives or
+dies makes the others stop with an error naming it, within the configured timeout;
+SLURM's environment is understood; launch/ray_job.py trains on a real local Ray cluster.
+
+Every subprocess runs in its own session and is SIGKILLed on timeout: a process stuck in a
+gloo collective ignores SIGTERM.
+"""
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from gender_jax import checkpoint, parallel
+
+pytestmark = pytest.mark.multiprocess
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEVICES_PER_PROCESS = 2
+
+TINY_CONFIG = """
+from configs.demo import get_config as demo
+
+
+def get_config():
+  config = demo()
+  config.data.sources.synthetic.train_size = 256
+  config.data.sources.synthetic.validation_size = 32
+  config.data.batch_size = 16
+  config.data.eval_batch_size = 16
+  config.total_epochs = None
+  config.total_steps = 4
+  config.eval_every_epochs = None
+  config.optimizer.warmup_steps = 1
+  config.log_every = 2
+  config.checkpoint.checkpoint_every_steps = 2
+  config.checkpoint.keep = 4
+  config.checkpoint.async_save = False
+  return config
+"""
+
+# A minimal distributed program: joins through parallel.initialize_distributed, then runs a
+# cross-process all-reduce in a loop (forever with no argument), like a training step.
+COLLECTIVE_WORKER = """
+import sys, time
+import jax, numpy as np
+from gender_jax import parallel
+parallel.initialize_distributed()
+mesh = parallel.create_mesh()
+total = jax.jit(lambda x: x.sum(), out_shardings=parallel.replicated(mesh))
+x = parallel.put_batch({"x": np.ones((jax.local_device_count(), 4), np.float32)}, mesh)["x"]
+steps = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+i = 0
+while not steps or i < steps:
+  value = float(total(x))
+  i += 1
+  if i == 3:
+    print(f"READY process {jax.process_index()} sum {value}", flush=True)
+  time.sleep(0.05)
+print(f"DONE process {jax.process_index()} of {jax.process_count()} sum {value}", flush=True)
+"""
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+  with socket.socket() as s:
+    try:
+      s.bind(("127.0.0.1", port))
+      return True
+    except OSError:
+      return False
+
+
+def clean_env(devices: int = DEVICES_PER_PROCESS, **extra) -> dict:
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("JAX_", "SLURM_", "GENDER_JAX_", "RAY_"))}
+  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3",
+             PYTHONPATH=str(ROOT))
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+class Proc:
+  """A subprocess in its own session, output to a file, always SIGKILLed in the end."""
+
+  def __init__(self, cmd, env, log: pathlib.Path, cwd=ROOT):
+    self.log = log
+    self.file = open(log, "w")
+    self.p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self.file, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+
+  def output(self) -> str:
+    self.file.flush()
+    return self.log.read_text(errors="replace")
+
+  def wait(self, timeout: float) -> int:
+    try:
+      return self.p.wait(timeout)
+    except subprocess.TimeoutExpired:
+      self.kill()
+      pytest.fail(f"{self.p.args} still running after {timeout:.0f} s; SIGKILLed. Output tail:\n"
+                  + self.output()[-3000:])
+
+  def wait_for(self, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in self.output():
+      if self.p.poll() is not None or time.monotonic() > deadline:
+        pytest.fail(f"never printed {text!r} (rc {self.p.poll()}):\n" + self.output()[-3000:])
+      time.sleep(0.2)
+
+  def kill(self) -> None:
+    try:
+      os.killpg(self.p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    self.p.wait()
+    self.file.close()
+
+
+@pytest.fixture
+def procs():
+  started = []
+  yield started
+  for p in started:
+    p.kill()
+
+
+def start_workers(procs, tmp_path, n=2, args=(), **env):
+  port = free_port()
+  for i in range(n):
+    procs.append(Proc([sys.executable, "-c", COLLECTIVE_WORKER, *args],
+                      clean_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=n,
+                                JAX_PROCESS_ID=i, **env), tmp_path / f"p{i}.log"))
+  return procs
+
+
+# ----------------------------------------------------------------------------- failures
+def test_a_peer_that_never_arrives_is_named(procs, tmp_path):
+  """Process 0 of 2 alone, and process 1 of 2 alone: each gives up after the init timeout."""
+  port0, port1 = free_port(), free_port()
+  alone0 = Proc([sys.executable, "-c", COLLECTIVE_WORKER],
+                clean_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port0}", JAX_NUM_PROCESSES=2,
+                          JAX_PROCESS_ID=0, GENDER_JAX_INIT_TIMEOUT=3), tmp_path / "0.log")
+  alone1 = Proc([sys.executable, "-c", COLLECTIVE_WORKER],
+                clean_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port1}", JAX_NUM_PROCESSES=2,
+                          JAX_PROCESS_ID=1, GENDER_JAX_INIT_TIMEOUT=3), tmp_path / "1.log")
+  procs += [alone0, alone1]
+  assert alone0.wait(120) == parallel.EXIT_PEER_LOST, alone0.output()[-2000:]
+  assert alone1.wait(120) == parallel.EXIT_PEER_LOST, alone1.output()[-2000:]
+  out0, out1 = alone0.output(), alone1.output()
+  assert "process 0 of 2: distributed initialisation timed out after 3 s" in out0
+  assert "process 1 did not all connect" in out0
+  assert "process 0 (the coordinator) is not listening" in out1
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["peer", "coordinator"])
+def test_killing_one_process_stops_the_other(procs, tmp_path, victim):
+  timeout = 4
+  start_workers(procs, tmp_path, GENDER_JAX_PEER_TIMEOUT=timeout)
+  for p in procs:
+    p.wait_for("READY", 180)
+  survivor = procs[1 - victim]
+  t0 = time.monotonic()
+  os.killpg(procs[victim].p.pid, signal.SIGKILL)
+  rc = survivor.wait(timeout + 30)  # margin for a loaded 2-core machine
+  elapsed = time.monotonic() - t0
+  out = survivor.output()
+  assert rc != 0 and elapsed < timeout + 30, out[-2000:]
+  if victim == 1:
+    # Stuck in the all-reduce: only the watchdog can notice, and it names the dead peer.
+    assert rc == parallel.EXIT_PEER_LOST
+    assert "process 0 of 2: process 1 sent no heartbeat for over 4 s" in out
+  else:
+    # The coordination service went with process 0: JAX itself aborts at once, or the
+    # watchdog reports the lost coordinator, whichever comes first.
+    assert ("another task died" in out or "Connection closed by peer" in out
+            or "no answer from the coordinator (process 0" in out), out[-2000:]
+
+
+def test_slurm_environment_is_detected(procs, tmp_path):
+  """The variables `srun` sets, on loopback: the coordinator is derived from the node list."""
+  job_id = next(j for j in np.random.default_rng().permutation(4096)
+                if port_is_free(int(j) + 65535 - 2 ** 12 + 1))  # JAX's port rule for SLURM
+  for i in range(2):
+    procs.append(Proc([sys.executable, "-c", COLLECTIVE_WORKER, "5"], clean_env(
+        SLURM_JOB_ID=job_id, SLURM_STEP_NODELIST="localhost", SLURM_NTASKS=2, SLURM_PROCID=i,
+        SLURM_LOCALID=i, SLURM_STEP_NUM_NODES=1), tmp_path / f"s{i}.log"))
+  for i, p in enumerate(procs):
+    assert p.wait(180) == 0, p.output()[-2000:]
+    # 2 processes × 2 devices × ones(1, 4): the all-reduce saw everyone's data.
+    assert f"DONE process {i} of 2 sum 16.0" in p.output()
+
+
+# ----------------------------------------------------------------------------- training
+def tiny_config(directory: pathlib.Path) -> pathlib.Path:
+  path = directory / "tiny_config.py"
+  path.write_text(TINY_CONFIG)
+  return path
+
+
+def train_single(config, workdir, log, devices=2 * DEVICES_PER_PROCESS):
+  p = Proc([sys.executable, "-m", "gender_jax.train", "--config", str(config), "--workdir",
+            str(workdir)], clean_env(devices), log)
+  try:
+    assert p.wait(400) == 0, p.output()[-3000:]
+  finally:
+    p.kill()
+  return p.output()
+
+
+def assert_same_weights(a, b, rtol=1e-4, atol=1e-5):
+  (wa, _), (wb, _) = checkpoint.load_weights(a), checkpoint.load_weights(b)
+  assert wa.keys() == wb.keys()
+  worst = max(float(np.max(np.abs(wa[k] - wb[k]))) for k in wa)
+  for k in wa:
+    np.testing.assert_allclose(wa[k], wb[k], rtol=rtol, atol=atol, err_msg=k)
+  return worst
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """4 steps on 2 processes × 2 devices through launch/local.sh."""
+  tmp = tmp_path_factory.mktemp("two")
+  config = tiny_config(tmp)
+  p = Proc(["bash", str(ROOT / "launch" / "local.sh"), "2", "--config", str(config),
+            "--workdir", str(tmp / "run")],
+           clean_env(PYTHON=sys.executable, GENDER_JAX_PEER_TIMEOUT=60), tmp / "local.log")
+  try:
+    assert p.wait(400) == 0, p.output()[-3000:]
+  finally:
+    p.kill()
+  return dict(config=config, workdir=tmp / "run", output=p.output())
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(two_process_run, tmp_path):
+  out = two_process_run["output"]
+  assert "[0]" in out and "[1]" in out and "on 4 devices" in out
+  # Only process 0 writes logs and metrics.
+  assert out.count("step 4/4") == 1
+  train_single(two_process_run["config"], tmp_path / "one", tmp_path / "one.log")
+  worst = assert_same_weights(two_process_run["workdir"] / "bundle", tmp_path / "one" / "bundle")
+  print(f"max |w_2proc - w_1proc| = {worst:.2e}")
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_resumes_in_one(two_process_run, tmp_path):
+  """Step 2 of the 2-process run, resumed by 1 process (4 devices), ends where 2 processes did."""
+  workdir = tmp_path / "resumed"
+  shutil.copytree(two_process_run["workdir"] / "checkpoints", workdir / "checkpoints")
+  for step in (workdir / "checkpoints").iterdir():
+    if step.name.isdigit() and int(step.name) > 2:
+      shutil.rmtree(step)
+  out = train_single(two_process_run["config"], workdir, tmp_path / "resumed.log")
+  assert "at step 2" in out and "training steps 2→4" in out
+  assert_same_weights(two_process_run["workdir"] / "bundle", workdir / "bundle")
+
+
+@pytest.mark.slow
+def test_ray_job_on_a_local_cluster(two_process_run, tmp_path):
+  """`ray start --head` on loopback with 2 CPUs; ray_job.py runs the same 2-process training."""
+  pytest.importorskip("ray")
+  port = free_port()
+  ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
+  bin_dir = pathlib.Path(sys.executable).parent
+  head = Proc([str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+               f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+               "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+              clean_env(), tmp_path / "head.log")
+  try:
+    head.wait_for("Ray runtime started", 180)
+    job = Proc([sys.executable, str(ROOT / "launch" / "ray_job.py"), "--address",
+                f"127.0.0.1:{port}", "--num-workers", "2", "--cpus-per-worker", "1",
+                "--env", f"XLA_FLAGS=--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
+                "--env", "JAX_PLATFORMS=cpu", "--", "--config",
+                str(two_process_run["config"]), "--workdir", str(tmp_path / "ray_run")],
+               clean_env(), tmp_path / "job.log")
+    try:
+      assert job.wait(400) == 0, job.output()[-4000:]
+    finally:
+      job.kill()
+    out = job.output()
+    assert "worker exit statuses [0, 0]" in out and "on 4 devices" in out
+    assert_same_weights(two_process_run["workdir"] / "bundle", tmp_path / "ray_run" / "bundle")
+  finally:
+    head.p.send_signal(signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
+    try:
+      head.p.wait(30)
+    except subprocess.TimeoutExpired:
+      pass
+    head.kill()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
