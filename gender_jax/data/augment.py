@@ -14,9 +14,10 @@ reproducible whatever the number of workers.
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from gender_jax.data import preprocess
 
@@ -64,24 +65,54 @@ def _random_resized_box(h, w, rng, scale):
   return y, x, max(ch, 1), max(cw, 1)
 
 
+def _open(data) -> Image.Image:
+  """Bytes or array → a lazily decoded PIL image (nothing is decoded yet for bytes)."""
+  if isinstance(data, np.ndarray):
+    return Image.fromarray(preprocess.decode(data))
+  if not data:
+    raise preprocess.ImageError("empty input (0 bytes)")
+  try:
+    return Image.open(io.BytesIO(data))
+  except UnidentifiedImageError:
+    raise preprocess.ImageError("not a recognised image format") from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise preprocess.ImageError(f"corrupt or truncated image: {e}") from None
+
+
 def train_image(data, size: int, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:
-  """Decode → crop → rotate → resize → flip → colour: uint8 size×size×3."""
-  img = preprocess.decode(data)
-  h, w = img.shape[:2]
+  """Decode → crop → resize → rotate → flip → colour: uint8 size×size×3.
+
+  The crop and the resize are one PIL call, and a JPEG much larger than its crop's output is
+  decoded at a reduced scale (`draft`): 2-4x less work per image than decode-then-resize.
+  """
+  im = _open(data)
+  w, h = im.size
+  box = (0, 0, w, h)
   if spec.crop == "random_resized" and spec.crop_scale[0] < 1.0:
     y, x, ch, cw = _random_resized_box(h, w, rng, spec.crop_scale)
-    img = img[y:y + ch, x:x + cw]
-  elif spec.crop == "pad_crop" and spec.pad_fraction > 0:
-    py, px = int(round(h * spec.pad_fraction)), int(round(w * spec.pad_fraction))
-    padded = np.pad(img, ((py, py), (px, px), (0, 0)), mode="reflect")
-    y, x = rng.integers(0, 2 * py + 1), rng.integers(0, 2 * px + 1)
-    img = padded[y:y + h, x:x + w]
-  pil = Image.fromarray(np.ascontiguousarray(img))
+    box = (x, y, x + cw, y + ch)
+  try:
+    if im.format == "JPEG" and spec.crop != "pad_crop":
+      cw, ch = box[2] - box[0], box[3] - box[1]
+      im.draft("RGB", (-(-w * size // cw), -(-h * size // ch)))  # ≥ size px across the crop
+      sx, sy = im.size[0] / w, im.size[1] / h
+      box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+    if im.mode != "RGB":
+      im = im.convert("RGB")
+    im.load()
+    if spec.crop == "pad_crop" and spec.pad_fraction > 0:
+      img = np.asarray(im)
+      py, px = int(round(h * spec.pad_fraction)), int(round(w * spec.pad_fraction))
+      padded = np.pad(img, ((py, py), (px, px), (0, 0)), mode="reflect")
+      y, x = rng.integers(0, 2 * py + 1), rng.integers(0, 2 * px + 1)
+      im = Image.fromarray(np.ascontiguousarray(padded[y:y + h, x:x + w]))
+    if im.size != (size, size) or box != (0, 0, w, h):
+      im = im.resize((size, size), Image.BILINEAR, box=box)
+  except (OSError, SyntaxError, ValueError) as e:
+    raise preprocess.ImageError(f"corrupt or truncated image: {e}") from None
   if spec.rotate > 0:
-    pil = pil.rotate(float(rng.uniform(-spec.rotate, spec.rotate)), Image.BILINEAR)
-  if pil.size != (size, size):
-    pil = pil.resize((size, size), Image.BILINEAR)
-  out = np.asarray(pil)
+    im = im.rotate(float(rng.uniform(-spec.rotate, spec.rotate)), Image.BILINEAR)
+  out = np.asarray(im)
   if spec.flip and rng.random() < 0.5:
     out = out[:, ::-1]
   if spec.color_jitter > 0 or spec.grayscale > 0:
