@@ -1,5 +1,6 @@
 """The shared defaults every config starts from; each section mirrors a trainer section."""
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -42,20 +43,20 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.b2 = 0.999
   config.optimizer.weight_decay = 5e-5
   config.optimizer.grad_clip_norm = 0.0
-  config.optimizer.warmup_steps = None
-  config.optimizer.warmup_epochs = None
-  config.optimizer.warmup_examples = None
+  config.optimizer.warmup_steps = placeholder(int)
+  config.optimizer.warmup_epochs = placeholder(float)
+  config.optimizer.warmup_examples = placeholder(int)
   config.optimizer.end_lr_fraction = 0.0
   config.optimizer.lr_mult = ml_collections.ConfigDict()  # stage name → lr multiplier
   config.label_smoothing = 0.1
-  config.total_steps = None
-  config.total_epochs = None
-  config.total_examples = None
+  config.total_steps = placeholder(int)
+  config.total_epochs = placeholder(float)
+  config.total_examples = placeholder(int)
 
   # evals & logging
-  config.eval_every_steps = None
-  config.eval_every_epochs = None
-  config.eval_every_examples = None
+  config.eval_every_steps = placeholder(int)
+  config.eval_every_epochs = placeholder(float)
+  config.eval_every_examples = placeholder(int)
   config.log_every = 50
 
   # checkpoint
@@ -63,9 +64,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.checkpoint.keep = 2
   config.checkpoint.best_metric = "val_balanced_accuracy"
   config.checkpoint.async_save = True
-  config.checkpoint.checkpoint_every_steps = None
-  config.checkpoint.checkpoint_every_epochs = None
-  config.checkpoint.checkpoint_every_examples = None
+  config.checkpoint.checkpoint_every_steps = placeholder(int)
+  config.checkpoint.checkpoint_every_epochs = placeholder(float)
+  config.checkpoint.checkpoint_every_examples = placeholder(int)
   config.checkpoint.preemption_check_every = 10
 
   # mesh

@@ -23,8 +23,10 @@ def get_config():
   config.optimizer.lr = 3e-3
   config.optimizer.weight_decay = 1e-4
   config.optimizer.warmup_steps = 20
-  config.total_epochs = 6
-  config.eval_every_epochs = 2
+  # Steps, not epochs, so `--config.total_steps=N` can shorten a run from the command line.
+  epoch = 4096 // config.data.batch_size
+  config.total_steps = 6 * epoch
+  config.eval_every_steps = 2 * epoch
   config.log_every = 20
   config.label_smoothing = 0.0
   return config

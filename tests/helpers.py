@@ -21,9 +21,7 @@ def tiny_config(**overrides):
   config.data.image_size = 16
   config.data.batch_size = 32
   config.data.eval_batch_size = 32
-  config.total_epochs = None
   config.total_steps = 6
-  config.eval_every_epochs = None
   config.eval_every_steps = 6
   config.checkpoint.checkpoint_every_steps = 2
   config.checkpoint.async_save = True

@@ -17,7 +17,6 @@ TINY_OVERRIDES = [
     "--config.data.sources.synthetic.validation_size=64",
     "--config.data.sources.synthetic.image_size=20", "--config.data.image_size=16",
     "--config.data.batch_size=32", "--config.data.eval_batch_size=32",
-    "--config.total_epochs=None", "--config.eval_every_epochs=None",
     "--config.eval_every_steps=12", "--config.checkpoint.checkpoint_every_steps=3",
     "--config.log_every=1",
 ]
