@@ -1,0 +1,57 @@
+"""Ports ImageNet weights into a weights directory that `config.init_from` names.
+
+  python -m gender_jax.convert --from torchvision --arch resnet50 \\
+      --src resnet50-11ad3fa6.pth --out weights/resnet50_torchvision
+  python -m gender_jax.convert --from keras --arch vgg16 \\
+      --src vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 --out weights/vgg16_keras
+
+The 1000-class head is dropped unless --keep-head (used by the parity checks).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  from gender_jax.models.convert import ARCHS, SOURCES
+  parser = argparse.ArgumentParser(
+      prog="python -m gender_jax.convert", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--from", dest="source", required=True, choices=SOURCES,
+                      help="which library's weights --src holds")
+  parser.add_argument("--arch", required=True,
+                      help="; ".join(f"{s}: {', '.join(a)}" for s, a in ARCHS.items()))
+  parser.add_argument("--src", required=True, help=".pth/.pt, .safetensors or Keras .h5 file")
+  parser.add_argument("--out", required=True, help="output weights directory")
+  parser.add_argument("--keep-head", action="store_true",
+                      help="also store the source's classifier head (num_classes = its classes)")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  from gender_jax import checkpoint
+  from gender_jax.models import convert
+  try:
+    flat, meta = convert.convert_file(args.src, source=args.source, arch=args.arch,
+                                      keep_head=args.keep_head)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  checkpoint.save_weights(args.out, flat, meta)
+  count = sum(int(np.prod(v.shape)) for v in flat.values())
+  print(f"wrote {args.out}: {len(flat)} tensors, {count:,} values from {args.src}")
+  print(f"  dropped: {', '.join(meta['dropped']) or 'nothing'}; "
+        f"initialised fresh when fine-tuning: {', '.join(meta['fresh_prefixes']) or 'nothing'}")
+  print(f"  input preprocessing: {meta['preprocessing']['preset']} "
+        f"({meta['preprocessing']['channel_order']}, mean {meta['preprocessing']['mean']})")
+  print(f"  fine-tune with: --config.init_from={args.out} --config.model.arch={meta['arch']}"
+        f" --config.model.variant={meta['variant']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

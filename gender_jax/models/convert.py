@@ -1,0 +1,357 @@
+"""Weight ports: torchvision and Keras ImageNet files → the flat weights of our NNX models.
+
+The key map is driven by the target model: every parameter and batch statistic of the model
+names the one source tensor it comes from and the layout transform it needs (conv OIHW→HWIO,
+linear transpose, torch's NCHW flatten order before VGG's fc1). Then every source tensor must
+have been used or explicitly dropped (the 1000-class head, BN's `num_batches_tracked`
+counter), every shape must agree, and all problems are raised together in one error.
+
+Readers need no framework beyond their file format: `.pth` goes through
+`torch.load(weights_only=True)` (never arbitrary unpickling), `.safetensors` through the
+safetensors package, Keras `.h5` (the legacy `*_tf_dim_ordering_tf_kernels*.h5` layout and
+Keras 3's `.weights.h5`) through h5py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+from gender_jax import checkpoint
+from gender_jax.data import preprocess
+
+SOURCES = ("torchvision", "keras")
+ARCHS = {
+    "torchvision": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                    *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn"))),
+    "keras": ("vgg16", "vgg19", "resnet50"),
+}
+# The model conventions and the input each source's ImageNet weights were trained on.
+VARIANT = {"torchvision": "torchvision", "keras": "keras"}
+PRESET = {"torchvision": "torchvision", "keras": "caffe"}
+IMAGE_SIZE = 224
+HEAD = "fc/"  # our classifier head; always re-initialised when fine-tuning
+
+
+# ----------------------------------------------------------------------------- reading files
+def _torch_state_dict(path: str) -> dict[str, Any]:
+  import torch  # only for .pth; safetensors and h5 files need no torch
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # weights_only refuses pickled code: say so rather than load it
+    raise ValueError(f"{path}: not a plain tensor state dict loadable with "
+                     f"torch.load(weights_only=True): {e}") from None
+  # Training checkpoints often wrap the weights; torchvision files are the bare dict.
+  for wrapper in ("state_dict", "model_state_dict", "model"):
+    if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+      obj = obj[wrapper]
+      break
+  if not isinstance(obj, dict):
+    raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
+  out = {}
+  for k, v in obj.items():
+    if not isinstance(v, torch.Tensor):
+      raise ValueError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+    v = v.detach().cpu()
+    out[k] = (v.float() if v.is_floating_point() else v).numpy()
+  return out
+
+
+def _safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file
+  return load_file(path)
+
+
+# Keras stores a layer's weights in creation order; names vary across Keras versions
+# ("kernel:0", "block1_conv1_W_1:0", "vars/0"), the order does not.
+_KERAS_WEIGHTS = {1: ("kernel",), 2: ("kernel", "bias"),
+                  4: ("gamma", "beta", "moving_mean", "moving_variance")}
+
+
+def _keras_layer(path: str, layer: str, arrays: list[np.ndarray], out: dict) -> None:
+  if not arrays:
+    return
+  names = _KERAS_WEIGHTS.get(len(arrays))
+  if names is None:
+    raise ValueError(f"{path}: layer {layer!r} has {len(arrays)} weights; a Conv2D/Dense has "
+                     "1-2 and a BatchNormalization 4")
+  out.update({f"{layer}/{n}": a for n, a in zip(names, arrays)})
+
+
+def _keras_h5(path: str) -> dict[str, np.ndarray]:
+  """Keras weights as {"<layer>/<kernel|bias|gamma|…>": array}."""
+  import h5py
+  out: dict[str, np.ndarray] = {}
+  with h5py.File(path, "r") as f:
+    root = f["model_weights"] if "model_weights" in f else f  # a whole-model .h5 file
+    if "layer_names" in root.attrs:  # legacy layout: keras-applications downloads
+      for layer in root.attrs["layer_names"]:
+        layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+        group = root[layer]
+        names = [n.decode() if isinstance(n, bytes) else str(n)
+                 for n in group.attrs.get("weight_names", [])]
+        _keras_layer(path, layer, [np.asarray(group[n], np.float32) for n in names], out)
+    elif "layers" in root:  # Keras 3 `.weights.h5`: layers/<class_n>/vars/<i>, name in attrs
+      for key, group in root["layers"].items():
+        vars_ = group.get("vars")
+        if vars_ is None:
+          continue
+        layer = vars_.attrs.get("name", key)
+        layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+        arrays = [np.asarray(vars_[str(i)], np.float32) for i in range(len(vars_))]
+        _keras_layer(path, layer, arrays, out)
+    else:
+      raise ValueError(f"{path}: not a Keras weights file (no 'layer_names' attribute "
+                       "and no 'layers' group)")
+  return out
+
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+  """Any supported weights file → {source name: float32 array}, by file extension."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"weights file not found: {path}")
+  ext = os.path.splitext(path)[1].lower()
+  if ext in (".pth", ".pt", ".bin"):
+    tensors = _torch_state_dict(path)
+  elif ext == ".safetensors":
+    tensors = _safetensors(path)
+  elif ext in (".h5", ".hdf5", ".keras"):
+    tensors = _keras_h5(path)
+  else:
+    raise ValueError(f"{path}: unknown weights format {ext!r}; expected .pth/.pt, "
+                     ".safetensors or .h5")
+  # DataParallel checkpoints prefix every key with "module."; the weights are the same.
+  if tensors and all(k.startswith("module.") for k in tensors):
+    tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+  return tensors
+
+
+# ----------------------------------------------------------------------------- transforms
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """A layout change, with the source shape it expects for a given target shape."""
+  name: str
+  apply: Callable[[np.ndarray], np.ndarray]
+  source_shape: Callable[[tuple], tuple]
+
+
+IDENTITY = Transform("identity", lambda a: a, lambda s: s)
+CONV_OIHW = Transform("OIHW→HWIO", lambda a: a.transpose(2, 3, 1, 0),
+                      lambda s: (s[3], s[2], s[0], s[1]))
+LINEAR = Transform("transpose", lambda a: a.T, lambda s: s[::-1])
+
+
+def _nchw_flatten_linear(channels: int, size: int) -> Transform:
+  """torch Linear after an NCHW flatten → our kernel after an NHWC flatten."""
+  def apply(a):
+    out = a.shape[0]
+    return a.reshape(out, channels, size, size).transpose(2, 3, 1, 0).reshape(-1, out)
+  return Transform("NCHW-flatten→NHWC, transpose", apply, lambda s: s[::-1])
+
+
+def _by_ndim(shape: tuple) -> Transform:
+  return {4: CONV_OIHW, 2: LINEAR}.get(len(shape), IDENTITY)
+
+
+# ----------------------------------------------------------------------------- key maps
+# Each returns {target key: (source key, transform)} for every key of the target model.
+_TORCH_LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight",
+               "mean": "running_mean", "var": "running_var"}
+_KERAS_LEAF = {"kernel": "kernel", "bias": "bias", "scale": "gamma", "mean": "moving_mean",
+               "var": "moving_variance"}
+_KERAS_BN_LEAF = dict(_KERAS_LEAF, bias="beta")
+
+
+def _torchvision_resnet(shapes: dict[str, tuple], arch: str) -> dict:
+  plan = {}
+  for key, shape in shapes.items():
+    *mod, leaf = key.split("/")
+    mod = [{"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(m, m)
+           for m in mod]
+    plan[key] = (".".join(mod + [_TORCH_LEAF[leaf]]), _by_ndim(shape))
+  return plan
+
+
+def _torchvision_vgg(shapes: dict[str, tuple], arch: str) -> dict:
+  from gender_jax.models import vgg
+  name, batch_norm = arch.removesuffix("_bn"), arch.endswith("_bn")
+  # torchvision's `features` is one Sequential: conv, [bn,] relu per layer, a pool per block.
+  index, idx = {}, 0
+  for i, widths in enumerate(vgg.CFGS[name]):
+    for j in range(len(widths)):
+      index[f"block{i + 1}/{j}/conv"] = idx
+      index[f"block{i + 1}/{j}/bn"] = idx + 1
+      idx += 3 if batch_norm else 2
+    idx += 1
+  classifier = {"fc1": 0, "fc2": 3, "fc": 6}
+  channels = vgg.CFGS[name][-1][-1]
+  plan = {}
+  for key, shape in shapes.items():
+    mod, leaf = key.rsplit("/", 1)
+    if mod in classifier:
+      src = f"classifier.{classifier[mod]}.{_TORCH_LEAF[leaf]}"
+      transform = (_nchw_flatten_linear(channels, vgg.POOL_SIZE)
+                   if (mod, leaf) == ("fc1", "kernel") else _by_ndim(shape))
+    else:
+      src, transform = f"features.{index[mod]}.{_TORCH_LEAF[leaf]}", _by_ndim(shape)
+    plan[key] = (src, transform)
+  return plan
+
+
+def _keras_resnet(shapes: dict[str, tuple], arch: str) -> dict:
+  plan = {}
+  for key, shape in shapes.items():
+    *mod, leaf = key.split("/")
+    if mod == ["fc"]:
+      layer = "predictions"
+    elif mod[0] in ("conv1", "bn1"):
+      layer = "conv1_conv" if mod[0] == "conv1" else "conv1_bn"
+    else:  # layer{s}/{b}/{conv|bn}{k} or downsample_{conv|bn}
+      stage, block, part = int(mod[0].removeprefix("layer")), int(mod[1]), mod[2]
+      kind, k = ("conv", "0") if part == "downsample_conv" else (
+          ("bn", "0") if part == "downsample_bn" else (part[:-1], part[-1]))
+      layer = f"conv{stage + 1}_block{block + 1}_{k}_{kind}"
+    names = _KERAS_BN_LEAF if layer.endswith("_bn") else _KERAS_LEAF
+    plan[key] = (f"{layer}/{names[leaf]}", IDENTITY)
+  return plan
+
+
+def _keras_vgg(shapes: dict[str, tuple], arch: str) -> dict:
+  plan = {}
+  for key in shapes:
+    mod, leaf = key.rsplit("/", 1)
+    m = re.fullmatch(r"block(\d+)/(\d+)/conv", mod)
+    layer = f"block{m[1]}_conv{int(m[2]) + 1}" if m else {"fc": "predictions"}.get(mod, mod)
+    # Keras flattens block5_pool in NHWC order, as our model does: fc1 needs no permutation.
+    plan[key] = (f"{layer}/{_KERAS_LEAF[leaf]}", IDENTITY)
+  return plan
+
+
+def _key_map(source: str, arch: str) -> Callable[[dict, str], dict]:
+  family = "resnet" if arch.startswith("resnet") else "vgg"
+  return {("torchvision", "resnet"): _torchvision_resnet,
+          ("torchvision", "vgg"): _torchvision_vgg,
+          ("keras", "resnet"): _keras_resnet,
+          ("keras", "vgg"): _keras_vgg}[source, family]
+
+
+def target_shapes(arch: str, variant: str, num_classes: int) -> dict[str, tuple]:
+  """Shapes of every parameter and batch statistic, without allocating the model."""
+  import ml_collections
+  from flax import nnx
+  from gender_jax.models import create_model
+  cfg = ml_collections.ConfigDict(dict(arch=arch, num_classes=num_classes,
+                                       compute_dtype="float32", variant=variant))
+  model = nnx.eval_shape(lambda: create_model(cfg))
+  state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+  return {checkpoint.flat_key(p): tuple(v.get_value().shape)
+          for p, v in nnx.to_flat_state(state)}
+
+
+# ----------------------------------------------------------------------------- conversion
+def _is_counter(key: str) -> bool:
+  return key.endswith("num_batches_tracked")  # BN's step counter: not a weight
+
+
+def convert_tensors(tensors: dict[str, np.ndarray], *, source: str, arch: str,
+                    keep_head: bool = False, origin: str = "weights"
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Source tensors → (flat weights for our model, meta). Raises once with every problem.
+
+  Without `keep_head` the source's classifier head is dropped and the result has no "fc/"
+  keys (the fine-tune head is initialised fresh). Keras VGG files saved without top have no
+  fc1/fc2 either; those are then recorded in meta["fresh_prefixes"] and trained from scratch.
+  """
+  if source not in SOURCES:
+    raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
+  if arch not in ARCHS[source]:
+    raise ValueError(f"{source} has no {arch!r} port; choose from {', '.join(ARCHS[source])}")
+  variant = VARIANT[source]
+  # Size the head from the file, so keep_head works for any number of source classes.
+  head_src = _key_map(source, arch)({HEAD + "bias": (1,)}, arch)[HEAD + "bias"][0]
+  num_classes = int(np.shape(tensors[head_src])[0]) if head_src in tensors else None
+  shapes = target_shapes(arch, variant, num_classes or 1000)
+  plan = _key_map(source, arch)(shapes, arch)
+
+  fresh, dropped = [], set(k for k in tensors if _is_counter(k))
+  layer_of = lambda src: src.rsplit("/", 1)[0] if source == "keras" else src.rsplit(".", 1)[0]
+  source_layers = {layer_of(k) for k in tensors}
+  if source == "keras" and arch.startswith("vgg") and not (
+      {"fc1", "fc2", "predictions"} & source_layers):
+    fresh += ["fc1/", "fc2/"]  # an include_top=False file: the classifier is not in it
+  if not keep_head:
+    fresh.append(HEAD)
+    dropped |= {src for key, (src, _) in plan.items() if key.startswith(HEAD)}
+  elif num_classes is None:
+    raise ValueError(f"{origin}: keep_head needs the classifier head, but the file has no "
+                     f"{head_src!r} (saved without top?)")
+
+  problems, flat, used = [], {}, set()
+  for key, (src, transform) in plan.items():
+    if key.startswith(tuple(fresh)):
+      continue
+    if src not in tensors:
+      problems.append(f"missing: {src} (for {key} {shapes[key]})")
+      continue
+    used.add(src)
+    value = np.asarray(tensors[src])
+    want = tuple(transform.source_shape(shapes[key]))
+    if value.shape != want:
+      problems.append(f"shape: {src} is {value.shape}, {key} {shapes[key]} needs {want}")
+      continue
+    flat[key] = np.ascontiguousarray(transform.apply(value), dtype=np.float32)
+  problems += [f"unexpected: {k} {np.shape(tensors[k])}"
+               for k in sorted(set(tensors) - used - dropped)]
+  if problems:
+    raise ValueError(f"{origin}: {len(problems)} problem(s) porting {source} {arch}:\n  "
+                     + "\n  ".join(problems))
+  meta = dict(arch=arch, variant=variant, source=source,
+              preprocessing=preprocess.make_spec(IMAGE_SIZE, PRESET[source]),
+              num_source_classes=num_classes, has_head=bool(keep_head),
+              fresh_prefixes=fresh, dropped=sorted(k for k in dropped if not _is_counter(k)))
+  return flat, meta
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 24), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def convert_file(path: str, *, source: str, arch: str, keep_head: bool = False
+                 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Reads and converts one weights file; meta records where it came from."""
+  flat, meta = convert_tensors(read_tensors(path), source=source, arch=arch,
+                               keep_head=keep_head, origin=path)
+  meta.update(source_file=os.path.basename(path), source_sha256=_sha256(path))
+  return flat, meta
+
+
+def load_pretrained(model, directory: str, *, head: bool = False) -> dict[str, Any]:
+  """Loads a converted weights directory (or a bundle) into `model`; returns its meta.
+
+  Strict: every model variable must come from the file except the classifier head (kept at
+  its fresh initialisation unless `head`) and whatever the file lacks by construction
+  (meta["fresh_prefixes"], e.g. fc1/fc2 of a Keras VGG saved without top). The model must be
+  built with the recorded arch and variant.
+  """
+  flat, meta = checkpoint.load_weights(directory)
+  skip = [p for p in meta.get("fresh_prefixes", []) if p != HEAD]
+  if not head:
+    skip.append(HEAD)
+  elif not any(k.startswith(HEAD) for k in flat):
+    raise ValueError(f"{directory}: no classifier head stored (convert with --keep-head)")
+  try:
+    checkpoint.load_flat(model, flat, skip_prefixes=tuple(skip))
+  except ValueError as e:
+    recorded = meta.get("model", meta)  # a bundle keeps arch/variant under "model"
+    raise ValueError(f"{directory} holds {recorded.get('arch', '?')} weights (variant "
+                     f"{recorded.get('variant', '?')}); build the model with that model.arch "
+                     f"and model.variant. {e}") from None
+  return meta
