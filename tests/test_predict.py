@@ -1,0 +1,96 @@
+"""Batch prediction: bad files are listed not fatal, one compile per batch size, library calls."""
+import csv
+import math
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from gender_jax import checkpoint, predict
+from gender_jax.data.preprocess import make_spec
+from gender_jax.models import create_model
+
+
+def constant_bundle(directory, bias, size=16, abstain_threshold=0.0):
+  """A resnet_tiny whose weights are all zero but the head bias: logits = bias for any image."""
+  cfg = ml_collections.ConfigDict(dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32",
+                                       variant="torchvision", dropout=0.0))
+  model = create_model(cfg, rngs=nnx.Rngs(0))
+  flat = checkpoint.to_flat(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
+  flat = {k: (np.asarray(bias, np.float32) if k == "fc/bias" else
+              np.ones_like(v) if k.endswith("/var") else np.zeros_like(v)) for k, v in flat.items()}
+  checkpoint.load_flat(model, flat)
+  checkpoint.save_bundle(str(directory), model, model_config=cfg.to_dict(),
+                         preprocessing=make_spec(size),
+                         calibration=dict(temperature=1.0, abstain_threshold=abstain_threshold))
+  return str(directory)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+  return constant_bundle(tmp_path_factory.mktemp("b") / "bundle", bias=(0.0, 1.0))
+
+
+def _write_inputs(root):
+  rng = np.random.default_rng(0)
+  os.makedirs(root / "sub" / "deeper")
+  paths = []
+  for i in range(5):
+    p = root / ("sub/deeper" if i % 2 else "sub") / f"img{i}.jpg"
+    Image.fromarray(rng.integers(0, 255, (30 + i, 24, 3), np.uint8)).save(p)
+    paths.append(p)
+  good = (root / "sub" / "img0.jpg").read_bytes()
+  (root / "truncated.jpg").write_bytes(good[:len(good) // 2])
+  (root / "notes.txt").write_text("not an image")
+  Image.fromarray(rng.integers(0, 255, (12, 12), np.uint8)).save(root / "grey.png")
+  return paths
+
+
+def test_predict_folder_lists_bad_files_and_predicts_the_rest(bundle, tmp_path):
+  _write_inputs(tmp_path / "in")
+  out = tmp_path / "preds.csv"
+  predict.main(["--bundle", bundle, str(tmp_path / "in"), str(tmp_path / "missing.jpg"),
+                "--out", str(out), "--batch-size", "4", "--quiet", "--sort-into",
+                str(tmp_path / "sorted")])
+  rows = {os.path.basename(r["path"]): r for r in csv.DictReader(open(out))}
+  assert list(csv.DictReader(open(out)).fieldnames) == list(predict.CSV_COLUMNS)
+  assert len(rows) == 9  # 5 jpg + 1 grey png + truncated + text + missing
+  errors = {k: r["error"] for k, r in rows.items() if r["label"] == "error"}
+  assert set(errors) == {"truncated.jpg", "notes.txt", "missing.jpg"}
+  assert "truncated" in errors["truncated.jpg"] and "not a recognised image" in errors["notes.txt"]
+  assert "cannot read" in errors["missing.jpg"]
+  p_male = 1 / (1 + math.exp(-1))
+  for k, r in rows.items():
+    if k not in errors:
+      assert r["label"] == "male" and float(r["p_male"]) == pytest.approx(p_male, abs=1e-5)
+      assert float(r["p_female"]) + float(r["p_male"]) == pytest.approx(1.0, abs=1e-5)
+      assert r["abstained"] == "0"
+  assert sorted(os.listdir(tmp_path / "sorted" / "male")) == sorted(
+      k for k in rows if k not in errors)
+
+
+def test_one_compile_per_batch_size_and_library_inputs(bundle):
+  predictor = predict.Predictor(bundle, batch_size=4, tta="flip+crops")
+  rng = np.random.default_rng(1)
+  images = [rng.integers(0, 255, (20 + i, 18, 3), np.uint8) for i in range(7)]  # 4 + 3 (padded)
+  images.append(Image.fromarray(images[0]))  # a PIL image
+  images.append(b"garbage")                   # undecodable bytes: an error entry, no crash
+  answers = predictor.predict(images)
+  assert predictor.traces == 1
+  assert [a["label"] for a in answers] == ["male"] * 8 + ["error"]
+  assert "not a recognised image" in answers[-1]["error"]
+  predictor.predict(images[:2])
+  assert predictor.traces == 1  # a short call is padded to the compiled batch, not retraced
+
+
+def test_abstention_and_tta_views(tmp_path):
+  bundle = constant_bundle(tmp_path / "bundle", bias=(0.0, 0.2), abstain_threshold=0.6)
+  [answer] = predict.Predictor(bundle).predict([np.zeros((10, 10, 3), np.uint8)])
+  assert answer["label"] == "uncertain" and answer["abstained"]  # p_male = sigmoid(0.2) < 0.6
+  img = np.arange(24 * 16 * 3, dtype=np.uint8).reshape(24, 16, 3)
+  assert len(predict.views(img, 8, "flip")) == 2 and len(predict.views(img, 8, "flip+crops")) == 12
+  v = predict.views(img, 16, "flip")
+  assert (v[1] == v[0][:, ::-1]).all()
