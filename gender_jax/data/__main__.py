@@ -2,8 +2,12 @@
 
 Prepares a source (reads its own files, writes array_record with the one schema) and prints
 the counts per split and label, the split method and every skipped file with its reason.
-The same builders run under `tfds build`, e.g.
-  tfds build gender_jax/data/celeba.py --manual_dir PATH --data_dir DIR --file_format array_record
+The builders are ordinary registered TFDS builders, usable through the TFDS API:
+  import gender_jax.data.pa100k
+  b = tfds.builder("gender_pa100k", data_dir=DIR, file_format="array_record")
+  b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=PATH))
+  tfds.data_source("gender_pa100k", split="train", data_dir=DIR)
+(The `tfds build` command of tensorflow-datasets 4.9.10 imports apache_beam at start-up.)
 """
 from __future__ import annotations
 
