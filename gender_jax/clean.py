@@ -204,7 +204,9 @@ def find_issues(scanned: dict[str, Any], *, near_distance: int = 4, features: np
   split = [str(m.get("split", "")) for m in metas]
   labels = np.array([int(m["label"]) for m in metas], int)
   feats = scanned["thumbs"] if features is None else features
-  probs = out_of_fold_probs(feats, labels, folds=folds, seed=seed) if n >= 2 * folds else None
+  # Out-of-fold predictions need ≥ 2 folds and both classes in each training part.
+  can_fit = folds >= 2 and min(np.bincount(labels, minlength=2)) >= folds
+  probs = out_of_fold_probs(feats, labels, folds=folds, seed=seed) if can_fit else None
   issues = confident_label_issues(probs, labels) if probs is not None else []
   return dict(exact_pairs=exact_pairs, near_pairs=near, groups=groups, split=split, labels=labels,
               probs=probs, label_issues=issues,
