@@ -9,7 +9,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # input
   config.data = ml_collections.ConfigDict()
-  config.data.sources = ml_collections.ConfigDict()  # name → {weight, …source options}
+  config.data.sources = ml_collections.ConfigDict()  # name → {weight, manual_dir, …}
+  config.data.folder = ""    # shortcut: train on one male/ + female/ folder (prepared once)
+  config.data.data_dir = ""  # prepared datasets ("" → $GENDER_JAX_DATA_DIR or ~/gender_jax_data)
   config.data.image_size = 224
   config.data.preprocessing = "scratch"  # overridden by the preset recorded in init_from
   config.data.batch_size = 256           # global, over all devices of all hosts
@@ -71,4 +73,12 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # mesh
   config.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: every device
+  return config
+
+
+def add_sources(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """`configs/x.py:celeba,peta` → those sources, each to be pointed at its files with
+  `--config.data.sources.celeba.manual_dir=PATH`; no arg → `--config.data.folder=PATH`."""
+  for name in filter(None, (arg or "").split(",")):
+    config.data.sources[name] = dict(weight=1.0, manual_dir="")
   return config

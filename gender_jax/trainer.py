@@ -206,6 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     config.data.batch_size, default=eval_every)
   val_sources = {n: sources.get_source(n, "validation", config)
                  for n in sources.configured_sources(config)}
+  if jax.process_index() == 0:
+    sources.write_bad_file_report(config, workdir)  # WORKDIR/bad_files.json
 
   # ---- model & optimizer
   spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
