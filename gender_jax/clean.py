@@ -4,7 +4,7 @@
 
 - exact duplicates: the same bytes (SHA-1 of the file, or of the pixels for arrays);
 - near duplicates: 64-bit perceptual hashes (DCT of a 32x32 grey image) within
-  `--near-distance` bits (default 4 of 64);
+  `--near-distance` bits (default 3 of 64: on aligned faces 4 already pairs different people);
 - cross-split: a duplicate group with members in different splits (a folder's split is the
   one the "folder" data source assigns; a configured source's is its own);
 - likely label errors (confident learning, Northcutt et al. 2021): out-of-fold probabilities
@@ -189,8 +189,9 @@ def _components(n: int, pairs) -> list[list[int]]:
   return [sorted(g) for g in groups.values() if len(g) > 1]
 
 
-def find_issues(scanned: dict[str, Any], *, near_distance: int = 4, features: np.ndarray | None = None,
-                folds: int = 5, seed: int = 0) -> dict[str, Any]:
+def find_issues(scanned: dict[str, Any], *, near_distance: int = 3,
+                features: np.ndarray | None = None, folds: int = 5,
+                seed: int = 0) -> dict[str, Any]:
   """Duplicates, cross-split duplicates and likely label errors of a scanned dataset."""
   metas = scanned["metas"]
   n = len(metas)
@@ -381,7 +382,7 @@ def main(argv=None):
   parser.add_argument("--bundle", help="use this model's features for the label-error model")
   parser.add_argument("--workdir", help="run whose config names source:… data (and bundle)")
   parser.add_argument("--config", help="config file for source:… data")
-  parser.add_argument("--near-distance", type=int, default=4,
+  parser.add_argument("--near-distance", type=int, default=3,
                       help="max differing pHash bits (of 64) for a near duplicate")
   parser.add_argument("--folds", type=int, default=5)
   parser.add_argument("--keep-label-errors", action="store_true",
