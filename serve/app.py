@@ -16,7 +16,6 @@ import concurrent.futures
 import hashlib
 import os
 import pathlib
-import threading
 import time
 from typing import Any
 
@@ -26,30 +25,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve import metrics
 
-from serve import inputs
+from serve import compiles, inputs
 
 PAGE = pathlib.Path(__file__).with_name("index.html")
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
-
-# ----------------------------------------------------------------------------- compile counter
-_compiles = 0
-_compile_lock = threading.Lock()
-
-
-def _count_compile(event: str, duration: float, **kwargs) -> None:
-  del duration, kwargs
-  global _compiles
-  if event == "/jax/core/compile/backend_compile_duration":
-    with _compile_lock:
-      _compiles += 1
-
-
-def _install_compile_counter() -> None:
-  import jax.monitoring
-  if not getattr(_install_compile_counter, "done", False):
-    jax.monitoring.register_event_duration_secs_listener(_count_compile)
-    _install_compile_counter.done = True
-
 
 def _bundle_digest(directory: str) -> str:
   """sha256 over every file of the bundle: which exact model this replica serves."""
@@ -96,7 +75,7 @@ class GenderClassifier:
     if not self.batch_sizes or self.batch_sizes[0] < 1:
       raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
     self.limits = inputs.Limits(int(max_body_bytes), int(max_images), int(max_image_pixels))
-    _install_compile_counter()
+    compiles.install()
 
     self.bundle = Bundle(path, compute_dtype=compute_dtype)
     self.probs = self.bundle.probs_fn()
@@ -105,7 +84,7 @@ class GenderClassifier:
     for n in self.batch_sizes:  # every shape the request path will ever see
       np.asarray(self.probs(np.zeros((n, size, size, 3), np.uint8)))
     self.warmup_s = time.perf_counter() - t0
-    self.compiles_at_warmup = _compiles
+    self.compiles_at_warmup = compiles.count()
     # One thread runs the model, so the event loop keeps parsing and decoding meanwhile.
     self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
     self._infer.set_max_batch_size(self.batch_sizes[-1])
@@ -183,7 +162,7 @@ class GenderClassifier:
       if a["abstained"]:
         s["abstentions"] += 1
         self.m_abstain.inc()
-    self.m_compiles.set(_compiles - self.compiles_at_warmup)
+    self.m_compiles.set(compiles.count() - self.compiles_at_warmup)
 
   # --------------------------------------------------------------------------- routes
   @api.post("/v1/predict")
@@ -205,7 +184,7 @@ class GenderClassifier:
 
   @api.get("/healthz")
   def healthz(self):
-    return {"status": "ok", "compiles_after_warmup": _compiles - self.compiles_at_warmup}
+    return {"status": "ok", "compiles_after_warmup": compiles.count() - self.compiles_at_warmup}
 
   @api.get("/v1/model")
   def model(self):
@@ -216,7 +195,7 @@ class GenderClassifier:
     """This replica's counters (Prometheus has the cluster-wide series)."""
     return dict(self.stats, replica=serve.get_replica_context().replica_id.unique_id,
                 pid=os.getpid(), compiles_at_warmup=self.compiles_at_warmup,
-                compiles_after_warmup=_compiles - self.compiles_at_warmup,
+                compiles_after_warmup=compiles.count() - self.compiles_at_warmup,
                 warmup_s=round(self.warmup_s, 3))
 
   @api.get("/", response_class=HTMLResponse)

@@ -1,7 +1,7 @@
 """The web page at `GET /`, driven in headless Chromium: upload a photo, read the label.
 
 Needs Debian's `chromium` and `chromium-driver` packages and selenium; skips where any is absent.
-Shares the Serve instance of test_serve.py (`served`, session scope).
+Shares the Serve instance of test_serve.py when both run in one session.
 """
 import os
 import pathlib
@@ -12,10 +12,17 @@ import pytest
 pytest.importorskip("ray.serve")
 webdriver = pytest.importorskip("selenium.webdriver")
 
-from test_serve import offline, served, written_images  # noqa: E402,F401  (served: the fixture)
+from tests.test_serve import offline, start_serve, stop_serve, written_images  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, request):
+  """The Serve instance of test_serve.py when both modules run in one session."""
+  yield start_serve(tmp_path_factory)
+  stop_serve(request)
 
 
 @pytest.fixture
