@@ -59,7 +59,10 @@ class ParityError(AssertionError):
 def _tf():
   """TensorFlow, kept off any GPU: it only converts and checks here, JAX owns the devices."""
   import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF already initialised its devices in this process; leave them
+    pass
   return tf
 
 
