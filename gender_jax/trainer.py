@@ -330,8 +330,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if step % config.log_every == 0 or step == total_steps:
       summary = metrics_lib.summarize(functools.reduce(metrics_lib.accumulate, pending))
       pending = []
-      elapsed = time.perf_counter() - t0
-      rate = (step - step0) * config.data.batch_size / elapsed
+      # Throughput over this log window only, so the first window's compile doesn't skew it.
+      now = time.perf_counter()
+      rate = (step - step0) * config.data.batch_size / (now - t0)
+      t0, step0 = now, step
       summary.update(lr=float(schedule(step)), img_per_sec=rate)
       writer.write_scalars(step, {f"train_{k}" if k not in ("lr", "img_per_sec") else k: v
                                   for k, v in summary.items()})
