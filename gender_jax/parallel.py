@@ -3,7 +3,8 @@
 Several processes (one per host, or one per GPU) are wired up by `initialize_distributed()`
 before anything touches devices. Where the processes come from:
 - explicit: JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES,
-  JAX_PROCESS_ID — what launch/local.sh, launch/ray_job.py and the Kubernetes Job set;
+  JAX_PROCESS_ID — what launch/local.sh, launch/ray_job.py and the Kubernetes Job set
+  (optional JAX_LOCAL_DEVICE_IDS=0,1: the GPUs this process uses; default all it sees);
 - SLURM (`srun`): JAX's own detection from SLURM_JOB_ID / SLURM_STEP_NODELIST / SLURM_NTASKS /
   SLURM_PROCID / SLURM_LOCALID;
 - otherwise a single process.
@@ -111,9 +112,10 @@ def _connect(settings: dict) -> None:
       return
     address = settings["coordinator_address"] or "(derived from SLURM_STEP_NODELIST)"
     if pid == 0:
-      others = "process 1" if n == 2 else f"processes 1..{n - 1}"
-      who = (f"{others} did not all connect to this coordinator at {address}: check that "
-             f"they run, with JAX_NUM_PROCESSES={n}, and can reach this host and port")
+      others = "process 1 never connected" if n == 2 else \
+          f"not all of processes 1..{n - 1} connected"
+      who = (f"{others} to this coordinator at {address}: check that they run, with "
+             f"JAX_NUM_PROCESSES={n}, and can reach this host and port")
     elif settings["coordinator_address"] and not _reachable(settings["coordinator_address"]):
       who = (f"process 0 (the coordinator) is not listening at {address}: it is not running, "
              "or that host:port is not reachable from here")
