@@ -35,7 +35,7 @@ def browser():
   options.binary_location = CHROMIUM
   for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                "--disable-background-networking", "--disable-extensions", "--no-first-run",
-               "--window-size=900,700"):
+               "--window-size=900,900"):
     options.add_argument(flag)
   # An explicit driver path keeps Selenium Manager from trying to download one.
   driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
