@@ -82,6 +82,12 @@ def reference(bundle_dir, images):
   return probs
 
 
+def needs(*modules):
+  """The runtimes come with the `export` extra (pip install -e ".[export]")."""
+  for module in modules:
+    pytest.importorskip(module, reason=f"{module} not installed: pip install -e '.[export]'")
+
+
 def run_tflite(path, images):
   from ai_edge_litert.interpreter import Interpreter
   interpreter = Interpreter(model_path=str(path))
@@ -99,6 +105,7 @@ def run_tflite(path, images):
 @pytest.mark.parametrize("quantization", ["float32", "float16", "dynamic_range"])
 def test_tflite_float_and_weight_quantised(tmp_path, bundle_dir, image_dir, images, reference,
                                             quantization):
+  needs("ai_edge_litert")
   out = tmp_path / "model.tflite"
   result = export.export(bundle_dir, "tflite", out, quantization=quantization,
                          check_dir=image_dir, check_count=16)
@@ -119,6 +126,7 @@ def test_tflite_float_and_weight_quantised(tmp_path, bundle_dir, image_dir, imag
 
 
 def test_tflite_int8_agrees_on_labels(tmp_path, bundle_dir, image_dir, images, reference):
+  needs("ai_edge_litert")
   out = tmp_path / "int8.tflite"
   result = export.export(bundle_dir, "tflite", out, quantization="int8",
                          calibration_dir=image_dir, calibration_count=100, check_count=100)
@@ -145,6 +153,7 @@ def test_saved_model_dynamic_batch(tmp_path, bundle_dir, images, reference):
 
 
 def test_onnx_dynamic_batch(tmp_path, bundle_dir, images, reference):
+  needs("tf2onnx", "onnx", "onnxruntime")
   import onnxruntime as ort
   out = tmp_path / "model.onnx"
   export.export(bundle_dir, "onnx", out, batch=None, check_count=8)
