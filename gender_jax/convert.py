@@ -48,8 +48,9 @@ def main(argv=None) -> int:
         f"initialised fresh when fine-tuning: {', '.join(meta['fresh_prefixes']) or 'nothing'}")
   print(f"  input preprocessing: {meta['preprocessing']['preset']} "
         f"({meta['preprocessing']['channel_order']}, mean {meta['preprocessing']['mean']})")
-  print(f"  fine-tune with: --config.init_from={args.out} --config.model.arch={meta['arch']}"
-        f" --config.model.variant={meta['variant']}")
+  print(f"  fine-tune: add to a train command --config.init_from={args.out} "
+        f"--config.model.arch={meta['arch']} --config.model.variant={meta['variant']} "
+        "--config.finetune.mode=all (or head, last_n)")
   return 0
 
 

@@ -86,7 +86,15 @@ def _keras_h5(path: str) -> dict[str, np.ndarray]:
   """Keras weights as {"<layer>/<kernel|bias|gamma|…>": array}."""
   import h5py
   out: dict[str, np.ndarray] = {}
-  with h5py.File(path, "r") as f:
+  source = path
+  if path.endswith(".keras"):  # a zip holding model.weights.h5 next to the config
+    import io
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+      if "model.weights.h5" not in z.namelist():
+        raise ValueError(f"{path}: a .keras archive without model.weights.h5")
+      source = io.BytesIO(z.read("model.weights.h5"))
+  with h5py.File(source, "r") as f:
     root = f["model_weights"] if "model_weights" in f else f  # a whole-model .h5 file
     if "layer_names" in root.attrs:  # legacy layout: keras-applications downloads
       for layer in root.attrs["layer_names"]:
@@ -123,7 +131,7 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
     tensors = _keras_h5(path)
   else:
     raise ValueError(f"{path}: unknown weights format {ext!r}; expected .pth/.pt, "
-                     ".safetensors or .h5")
+                     ".safetensors, .h5 or .keras")
   # DataParallel checkpoints prefix every key with "module."; the weights are the same.
   if tensors and all(k.startswith("module.") for k in tensors):
     tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
@@ -278,10 +286,8 @@ def convert_tensors(tensors: dict[str, np.ndarray], *, source: str, arch: str,
   plan = _key_map(source, arch)(shapes, arch)
 
   fresh, dropped = [], set(k for k in tensors if _is_counter(k))
-  layer_of = lambda src: src.rsplit("/", 1)[0] if source == "keras" else src.rsplit(".", 1)[0]
-  source_layers = {layer_of(k) for k in tensors}
   if source == "keras" and arch.startswith("vgg") and not (
-      {"fc1", "fc2", "predictions"} & source_layers):
+      {"fc1", "fc2", "predictions"} & {k.split("/")[0] for k in tensors}):
     fresh += ["fc1/", "fc2/"]  # an include_top=False file: the classifier is not in it
   if not keep_head:
     fresh.append(HEAD)
