@@ -176,8 +176,9 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
                      cal["reliability_calibrated"]},
                     os.path.join(out_dir, "reliability.png"),
                     title=f"Reliability — {report['trained_on']} on {', '.join(report['data'])}")
-  plots.coverage({"all": abst["curve"]}, os.path.join(out_dir, "coverage.png"),
-                 threshold=abst["threshold"])
+  plots.coverage({"all images": abst["curve"]}, os.path.join(out_dir, "coverage.png"),
+                 point=dict(threshold=abst["threshold"], coverage=abst["coverage"],
+                            accuracy=abst["accuracy_answered"]))
   pngs = ["reliability.png", "coverage.png"]
   if len(report["by_source"]) > 1:
     plots.subgroup_bars("source", report["by_source"], os.path.join(out_dir, "by_source.png"))

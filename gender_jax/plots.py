@@ -29,16 +29,18 @@ def reliability(curves: dict[str, list[dict]], path: str, title: str = "Reliabil
   plt.close(fig)
 
 
-def coverage(curves: dict[str, list[dict]], path: str, threshold: float | None = None) -> None:
-  """Accuracy on answered images vs coverage as the abstain threshold rises."""
+def coverage(curves: dict[str, list[dict]], path: str, point: dict | None = None) -> None:
+  """Accuracy on answered images vs coverage as the abstain threshold rises.
+
+  `point`: the bundle's operating point {threshold, coverage, accuracy}, marked on the curve.
+  """
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for name, curve in curves.items():
     pts = [(c["coverage"], c["accuracy"]) for c in curve if c["accuracy"] is not None]
     ax.plot(*zip(*pts), marker=".", label=name)
-    for c in curve:
-      if threshold is not None and abs(c["threshold"] - threshold) < 1e-9 and c["accuracy"]:
-        ax.annotate(f"threshold {threshold:.2f}", (c["coverage"], c["accuracy"]), fontsize=8,
-                    xytext=(5, -12), textcoords="offset points")
+  if point and point.get("accuracy") is not None:
+    ax.plot(point["coverage"], point["accuracy"], "r*", ms=12,
+            label=f"bundle threshold {point['threshold']:.3f}")
   ax.set(xlabel="coverage (fraction answered)", ylabel="accuracy on answered",
          title="Accuracy vs coverage (abstain below threshold)")
   ax.invert_xaxis()

@@ -108,10 +108,13 @@ def constant_bundle(directory, bias=(0.0, 1.0), size=16):
   """A resnet_tiny whose weights are all zero but the head bias: logits = bias for any image."""
   cfg = ml_collections.ConfigDict(dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32",
                                        variant="torchvision", dropout=0.0))
-  model = create_model(cfg, rngs=nnx.Rngs(0))
-  flat = checkpoint.to_flat(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
+  # Shapes only (random init compiles one kernel per shape: minutes on a busy CPU), then fill.
+  model = nnx.eval_shape(lambda: create_model(cfg, rngs=nnx.Rngs(0)))
+  flat = {checkpoint.flat_key(path): v.get_value() for path, v in
+          nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
   flat = {k: (np.asarray(bias, np.float32) if k == "fc/bias" else
-              np.ones_like(v) if k.endswith("/var") else np.zeros_like(v)) for k, v in flat.items()}
+              np.ones(v.shape, v.dtype) if k.endswith("/var") else np.zeros(v.shape, v.dtype))
+          for k, v in flat.items()}
   checkpoint.load_flat(model, flat)
   checkpoint.save_bundle(str(directory), model, model_config=cfg.to_dict(),
                          preprocessing=make_spec(size))
@@ -129,17 +132,26 @@ def test_evaluate_cli_writes_report_and_plots(tmp_path):
           tmp_path / "data" / cls / f"{i}.png")
       rows.append(f"{cls}/{i}.png,{cls},{10 * i + 3},{i % 2}")
   (tmp_path / "data" / "labels.csv").write_text("\n".join(rows) + "\n")
-  evaluate.main(["--bundle", bundle, "--data", str(tmp_path / "data"), "--out",
-                 str(tmp_path / "report"), "--bootstrap", "50", "--quiet", "--tta", "flip"])
+  os.makedirs(tmp_path / "other" / "female")
+  os.makedirs(tmp_path / "other" / "male")
+  Image.fromarray(rng.integers(0, 255, (20, 20, 3), np.uint8)).save(tmp_path / "other/male/a.png")
+  evaluate.main(["--bundle", bundle, "--data", f"utk={tmp_path / 'data'}", "--data",
+                 f"other={tmp_path / 'other'}", "--out", str(tmp_path / "report"),
+                 "--bootstrap", "50", "--quiet", "--tta", "flip"])
   report = json.loads((tmp_path / "report" / "report.json").read_text())
   # The model says male (p = sigmoid(1)) for every image: 5 of 8 right.
-  assert report["count"] == 8 and report["overall"]["accuracy"]["value"] == pytest.approx(5 / 8)
+  assert report["by_source"]["utk"]["count"] == 8 and report["by_source"]["other"]["count"] == 1
+  assert report["by_source"]["utk"]["accuracy"]["value"] == pytest.approx(5 / 8)
+  assert report["count"] == 9 and report["overall"]["accuracy"]["value"] == pytest.approx(6 / 9)
   assert report["overall"]["recall_male"]["value"] == 1.0
   assert report["overall"]["mean_confidence"] == pytest.approx(1 / (1 + math.exp(-1)), abs=1e-5)
   assert set(report["subgroups"]) == {"age_band", "race"}
   for png in ("reliability.png", "coverage.png", "subgroup_age_band.png", "subgroup_race.png"):
     assert (tmp_path / "report" / png).stat().st_size > 1000
   assert "## By race" in (tmp_path / "report" / "report.md").read_text()
+  matrix = json.loads((tmp_path / "report" / "matrix.json").read_text())
+  assert matrix["accuracy"]["cols"] == ["other", "utk"]
+  assert matrix["accuracy"]["values"][0] == pytest.approx([1.0, 5 / 8])
 
 
 def test_calibrate_bundle_stores_temperature(tmp_path):
