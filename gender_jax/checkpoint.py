@@ -106,7 +106,7 @@ def load_weights(directory: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]
 # ----------------------------------------------------------------------------- bundle
 def save_bundle(directory: str, model: nnx.Module, *, model_config: dict, preprocessing: dict,
                 calibration: dict | None = None, extra: dict | None = None) -> None:
-  """Writes the inference bundle. Only process 0 should call this."""
+  """Writes the inference bundle. Every process calls it (Orbax saves collectively)."""
   flat = to_flat(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
   meta = dict(
       format_version=BUNDLE_VERSION, model=dict(model_config), preprocessing=preprocessing,

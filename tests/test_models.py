@@ -54,3 +54,21 @@ def test_unknown_arch_names_the_choices():
   with pytest.raises(ValueError, match="resnet50"):
     create_model(_config("resnet51"))
   assert "vgg19_bn" in ARCHS
+
+
+def test_decode_names_what_is_wrong_with_bad_images(tmp_path):
+  import io
+  from PIL import Image
+  from gender_jax.data import preprocess
+  buf = io.BytesIO()
+  Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, "JPEG")
+  good = buf.getvalue()
+  assert preprocess.decode(good).shape == (30, 40, 3)
+  cases = {b"": "0 bytes", b"hello": "not a recognised image", good[: len(good) // 2]: "truncated"}
+  for data, message in cases.items():
+    with pytest.raises(preprocess.ImageError, match=message):
+      preprocess.decode(data)
+  big = io.BytesIO()
+  Image.new("1", (12000, 12000)).save(big, "PNG")
+  with pytest.raises(preprocess.ImageError, match="too large"):
+    preprocess.decode(big.getvalue())

@@ -7,6 +7,7 @@ than float32); `normalize` runs inside the jitted function.
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -42,11 +43,17 @@ def decode(data: bytes | np.ndarray) -> np.ndarray:
     if not data:
       raise ImageError("empty input (0 bytes)")
     try:
-      with Image.open(io.BytesIO(data)) as im:
-        im.load()  # forces a full decode, so truncated files fail here, not later
-        img = np.asarray(im.convert("RGB"))
+      with warnings.catch_warnings():
+        # Over PIL's MAX_IMAGE_PIXELS (~89 MP) is a bomb here, not a warning: no face or
+        # pedestrian crop is that large, and decoding it could exhaust memory.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as im:
+          im.load()  # forces a full decode, so truncated files fail here, not later
+          img = np.asarray(im.convert("RGB"))
     except UnidentifiedImageError:
       raise ImageError("not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # not OSErrors
+      raise ImageError(f"image too large (decompression bomb guard): {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
       raise ImageError(f"corrupt or truncated image: {e}") from None
   if img.ndim == 2:
