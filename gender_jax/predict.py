@@ -208,13 +208,16 @@ class Predictor:
 
 
 def list_files(paths: Iterable[str]) -> list[str]:
-  """Files as given, plus every non-hidden file under each folder (recursively, sorted)."""
+  """Files as given, plus every file under each folder (recursively, sorted) but hidden ones
+  and labels.csv; a non-image among them becomes an "error" row."""
   out = []
   for p in paths:
     if os.path.isdir(p):
       for dirpath, dirnames, filenames in os.walk(p):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+        # labels.csv is the folder layout's own annotation file, not an input.
+        out += [os.path.join(dirpath, f) for f in sorted(filenames)
+                if not f.startswith(".") and f != "labels.csv"]
     else:
       out.append(p)  # a missing file becomes an "error" row, not a crash
   return out
