@@ -133,10 +133,11 @@ def main(argv=None):
   parser.add_argument("--batch-size", type=int, default=64)
   args = parser.parse_args(argv)
   bundle_dir = eval_data.resolve_bundle(args.bundle, args.workdir)
-  [dataset] = eval_data.load(args.data and [args.data], workdir=args.workdir, split="validation")
-  summary = calibrate_bundle(bundle_dir, dataset.records, target_accuracy=args.target_accuracy,
+  datasets = eval_data.load(args.data and [args.data], workdir=args.workdir, split="validation")
+  summary = calibrate_bundle(bundle_dir, eval_data.Concat([d.records for d in datasets]),
+                             target_accuracy=args.target_accuracy,
                              abstain_threshold=args.abstain_threshold, batch_size=args.batch_size,
-                             description=dataset.description)
+                             description=", ".join(d.description for d in datasets))
   print(json.dumps(summary, indent=2))
 
 

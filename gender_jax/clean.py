@@ -337,29 +337,6 @@ def write_outputs(out_dir: str, datasets, records, scanned, found, *, label_erro
   return summary
 
 
-class _Concat:
-  """Several record sequences as one (with per-record metadata)."""
-
-  def __init__(self, parts: Sequence):
-    self.parts = list(parts)
-    self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
-
-  def __len__(self):
-    return int(self.offsets[-1])
-
-  def _locate(self, i):
-    k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-    return self.parts[k], i - int(self.offsets[k])
-
-  def __getitem__(self, i):
-    part, j = self._locate(i)
-    return part[j]
-
-  def meta(self, i):
-    part, j = self._locate(i)
-    return eval_data.record_meta(part, j)
-
-
 def load_datasets(specs, workdir=None, config_file=None) -> list[eval_data.Dataset]:
   """Folders as they are; a configured source without a split: all of its splits."""
   out = []
@@ -368,7 +345,7 @@ def load_datasets(specs, workdir=None, config_file=None) -> list[eval_data.Datas
       parts = [eval_data.load_one(f"{spec}:{s}", workdir=workdir, config_file=config_file)
                for s in SPLIT_PRIORITY]
       out.append(eval_data.Dataset(spec.split(":")[1], spec,
-                                   _Concat([p.records for p in parts])))
+                                   eval_data.Concat([p.records for p in parts])))
     else:
       out.append(eval_data.load_one(spec, workdir=workdir, config_file=config_file))
   return out
@@ -390,7 +367,7 @@ def main(argv=None):
   parser.add_argument("--batch-size", type=int, default=64)
   args = parser.parse_args(argv)
   datasets = load_datasets(args.data, args.workdir, args.config)
-  records = _Concat([d.records for d in datasets])
+  records = eval_data.Concat([d.records for d in datasets])
   print(f"scanning {len(records)} images…", file=sys.stderr)
   scanned = scan(records)
   features, kind = None, f"{THUMB}x{THUMB} RGB thumbnails"

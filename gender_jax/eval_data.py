@@ -117,6 +117,31 @@ class SourceRecords:
     return {k: v for k, v in self[index].items() if k != "image"}
 
 
+class Concat:
+  """Several record sequences as one, with per-record metadata."""
+
+  def __init__(self, parts: Sequence):
+    import numpy as np
+    self.parts = list(parts)
+    self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+  def __len__(self):
+    return int(self.offsets[-1])
+
+  def _locate(self, i):
+    import numpy as np
+    k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+    return self.parts[k], i - int(self.offsets[k])
+
+  def __getitem__(self, i):
+    part, j = self._locate(i)
+    return part[j]
+
+  def meta(self, i):
+    part, j = self._locate(i)
+    return record_meta(part, j)
+
+
 def record_meta(records, index: int) -> dict[str, Any]:
   if hasattr(records, "meta"):
     return records.meta(index)
