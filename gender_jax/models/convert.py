@@ -313,7 +313,11 @@ def convert_tensors(tensors: dict[str, np.ndarray], *, source: str, arch: str,
   problems += [f"unexpected: {k} {np.shape(tensors[k])}"
                for k in sorted(set(tensors) - used - dropped)]
   if problems:
-    raise ValueError(f"{origin}: {len(problems)} problem(s) porting {source} {arch}:\n  "
+    hint = ""
+    if any("_branch2a/" in k for k in tensors):  # keras 2.0's ResNet50, BN epsilon 1e-3
+      hint = (" (layer names like res2a_branch2a are the 2017 ResNet50 file; use the "
+              "keras-applications 'resnet/resnet50_weights_tf_dim_ordering_tf_kernels' file)")
+    raise ValueError(f"{origin}: {len(problems)} problem(s) porting {source} {arch}{hint}:\n  "
                      + "\n  ".join(problems))
   meta = dict(arch=arch, variant=variant, source=source,
               preprocessing=preprocess.make_spec(IMAGE_SIZE, PRESET[source]),
