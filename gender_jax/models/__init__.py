@@ -16,7 +16,9 @@ def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
                 dtype=jnp.dtype(model_config.compute_dtype),
                 rngs=rngs or nnx.Rngs(model_config.get("seed", 0)))
   if name in resnet.SPECS:
-    return resnet.create(name, variant=model_config.get("variant", "torchvision"), **kwargs)
+    # `width` (stem channels, 64 in the ImageNet models) narrows a ResNet for small budgets.
+    return resnet.create(name, variant=model_config.get("variant", "torchvision"),
+                         width=model_config.get("width", 0) or None, **kwargs)
   if name.removesuffix("_bn") in vgg.CFGS:
     return vgg.create(name, dropout=model_config.get("dropout", 0.5), **kwargs)
   raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")

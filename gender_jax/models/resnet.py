@@ -157,5 +157,6 @@ class ResNet(nnx.Module):
     return self.fc(x).astype(jnp.float32)
 
 
-def create(name: str, **kwargs) -> ResNet:
-  return ResNet(SPECS[name], **kwargs)
+def create(name: str, width: int | None = None, **kwargs) -> ResNet:
+  spec = SPECS[name]
+  return ResNet(dataclasses.replace(spec, width=width) if width else spec, **kwargs)
