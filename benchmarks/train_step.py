@@ -1,0 +1,238 @@
+"""Train-step throughput: the project's jitted step beside torchvision, same device, same run.
+
+  python benchmarks/train_step.py                         # ResNet-50, ResNet-18, VGG-16 at 224 px
+  python benchmarks/train_step.py --arch resnet50 --batch 256 --steps 50 --json r50.json
+  python benchmarks/train_step.py --arch resnet_tiny --batch 8 --size 32 --steps 2 --no-peer
+
+gender_jax: the trainer's step (`trainer.make_train_step` under `jax.jit` with the trainer's
+shardings and donated state, the optimizer of the arch's real config) on a uint8 batch made
+on the device, dispatched with the trainer's bound on steps in flight. Peers: torchvision's
+model of the same name, eager and `torch.compile`, bf16 autocast, channels_last, SGD with
+Nesterov momentum and weight decay (plus VGG's gradient clipping), label smoothing, fed the
+same uint8 NHWC batch and normalising it inside the step as the JAX step does. Peers run first
+and free their memory, so JAX then has the card.
+
+Prints a Markdown table — img/s, JAX ÷ each peer, MFU (FLOPs from XLA's cost analysis of the
+compiled step, peak from the device-kind table in common.py or --peak), TFLOP/s, compile time
+(lower + compile; torch: the first call), peak device memory — and writes --json. Several
+archs run one child process each, so each peak-memory figure is that model's alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import common  # noqa: I001 — sets the environment before JAX starts
+import jax
+
+ARCHS = ("resnet50", "resnet18", "vgg16")
+COLUMNS = [("arch", "model", ""), ("impl", "implementation", ""), ("img_s", "img/s", ",.0f"),
+           ("step_ms", "step ms", ".1f"), ("x_eager", "× eager", ".2f"),
+           ("x_compile", "× compile", ".2f"), ("mfu", "MFU", ".1%"),
+           ("tflops", "TFLOP/s", ".1f"), ("compile_s", "compile s", ".1f"),
+           ("peak_gib", "peak GiB", ".2f")]
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--arch", default=",".join(ARCHS), help="comma-separated model names")
+  p.add_argument("--batch", type=int, default=256, help="global batch size")
+  p.add_argument("--size", type=int, default=224, help="image size (px)")
+  p.add_argument("--steps", type=int, default=50, help="timed steps")
+  p.add_argument("--warmup", type=int, default=5, help="untimed steps after compiling")
+  p.add_argument("--dtype", default="auto", help="compute dtype: auto (bf16 on GPU/TPU, "
+                 "f32 on CPU), bfloat16, float32")
+  p.add_argument("--devices", type=int, default=1,
+                 help="mesh size (0: every device); 1 compares one device with the peer")
+  p.add_argument("--peer", default="eager,compile", help="torch peers: eager, compile")
+  p.add_argument("--no-peer", dest="peer", action="store_const", const="")
+  p.add_argument("--compile-mode", default="default",
+                 help="torch.compile mode (default, max-autotune, …)")
+  p.add_argument("--peak", type=float, help="peak TFLOP/s per device for MFU "
+                 "(default: by device kind)")
+  p.add_argument("--json", help="write the results here")
+  args = p.parse_args(argv)
+  args.archs = [a for a in args.arch.split(",") if a]
+  args.peers = [x for x in args.peer.split(",") if x]
+  unknown = set(args.peers) - {"eager", "compile"}
+  if unknown:
+    p.error(f"--peer: unknown {sorted(unknown)}; choose from eager, compile")
+  if args.steps < 1 or args.batch < 1:
+    p.error("--steps and --batch must be ≥ 1")
+  return args
+
+
+# ----------------------------------------------------------------------------- gender_jax
+def bench_jax(config, args) -> dict:
+  from gender_jax import parallel, trainer
+  mesh = parallel.create_mesh(args.devices or None)
+  parallel.local_batch_size(args.batch, mesh)  # a clear error when it does not divide
+  setup = common.create_train_setup(config, mesh, total_steps=10**6)
+  state = jax.jit(setup.init_state, out_shardings=setup.state_sharding)()
+  batch = common.synthetic_batch(mesh, args.batch, args.size)
+
+  start = time.perf_counter()
+  compiled = setup.train_step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = common.compiled_cost(compiled)
+
+  state = common.run_steps(compiled, state, lambda: batch, args.warmup,
+                           trainer.MAX_STEPS_IN_FLIGHT)
+  start = time.perf_counter()
+  state = common.run_steps(compiled, state, lambda: batch, args.steps,
+                           trainer.MAX_STEPS_IN_FLIGHT)
+  step_s = (time.perf_counter() - start) / args.steps
+  # Cost analysis is per device; × devices counts the work of the whole step.
+  flops_per_image = cost["flops"] * mesh.size / args.batch if cost["flops"] else None
+  return dict(impl="gender_jax", step_s=step_s, compile_s=compile_s, devices=mesh.size,
+              flops_per_image=flops_per_image, peak_bytes=common.jax_peak_bytes(),
+              plan_bytes=cost["plan_bytes"])
+
+
+# ----------------------------------------------------------------------------- torch peers
+def torch_train_step(torch, model, config, spec, images, labels, compute_dtype: str,
+                     compile_mode: str | None = None):
+  """A torch train step doing the JAX step's work; `compile_mode` → torch.compile(model)."""
+  import torch.nn.functional as F
+  device = images.device
+  model = model.to(device, memory_format=torch.channels_last).train()
+  opt_cfg = config.optimizer
+  fused = dict(fused=True) if device.type == "cuda" else {}
+  opt = torch.optim.SGD(model.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
+                        nesterov=opt_cfg.nesterov, weight_decay=opt_cfg.weight_decay, **fused)
+  forward = torch.compile(model, mode=compile_mode) if compile_mode else model
+  clip = float(opt_cfg.grad_clip_norm or 0.0)
+
+  def step():
+    with common.torch_autocast(torch, compute_dtype):
+      logits = forward(common.torch_normalize(torch, images, spec, torch.float32))
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
+    opt.step()
+    return loss
+  return step
+
+
+def bench_torch(torch, arch, config, spec, args, compute_dtype) -> list[dict]:
+  rows = []
+  images, labels = common.torch_batch(torch, args.batch, args.size)
+  for peer in args.peers:
+    model = common.torchvision_model(arch, config.model.num_classes)
+    if model is None:
+      print(f"  torch {peer}: skipped (torchvision has no {arch})", flush=True)
+      continue
+    impl = "torch eager" if peer == "eager" else "torch.compile"
+    common.torch_memory_reset(torch)
+    try:
+      step = torch_train_step(torch, model, config, spec, images, labels, compute_dtype,
+                              compile_mode=args.compile_mode if peer == "compile" else None)
+      t = common.time_torch(torch, step, args.warmup, args.steps)
+    except Exception as e:  # noqa: BLE001 — e.g. no C++/Triton toolchain for inductor
+      print(f"  {impl}: failed, skipped ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+            flush=True)
+      rows.append(dict(impl=impl, error=f"{type(e).__name__}: {e}"[:500]))
+      continue
+    rows.append(dict(impl=impl, step_s=t["step_s"], compile_s=t["first_s"],
+                     peak_bytes=common.torch_peak_bytes(torch)))
+    del step, model
+  del images, labels
+  common.torch_memory_reset(torch)
+  return rows
+
+
+# ----------------------------------------------------------------------------- one arch
+def bench_arch(arch: str, args) -> list[dict]:
+  from gender_jax.data import preprocess
+  compute_dtype = common.resolve_dtype(args.dtype)
+  config = common.train_config(arch, args.batch, args.size, compute_dtype)
+  spec = preprocess.make_spec(args.size, config.data.preprocessing)
+  peer_rows = []
+  if args.peers:
+    torch = common.import_torch()
+    if torch is None:
+      print(f"  torch peers skipped: {common.torch_skip_reason()}", flush=True)
+    else:
+      peer_rows = bench_torch(torch, arch, config, spec, args, compute_dtype)
+  jax_row = bench_jax(config, args)
+
+  device = jax.devices()[0]
+  peak, peak_source = common.peak_tflops(device.device_kind, args.peak)
+  flops = jax_row.pop("flops_per_image")
+  rows = [jax_row] + peer_rows
+  by_impl = {r["impl"]: r for r in rows if "step_s" in r}
+  for r in rows:
+    r.update(arch=arch, batch=args.batch, size=args.size, dtype=compute_dtype)
+    if "step_s" not in r:
+      continue
+    devices = r.get("devices", 1)
+    r["img_s"] = args.batch / r["step_s"]
+    r["step_ms"] = r["step_s"] * 1e3
+    r["peak_gib"] = common.gib(r.get("peak_bytes"))
+    if flops:  # the same model FLOPs for every implementation: MFU is comparable
+      r["flops_per_image"] = flops
+      r["tflops"] = flops * r["img_s"] / devices / 1e12
+      r["mfu"] = r["tflops"] / peak if peak else None
+  for peer, key in (("torch eager", "x_eager"), ("torch.compile", "x_compile")):
+    if peer in by_impl:
+      jax_row[key] = jax_row["img_s"] / jax_row["devices"] / by_impl[peer]["img_s"]
+  jax_row.update(peak_tflops=peak, peak_source=peak_source)
+  return rows
+
+
+def run_children(args, argv) -> list[dict]:
+  """One process per arch: peak memory per model, and no allocator state carried over."""
+  rows = []
+  base = [a for a in (argv if argv is not None else sys.argv[1:])]
+  base = _drop_option(_drop_option(base, "--arch"), "--json")
+  for arch in args.archs:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+      cmd = [sys.executable, os.path.abspath(__file__), *base, "--arch", arch, "--json", f.name]
+      print(f"== {arch}", flush=True)
+      done = subprocess.run(cmd, check=False)
+      if done.returncode:
+        rows.append(dict(arch=arch, impl="gender_jax", error=f"exit code {done.returncode}"))
+        continue
+      rows += json.load(open(f.name))["rows"]
+  return rows
+
+
+def _drop_option(argv, name):
+  out, skip = [], False
+  for a in argv:
+    if skip:
+      skip = False
+    elif a == name:
+      skip = True
+    elif not a.startswith(name + "="):
+      out.append(a)
+  return out
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  info = common.device_info(with_torch=bool(args.peers))
+  if len(args.archs) > 1:
+    rows = run_children(args, argv)
+  else:
+    print(f"{args.archs[0]}: batch {args.batch}, {args.size} px, on {info['device_kind']} "
+          f"({info['platform']}), {args.steps} timed steps", flush=True)
+    rows = bench_arch(args.archs[0], args)
+  print()
+  print(common.format_table(rows, COLUMNS))
+  if info["platform"] == "cpu":
+    print("\nCPU numbers (XLA:CPU and torch on the host): not what a GPU run shows.")
+  payload = dict(benchmark="train_step", device=info, args=vars(args), rows=rows)
+  common.write_json(args.json, payload)
+  return payload
+
+
+if __name__ == "__main__":
+  main()
