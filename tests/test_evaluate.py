@@ -122,6 +122,7 @@ def constant_bundle(directory, bias=(0.0, 1.0), size=16):
 
 
 def test_evaluate_cli_writes_report_and_plots(tmp_path):
+  pytest.importorskip("matplotlib", reason="plots need the [report] extra")
   bundle = constant_bundle(tmp_path / "bundle", bias=(0.0, 1.0))
   rng = np.random.default_rng(0)
   rows = ["path,label,age,race"]
