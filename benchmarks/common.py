@@ -227,6 +227,11 @@ _TORCH_ERROR = ""
 def import_torch():
   """torch, or None where it is not installed (the peer is then skipped, never an error)."""
   global _TORCH_ERROR
+  if "torchvision" not in sys.modules and "tensorflow" in sys.modules:
+    # torchvision imported after TensorFlow segfaults (torch 2.14 / TF 2.21): the scripts
+    # import torch first; anything else that loaded TF already runs without the peer.
+    _TORCH_ERROR = "TensorFlow was imported first (torchvision would crash); import torch earlier"
+    return None
   try:
     import torch
     import torchvision  # noqa: F401
