@@ -60,6 +60,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = placeholder(float)
   config.eval_every_examples = placeholder(int)
   config.log_every = 50
+  # At the end: temperature scaling on the validation split, stored in the bundle; and an
+  # abstain threshold reaching this accuracy on the answered images (0: never abstain).
+  config.calibrate = True
+  config.abstain_target_accuracy = 0.0
 
   # checkpoint
   config.checkpoint = ml_collections.ConfigDict()

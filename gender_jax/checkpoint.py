@@ -65,22 +65,6 @@ def load_flat(model: nnx.Module, flat: dict[str, Any], *, collections=(nnx.Param
   return left
 
 
-def load_pretrained(model: nnx.Module, directory: str) -> dict[str, Any]:
-  """Loads `config.init_from` weights (a port or another run's bundle) into `model`.
-
-  Strict for the backbone; the `fc` head is kept from `model` (freshly initialised) when the
-  file has none or a different class count, e.g. an ImageNet port's dropped 1000-way head.
-  """
-  flat, meta = load_weights(directory)
-  head = {k: v for k, v in flat.items() if k.startswith("fc/")}
-  model_head = to_flat(nnx.state(model, nnx.Param))
-  keep_head = not head or any(np.shape(v) != model_head.get(k, np.zeros(0)).shape
-                              for k, v in head.items())
-  load_flat(model, {k: v for k, v in flat.items() if not (keep_head and k.startswith("fc/"))},
-            skip_prefixes=("fc/",) if keep_head else ())
-  return meta
-
-
 def save_weights(directory: str, flat: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
@@ -131,7 +115,8 @@ class Bundle:
     self.model_config = ml_collections.ConfigDict(self.meta["model"])
     if compute_dtype:
       self.model_config.compute_dtype = compute_dtype
-    self.model = create_model(self.model_config)
+    # Shapes only, then the stored values: a random init would compile one kernel per shape.
+    self.model = nnx.eval_shape(lambda: create_model(self.model_config))
     load_flat(self.model, flat)
     self.model.eval()
     self.preprocessing = self.meta["preprocessing"]

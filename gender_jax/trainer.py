@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 
 from gender_jax import checkpoint, config as config_lib, metrics as metrics_lib, parallel
 from gender_jax.data import pipeline, preprocess, sources
-from gender_jax.models import create_model
+from gender_jax.models import convert, create_model
 
 # Steps dispatched ahead of the host before it waits. Unbounded async dispatch deadlocks
 # XLA:CPU collectives on many fake devices (DESIGN.md); 2 also keeps a GPU busy.
@@ -277,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("resumed from %s at step %d", config.resume_from, int(state["step"]))
   elif config.init_from:
     model = init_model()
-    checkpoint.load_pretrained(model, config.init_from)
+    convert.load_pretrained(model, config.init_from, head=None)
     state = jax.device_put(init_state(model), state_sharding)
     logging.info("initialised from %s (%s)", config.init_from, init_meta.get("source", "weights"))
   else:
@@ -368,6 +368,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       os.path.join(workdir, "bundle"), model, model_config=config.model.to_dict(),
       preprocessing=spec, extra=dict(step=int(step), metrics=last_eval))
   logging.info("wrote inference bundle to %s", os.path.join(workdir, "bundle"))
+  if jax.process_index() == 0 and config.calibrate:
+    # Temperature (and the abstain threshold, if targeted) fitted on the validation splits.
+    from gender_jax import calibration, eval_data
+    fit = calibration.calibrate_bundle(
+        os.path.join(workdir, "bundle"), eval_data.Concat(list(val_sources.values())),
+        target_accuracy=config.abstain_target_accuracy or None,
+        batch_size=config.data.eval_batch_size, description="validation")
+    logging.info("calibration: %s", {k: v for k, v in fit.items() if not isinstance(v, dict)})
   return dict(preempted=False, step=step, **last_eval)
 
 

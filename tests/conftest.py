@@ -6,8 +6,18 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Keras parity references run on JAX; TensorFlow would otherwise import Keras on its backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import pathlib  # noqa: E402
+
+# torch (the port tests' reference) and the triton it loads lazily must be imported before
+# TensorFlow: imported after it, triton segfaults. Many modules pull TensorFlow in at collection.
+try:
+  import torch  # noqa: E402,F401
+  import torch._dynamo  # noqa: E402,F401  (imports triton where it is installed)
+except ImportError:
+  pass
 
 import pytest  # noqa: E402
 

@@ -147,3 +147,20 @@ def test_training_on_a_folder_with_three_corrupt_files(tmp_path):
   assert os.path.exists(os.path.join(workdir, "bundle"))
   report = sources.bad_file_report(config)
   assert sorted(x["path"] for x in report["folder"]) == sorted(truth["bad"])
+
+
+def test_exclude_list_from_clean_drops_exactly_those_records(tmp_path):
+  """The list `clean` writes (KEY<TAB>reason) is honoured by the sources on the next run."""
+  root = str(tmp_path / "photos")
+  fixtures.folder(root, per_class=12)
+  config = ml_collections.ConfigDict(dict(data=dict(sources={}, folder="",
+                                                    data_dir=str(tmp_path / "d"))))
+  config.data.sources["folder"] = dict(path=root, weight=1.0)
+  full = sources.get_source("folder", "train", config)
+  drop = sorted(full[i]["path"] for i in range(len(full)))[:3]
+  exclude = tmp_path / "exclude.txt"
+  exclude.write_text("# from clean\n" + "".join(f"{k}\tnear duplicate\n" for k in drop))
+  config.data.sources["folder"]["exclude"] = str(exclude)
+  kept = sources.get_source("folder", "train", config)
+  assert len(kept) == len(full) - 3
+  assert not {kept[i]["path"] for i in range(len(kept))} & set(drop)

@@ -90,11 +90,43 @@ def source_options(name: str, config: ml_collections.ConfigDict) -> ml_collectio
 
 
 def get_source(name: str, split: str, config: ml_collections.ConfigDict):
-  """The `split` of source `name` as configured in `config.data.sources[name]`."""
+  """The `split` of source `name` as configured in `config.data.sources[name]`.
+
+  With `exclude=FILE` in the source's options (the list `python -m gender_jax.clean` writes:
+  one `KEY<TAB>reason` per line, KEY the record's path), those records are left out.
+  """
   base = name.split(":")[0]
   if base not in REGISTRY:
     raise ValueError(f"unknown data source {name!r}; known: {', '.join(sorted(REGISTRY))}")
-  return REGISTRY[base](split, source_options(name, config), config)
+  options = source_options(name, config)
+  source = REGISTRY[base](split, options, config)
+  if options.get("exclude"):
+    source = Excluding(source, read_exclude_list(options.exclude))
+  return source
+
+
+def read_exclude_list(path: str) -> set[str]:
+  keys = set()
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      line = line.rstrip("\n")
+      if line.strip() and not line.startswith("#"):
+        keys.add(line.split("\t", 1)[0])
+  return keys
+
+
+class Excluding:
+  """A source without the records whose `path` is in `keys` (random access, grain protocol)."""
+
+  def __init__(self, source, keys: set[str]):
+    self.source = source
+    self.indices = [i for i in range(len(source)) if source[i].get("path") not in keys]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self.source[self.indices[index]]
 
 
 def configured_sources(config: ml_collections.ConfigDict) -> dict[str, float]:

@@ -20,6 +20,7 @@ import re
 from typing import Any, Callable
 
 import numpy as np
+from flax import nnx
 
 from gender_jax import checkpoint
 from gender_jax.data import preprocess
@@ -250,7 +251,6 @@ def _key_map(source: str, arch: str) -> Callable[[dict, str], dict]:
 def target_shapes(arch: str, variant: str, num_classes: int) -> dict[str, tuple]:
   """Shapes of every parameter and batch statistic, without allocating the model."""
   import ml_collections
-  from flax import nnx
   from gender_jax.models import create_model
   cfg = ml_collections.ConfigDict(dict(arch=arch, num_classes=num_classes,
                                        compute_dtype="float32", variant=variant))
@@ -343,15 +343,20 @@ def convert_file(path: str, *, source: str, arch: str, keep_head: bool = False
   return flat, meta
 
 
-def load_pretrained(model, directory: str, *, head: bool = False) -> dict[str, Any]:
+def load_pretrained(model, directory: str, *, head: bool | None = False) -> dict[str, Any]:
   """Loads a converted weights directory (or a bundle) into `model`; returns its meta.
 
   Strict: every model variable must come from the file except the classifier head (kept at
-  its fresh initialisation unless `head`) and whatever the file lacks by construction
-  (meta["fresh_prefixes"], e.g. fc1/fc2 of a Keras VGG saved without top). The model must be
-  built with the recorded arch and variant.
+  its fresh initialisation unless `head`; `head=None` loads it exactly when the file stores
+  one of the model's shape, as another run's bundle does) and whatever the file lacks by
+  construction (meta["fresh_prefixes"], e.g. fc1/fc2 of a Keras VGG saved without top).
+  The model must be built with the recorded arch and variant.
   """
   flat, meta = checkpoint.load_weights(directory)
+  if head is None:
+    ours = checkpoint.to_flat(nnx.state(model, nnx.Param))
+    stored = {k: v for k, v in flat.items() if k.startswith(HEAD)}
+    head = bool(stored) and all(np.shape(v) == np.shape(ours.get(k)) for k, v in stored.items())
   skip = [p for p in meta.get("fresh_prefixes", []) if p != HEAD]
   if not head:
     skip.append(HEAD)
