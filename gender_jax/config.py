@@ -11,7 +11,9 @@ def get_steps(name: str, config: ml_collections.ConfigDict, num_train_examples: 
               batch_size: int, default: int | None = None) -> int | None:
   """Turns `{name}_steps`, `{name}_epochs` or `{name}_examples` into steps; at most one may be set."""
   given = {suffix: config.get(f"{name}_{suffix}") for suffix in ("steps", "epochs", "examples")}
-  given = {k: v for k, v in given.items() if v is not None}
+  # 0 counts as unset, so `--config.total_epochs=0 --config.total_steps=20` switches units
+  # from the command line (the flag parser cannot set None).
+  given = {k: v for k, v in given.items() if v}
   if len(given) > 1:
     raise ValueError(f"set only one of {', '.join(f'{name}_{k}' for k in given)}")
   if not given:

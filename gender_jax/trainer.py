@@ -208,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  for n in sources.configured_sources(config)}
   if jax.process_index() == 0:
     sources.write_bad_file_report(config, workdir)  # WORKDIR/bad_files.json
+    sources.write_split_listing(config, workdir)    # WORKDIR/splits.csv
 
   # ---- model & optimizer
   spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)

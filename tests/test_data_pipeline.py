@@ -164,3 +164,19 @@ def test_exclude_list_from_clean_drops_exactly_those_records(tmp_path):
   kept = sources.get_source("folder", "train", config)
   assert len(kept) == len(full) - 3
   assert not {kept[i]["path"] for i in range(len(kept))} & set(drop)
+
+
+def test_balance_by_subgroup_evens_out_the_groups(tmp_path):
+  """balance_by=race, power 1: each race is drawn about equally often, whatever its size."""
+  from gender_jax.data import balance
+  rng = np.random.default_rng(0)
+  sizes = {"0": 300, "1": 60, "2": 20}
+  records = [{"label": int(rng.integers(2)), "subgroups": {"race": race}}
+             for race, n in sizes.items() for _ in range(n)]
+  drawn = balance.Balanced(records, "race", power=1.0, seed=0)
+  counts = collections.Counter(drawn[i]["subgroups"]["race"] for i in range(len(drawn)))
+  shares = np.array([counts[r] for r in sizes]) / len(drawn)
+  np.testing.assert_allclose(shares, 1 / 3, atol=0.04)
+  unbalanced = balance.Balanced(records, "race", power=0.0, seed=0)
+  share0 = np.mean([unbalanced[i]["subgroups"]["race"] == "0" for i in range(len(unbalanced))])
+  assert abs(share0 - 300 / 380) < 0.04

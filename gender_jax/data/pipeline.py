@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gender_jax.data import augment, preprocess, sources
+from gender_jax.data import augment, balance, preprocess, sources
 
 
 # A record that fails to decode at training time (a source that was not prepared, or a file
@@ -66,7 +66,11 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
   streams = []
   for i, name in enumerate(weights):
     source = sources.get_source(name, "train", config)
-    spec = augment.spec_for(sources.source_options(name, config), config)
+    options = sources.source_options(name, config)
+    if options.get("balance_by"):
+      source = balance.Balanced(source, options.balance_by, options.get("balance_power", 0.5),
+                                seed=config.seed + i)
+    spec = augment.spec_for(options, config)
     # Each source reshuffles every epoch (grain reseeds its shuffle per pass); augmentation
     # randomness is seeded by the element's index in its source stream: deterministic
     # whatever the worker count.

@@ -85,6 +85,8 @@ def source_options(name: str, config: ml_collections.ConfigDict) -> ml_collectio
   else:
     raise ValueError(f"no options for data source {name!r} in config.data.sources")
   options = ml_collections.ConfigDict(options.to_dict())
+  if name == "folder" and not options.get("path") and config.data.get("folder"):
+    options.path = config.data.folder  # the shortcut fills a configured folder source's path
   options.source_name = name  # the records' "source" field: the configured name, tag included
   return options
 
@@ -163,3 +165,22 @@ def write_bad_file_report(config: ml_collections.ConfigDict, workdir: str) -> in
   with open(os.path.join(workdir, "bad_files.json"), "w") as f:
     json.dump(report, f, indent=2)
   return sum(len(v) for v in report.values())
+
+
+def write_split_listing(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes WORKDIR/splits.csv (source,split,path,label) so every number can be reproduced."""
+  import csv
+  with open(os.path.join(workdir, "splits.csv"), "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(["source", "split", "path", "label"])
+    for name in configured_sources(config):
+      for split in ("train", "validation", "test"):
+        try:
+          source = get_source(name, split, config)
+        except (ValueError, KeyError):  # a source without this split
+          continue
+        if not hasattr(source, "__getitem__") or not len(source) or "path" not in source[0]:
+          continue  # generated on the fly (synthetic): nothing to list
+        for i in range(len(source)):
+          record = source[i]
+          out.writerow([name, split, record["path"], record["label"]])
