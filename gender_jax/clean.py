@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw

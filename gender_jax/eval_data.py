@@ -15,7 +15,6 @@ import json
 import os
 from typing import Any, Sequence
 
-from gender_jax import CLASS_NAMES
 
 # Fields that describe a record rather than a subgroup of people.
 NOT_SUBGROUPS = {"image", "label", "source", "key", "path", "split", "identity", "id", "index"}

@@ -49,3 +49,26 @@ def train_cli(workdir: str, *overrides: str, timeout: float = 240, **popen):
          "--workdir", workdir, *overrides]
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def constant_bundle(directory, bias=(0.0, 1.0), size=16, abstain_threshold=0.0):
+  """A resnet_tiny whose weights are all zero but the head bias: logits = bias for any image."""
+  import ml_collections
+  from flax import nnx
+  from gender_jax import checkpoint
+  from gender_jax.data.preprocess import make_spec
+  from gender_jax.models import create_model
+  cfg = ml_collections.ConfigDict(dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32",
+                                       variant="torchvision", dropout=0.0))
+  # Shapes only (random init compiles one kernel per shape: minutes on a busy CPU), then fill.
+  model = nnx.eval_shape(lambda: create_model(cfg, rngs=nnx.Rngs(0)))
+  flat = {checkpoint.flat_key(path): v.get_value() for path, v in
+          nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
+  flat = {k: (np.asarray(bias, np.float32) if k == "fc/bias" else
+              np.ones(v.shape, v.dtype) if k.endswith("/var") else np.zeros(v.shape, v.dtype))
+          for k, v in flat.items()}
+  checkpoint.load_flat(model, flat)
+  checkpoint.save_bundle(str(directory), model, model_config=cfg.to_dict(),
+                         preprocessing=make_spec(size),
+                         calibration=dict(temperature=1.0, abstain_threshold=abstain_threshold))
+  return str(directory)

@@ -1,6 +1,5 @@
 """Each TFDS builder on a fixture written in its dataset's real on-disk format."""
 import collections
-import os
 
 import pytest
 

@@ -3,15 +3,12 @@ import json
 import math
 import os
 
-import ml_collections
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
 from gender_jax import calibration, checkpoint, evaluate, stats
-from gender_jax.data.preprocess import make_spec
-from gender_jax.models import create_model
+from tests.helpers import constant_bundle
 
 # Ten images with fixed logits. p_male = softmax(logits)[1] = sigmoid(l1 - l0).
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -102,23 +99,6 @@ def test_evaluate_outputs_groups_and_age_bands():
   assert list(r["subgroups"]["age_band"])[:2] == ["0-9", "10-19"]
   assert r["subgroups"]["age_band"]["70+"]["count"] == 3  # ages 75, 85, 95
   assert r["abstention"]["answered"] == int((calibration.softmax(LOGITS).max(1) >= 0.7).sum())
-
-
-def constant_bundle(directory, bias=(0.0, 1.0), size=16):
-  """A resnet_tiny whose weights are all zero but the head bias: logits = bias for any image."""
-  cfg = ml_collections.ConfigDict(dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32",
-                                       variant="torchvision", dropout=0.0))
-  # Shapes only (random init compiles one kernel per shape: minutes on a busy CPU), then fill.
-  model = nnx.eval_shape(lambda: create_model(cfg, rngs=nnx.Rngs(0)))
-  flat = {checkpoint.flat_key(path): v.get_value() for path, v in
-          nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
-  flat = {k: (np.asarray(bias, np.float32) if k == "fc/bias" else
-              np.ones(v.shape, v.dtype) if k.endswith("/var") else np.zeros(v.shape, v.dtype))
-          for k, v in flat.items()}
-  checkpoint.load_flat(model, flat)
-  checkpoint.save_bundle(str(directory), model, model_config=cfg.to_dict(),
-                         preprocessing=make_spec(size))
-  return str(directory)
 
 
 def test_evaluate_cli_writes_report_and_plots(tmp_path):

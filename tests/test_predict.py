@@ -3,33 +3,12 @@ import csv
 import math
 import os
 
-import ml_collections
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
-from gender_jax import checkpoint, predict
-from gender_jax.data.preprocess import make_spec
-from gender_jax.models import create_model
-
-
-def constant_bundle(directory, bias, size=16, abstain_threshold=0.0):
-  """A resnet_tiny whose weights are all zero but the head bias: logits = bias for any image."""
-  cfg = ml_collections.ConfigDict(dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32",
-                                       variant="torchvision", dropout=0.0))
-  # Shapes only (random init compiles one kernel per shape: minutes on a busy CPU), then fill.
-  model = nnx.eval_shape(lambda: create_model(cfg, rngs=nnx.Rngs(0)))
-  flat = {checkpoint.flat_key(path): v.get_value() for path, v in
-          nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
-  flat = {k: (np.asarray(bias, np.float32) if k == "fc/bias" else
-              np.ones(v.shape, v.dtype) if k.endswith("/var") else np.zeros(v.shape, v.dtype))
-          for k, v in flat.items()}
-  checkpoint.load_flat(model, flat)
-  checkpoint.save_bundle(str(directory), model, model_config=cfg.to_dict(),
-                         preprocessing=make_spec(size),
-                         calibration=dict(temperature=1.0, abstain_threshold=abstain_threshold))
-  return str(directory)
+from gender_jax import predict
+from tests.helpers import constant_bundle
 
 
 @pytest.fixture(scope="module")
