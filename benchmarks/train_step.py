@@ -34,7 +34,7 @@ ARCHS = ("resnet50", "resnet18", "vgg16")
 COLUMNS = [("arch", "model", ""), ("impl", "implementation", ""), ("img_s", "img/s", ",.0f"),
            ("step_ms", "step ms", ".1f"), ("x_eager", "× eager", ".2f"),
            ("x_compile", "× compile", ".2f"), ("mfu", "MFU", ".1%"),
-           ("tflops", "TFLOP/s", ".1f"), ("compile_s", "compile s", ".1f"),
+           ("tflops", "TFLOP/s", ".3g"), ("compile_s", "compile s", ".1f"),
            ("peak_gib", "peak GiB", ".2f")]
 
 
