@@ -81,6 +81,9 @@ def write_calibration(bundle_dir: str, temperature: float | None = None,
   if fitted_on is not None:
     calibration["fitted_on"] = fitted_on
   meta["calibration"] = calibration
+  import jax
+  if jax.process_index() != 0:  # several processes fit the same numbers; one writes them
+    return calibration
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(meta, f, indent=2)

@@ -369,14 +369,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       os.path.join(workdir, "bundle"), model, model_config=config.model.to_dict(),
       preprocessing=spec, extra=dict(step=int(step), metrics=last_eval))
   logging.info("wrote inference bundle to %s", os.path.join(workdir, "bundle"))
-  if jax.process_index() == 0 and config.calibrate:
+  if config.calibrate:
     # Temperature (and the abstain threshold, if targeted) fitted on the validation splits.
+    # Every process fits (same data, same result; process 0 writes), so all reach the
+    # shutdown barrier together.
     from gender_jax import calibration, eval_data
     fit = calibration.calibrate_bundle(
         os.path.join(workdir, "bundle"), eval_data.Concat(list(val_sources.values())),
         target_accuracy=config.abstain_target_accuracy or None,
         batch_size=config.data.eval_batch_size, description="validation")
     logging.info("calibration: %s", {k: v for k, v in fit.items() if not isinstance(v, dict)})
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("gender_jax: training done")
   return dict(preempted=False, step=step, **last_eval)
 
 

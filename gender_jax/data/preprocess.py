@@ -29,6 +29,10 @@ class ImageError(ValueError):
   """An input that is not a decodable image; the message says why."""
 
 
+class ImageTooLarge(ImageError):
+  """More pixels than PIL's decompression-bomb limit (~89 MP)."""
+
+
 def make_spec(image_size: int, preset: str = "scratch") -> dict[str, Any]:
   if preset not in PRESETS:
     raise ValueError(f"unknown preprocessing preset {preset!r}; choose from {list(PRESETS)}")
@@ -53,7 +57,7 @@ def decode(data: bytes | np.ndarray) -> np.ndarray:
     except UnidentifiedImageError:
       raise ImageError("not a recognised image format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # not OSErrors
-      raise ImageError(f"image too large (decompression bomb guard): {e}") from None
+      raise ImageTooLarge(f"image too large (decompression bomb guard): {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
       raise ImageError(f"corrupt or truncated image: {e}") from None
   if img.ndim == 2:
