@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import json
 import os
 import pathlib
@@ -117,56 +116,12 @@ def train_config(arch: str, batch_size: int, image_size: int, compute_dtype: str
   return config
 
 
-@dataclasses.dataclass
-class TrainSetup:
-  train_step: Callable  # jitted (state, batch) → (state, metrics); state donated
-  init_state: Callable  # () → the initial state, unsharded (jit it with state_sharding)
-  state_sharding: Any
-  spec: dict
-
-
 def create_train_setup(config, mesh, total_steps: int):
-  """The trainer's model/optimizer/state/step sections, from the trainer's own functions.
-
-  Uses `trainer.create_train_setup` where the trainer exposes it; until then the same lines
-  as `train_and_evaluate` (model & optimizer → shard & create state → update step), for a
-  run from scratch.
-  """
-  from flax import nnx
-  from gender_jax import parallel, trainer
+  """The trainer's own model/optimizer/state/jitted step (`trainer.create_train_setup`)."""
+  from gender_jax import trainer
   from gender_jax.data import preprocess
-  from gender_jax.models import create_model
-
   spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
-  if hasattr(trainer, "create_train_setup"):
-    return trainer.create_train_setup(config, mesh, total_steps, spec)
-
-  def init_model():
-    return create_model(config.model, rngs=nnx.Rngs(config.seed))
-
-  abstract_model = nnx.eval_shape(init_model)
-  _, abstract_params, abstract_stats = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)
-  labels = trainer.param_labels(abstract_model, abstract_params, config)
-  tx, _ = trainer.create_optimizer(config, labels, total_steps)
-  trainable = trainer.trainable_stages(abstract_model, config.finetune)
-  frozen_stats = jax.tree_util.tree_map_with_path(
-      lambda path, _: abstract_model.stage_of(trainer._path_names(path)) not in trainable,
-      abstract_stats)
-  abstract_model.train()
-  train_graphdef = nnx.graphdef(abstract_model)
-
-  replicated = parallel.replicated(mesh)
-
-  def init_state():
-    _, params, batch_stats = nnx.split(init_model(), nnx.Param, nnx.BatchStat)
-    return dict(step=jnp.int32(0), params=params, batch_stats=batch_stats,
-                opt_state=tx.init(params))
-
-  state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(init_state))
-  train_step = jax.jit(trainer.make_train_step(train_graphdef, tx, spec, config, frozen_stats),
-                       in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
-  return TrainSetup(train_step, init_state, state_sharding, spec)
+  return trainer.create_train_setup(config, mesh, total_steps, spec)
 
 
 def synthetic_batch(mesh, batch_size: int, image_size: int, seed: int = 0):

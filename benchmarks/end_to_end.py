@@ -89,13 +89,13 @@ def main(argv=None) -> dict:
   max_in_flight = trainer.MAX_STEPS_IN_FLIGHT
 
   # ---- the pipeline alone, from a different part of the stream than the disk run reads
-  it = iter(pipeline.train_dataset(config, start_step=10**5))
-  next(it)
+  pipeline_only = iter(pipeline.train_dataset(config, start_step=10**5))
+  next(pipeline_only)
   start = time.perf_counter()
   for _ in range(args.steps):
-    next(it)
+    next(pipeline_only)
   pipeline_img_s = args.steps * args.batch / (time.perf_counter() - start)
-  del it
+  del pipeline_only
 
   # ---- disk: the trainer's loop, reading from the start of the stream
   it = iter(pipeline.train_dataset(config))
@@ -115,7 +115,7 @@ def main(argv=None) -> dict:
   start = time.perf_counter()
   state = common.run_steps(compiled, state, next_batch, args.steps, max_in_flight, timer)
   disk_s = time.perf_counter() - start
-  del it
+  del next_batch  # drops the last reference to the stream, stopping its threads
 
   # ---- synthetic: the same compiled step on one batch kept on the device
   state = common.run_steps(compiled, state, lambda: first, args.warmup, max_in_flight)

@@ -1,11 +1,12 @@
 """train_and_evaluate(config, workdir): the training loop, in labelled sections.
 
-Order: logging → mesh → input → model & optimizer → shard & create state → update step →
+Order: logging → mesh → input → model, optimizer, state and steps (`create_train_setup`) →
 load checkpoint → evals → loop → bundle.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import hashlib
 import json
@@ -13,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -163,6 +164,58 @@ class StopRequest:
     return bool(np.any(flags))
 
 
+# ----------------------------------------------------------------------------- setup
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """Model, optimizer, state shapes and the jitted steps, built once: the loop uses it and
+  benchmarks/train_step.py times exactly this `train_step`."""
+  train_step: Callable   # jitted (state, batch) → (state, metric sums); state donated
+  eval_step: Callable    # jitted (params, batch_stats, batch) → metric sums
+  init_state: Callable   # (model=None) → a fresh state (unsharded outside jit)
+  abstract_state: Any    # shapes with shardings: the Orbax restore target
+  state_sharding: Any
+  schedule: Callable
+  eval_graphdef: Any
+
+
+def create_train_setup(config, mesh, total_steps: int, spec: dict) -> TrainSetup:
+  def init_model():
+    return create_model(config.model, rngs=nnx.Rngs(config.seed))
+
+  # Shapes first: nothing is allocated until the state is created, already sharded.
+  abstract_model = nnx.eval_shape(init_model)
+  _, abstract_params, abstract_stats = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)
+  labels = param_labels(abstract_model, abstract_params, config)
+  tx, schedule = create_optimizer(config, labels, total_steps)
+  trainable = trainable_stages(abstract_model, config.finetune)
+  frozen_stats = jax.tree_util.tree_map_with_path(
+      lambda path, _: abstract_model.stage_of(_path_names(path)) not in trainable, abstract_stats)
+  abstract_model.train()
+  train_graphdef = nnx.graphdef(abstract_model)
+  abstract_model.eval()
+  eval_graphdef = nnx.graphdef(abstract_model)
+
+  replicated = parallel.replicated(mesh)
+
+  def init_state(model=None):
+    model = model or init_model()
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return dict(step=jnp.int32(0), params=params, batch_stats=batch_stats,
+                opt_state=tx.init(params))
+
+  abstract_state = jax.eval_shape(init_state)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
+      state_sharding)
+  train_step = jax.jit(make_train_step(train_graphdef, tx, spec, config, frozen_stats),
+                       in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(eval_graphdef, spec, config), out_shardings=replicated)
+  return TrainSetup(train_step, eval_step, init_state, abstract_state, state_sharding,
+                    schedule, eval_graphdef)
+
+
 # ----------------------------------------------------------------------------- main
 def _fingerprint(config) -> str:
   """Hash of what determines the input stream; a resume warns if it changed."""
@@ -221,42 +274,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       with config.unlocked():
         config.model.variant = init_meta["variant"]
 
-  def init_model():
-    return create_model(config.model, rngs=nnx.Rngs(config.seed))
-
-  abstract_model = nnx.eval_shape(init_model)
-  graphdef, abstract_params, abstract_stats = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)
-  labels = param_labels(abstract_model, abstract_params, config)
-  tx, schedule = create_optimizer(config, labels, total_steps)
-  trainable = trainable_stages(abstract_model, config.finetune)
-  frozen_stats = jax.tree_util.tree_map_with_path(
-      lambda path, _: abstract_model.stage_of(_path_names(path)) not in trainable, abstract_stats)
-  abstract_model.train()
-  train_graphdef = nnx.graphdef(abstract_model)
-  abstract_model.eval()
-  eval_graphdef = nnx.graphdef(abstract_model)
-
-  # ---- shard & create state (directly on devices, never whole on one host)
-  replicated = parallel.replicated(mesh)
-
-  def init_state(model=None):
-    model = model or init_model()
-    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return dict(step=jnp.int32(0), params=params, batch_stats=batch_stats,
-                opt_state=tx.init(params))
-
-  abstract_state = jax.eval_shape(init_state)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
-      state_sharding)
-
-  # ---- update step
-  train_step = jax.jit(make_train_step(train_graphdef, tx, spec, config, frozen_stats),
-                       in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(eval_graphdef, spec, config),
-                      out_shardings=replicated)
+  setup = create_train_setup(config, mesh, total_steps, spec)
+  train_step, eval_step, schedule = setup.train_step, setup.eval_step, setup.schedule
+  abstract_state, state_sharding = setup.abstract_state, setup.state_sharding
 
   # ---- load checkpoint. Init order:
   # 1. this workdir's latest checkpoint (the same run, restarted)
@@ -277,12 +297,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, _ = checkpoint.restore(config.resume_from, abstract_state)
     logging.info("resumed from %s at step %d", config.resume_from, int(state["step"]))
   elif config.init_from:
-    model = init_model()
+    model = create_model(config.model, rngs=nnx.Rngs(config.seed))
     convert.load_pretrained(model, config.init_from, head=None)
-    state = jax.device_put(init_state(model), state_sharding)
+    state = jax.device_put(setup.init_state(model), state_sharding)
     logging.info("initialised from %s (%s)", config.init_from, init_meta.get("source", "weights"))
   else:
-    state = jax.jit(init_state, out_shardings=state_sharding)()
+    state = jax.jit(setup.init_state, out_shardings=state_sharding)()
     logging.info("initialised from scratch")
   start_step = int(state["step"])
 
@@ -363,7 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.flush()
 
   # ---- bundle
-  model = nnx.merge(eval_graphdef, jax.device_get(state["params"]),
+  model = nnx.merge(setup.eval_graphdef, jax.device_get(state["params"]),
                     jax.device_get(state["batch_stats"]))
   checkpoint.save_bundle(
       os.path.join(workdir, "bundle"), model, model_config=config.model.to_dict(),
