@@ -67,7 +67,7 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
   for i, name in enumerate(weights):
     source = sources.get_source(name, "train", config)
     options = sources.source_options(name, config)
-    if options.get("balance_by"):
+    if options.get("balance_by") and options.get("balance_power", 0.5) > 0:
       source = balance.Balanced(source, options.balance_by, options.get("balance_power", 0.5),
                                 seed=config.seed + i)
     spec = augment.spec_for(options, config)
