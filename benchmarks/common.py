@@ -285,6 +285,17 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]
   return "\n".join(lines)
 
 
+def report(name: str, rows: list[dict], columns, info: dict, args) -> dict[str, Any]:
+  """Prints the table (with a CPU caveat) and writes the JSON: every script's last step."""
+  print()
+  print(format_table(rows, columns))
+  if info["platform"] == "cpu":
+    print("\nCPU numbers (XLA:CPU and torch on the host): not what a GPU run shows.")
+  payload = dict(benchmark=name, device=info, args=vars(args), rows=rows)
+  write_json(args.json, payload)
+  return payload
+
+
 def write_json(path: str | None, payload: dict[str, Any]) -> None:
   if not path:
     return

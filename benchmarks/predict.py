@@ -144,13 +144,7 @@ def main(argv=None) -> dict:
     rows += batch_rows
     print(f"  batch {batch_size}: " + ", ".join(f"{r['impl']} {r['img_s']:,.0f} img/s"
                                                   for r in batch_rows), flush=True)
-  print()
-  print(common.format_table(rows, COLUMNS))
-  if info["platform"] == "cpu":
-    print("\nCPU numbers (XLA:CPU and torch on the host): not what a GPU run shows.")
-  payload = dict(benchmark="predict", device=info, args=vars(args), rows=rows)
-  common.write_json(args.json, payload)
-  return payload
+  return common.report("predict", rows, COLUMNS, info, args)
 
 
 if __name__ == "__main__":

@@ -225,13 +225,7 @@ def main(argv=None) -> dict:
     print(f"{args.archs[0]}: batch {args.batch}, {args.size} px, on {info['device_kind']} "
           f"({info['platform']}), {args.steps} timed steps", flush=True)
     rows = bench_arch(args.archs[0], args)
-  print()
-  print(common.format_table(rows, COLUMNS))
-  if info["platform"] == "cpu":
-    print("\nCPU numbers (XLA:CPU and torch on the host): not what a GPU run shows.")
-  payload = dict(benchmark="train_step", device=info, args=vars(args), rows=rows)
-  common.write_json(args.json, payload)
-  return payload
+  return common.report("train_step", rows, COLUMNS, info, args)
 
 
 if __name__ == "__main__":
