@@ -9,7 +9,18 @@ UTKFACE_DIR is the folder layout of ../shared/data/README.md (male/, female/, la
 age and race): utkface-2k, or the full 23,318 images from get_utkface.sh. The split is the
 folder source's seeded, label-stratified 80/10/10, listed in WORKDIR/splits.csv.
 Training samples races with weight ∝ n^-0.5 (`balance_power`; 0 turns it off) to narrow the
-gap between race groups. The README results table has what this reaches and how long it took.
+gap between race groups.
+
+Full UTKFace (23,318 images; 18,655 train), 12 epochs, 2 CPU cores, ~9.5 min each. Variants
+on the validation split only (n=2,332, flip TTA, 95% CIs):
+
+| variant | balanced acc. | worst race (Asian) | best race (Black) | gap |
+|---|---|---|---|---|
+| natural mix (balance_power=0)  | 0.908 [0.896, 0.919] | 0.830 [0.785, 0.868] | 0.939 | 10.9 pt |
+| race-balanced (power 0.5, this) | 0.904 [0.891, 0.916] | 0.856 [0.812, 0.890] | 0.935 | 7.9 pt |
+
+Test split, read once for this config: balanced accuracy 0.907 [0.895, 0.919], AUC 0.969;
+race gap 5.8 points (Black 0.937, Asian 0.879); ages 0-9 0.679, 20-69 0.94-0.97.
 """
 from configs.common import get_base_config
 
