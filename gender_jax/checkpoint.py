@@ -76,12 +76,19 @@ def save_weights(directory: str, flat: dict[str, np.ndarray], meta: dict[str, An
       json.dump(meta, f, indent=2)
 
 
+def read_meta(directory: str) -> dict[str, Any]:
+  """A weights directory's or bundle's meta.json, without loading the weights."""
+  path = os.path.join(os.path.abspath(directory), "meta.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{directory} is not a weights directory or bundle (no meta.json; "
+                            "write one with `python -m gender_jax.convert` or by training)")
+  with open(path) as f:
+    return json.load(f)
+
+
 def load_weights(directory: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   directory = os.path.abspath(directory)
-  if not os.path.exists(os.path.join(directory, "meta.json")):
-    raise FileNotFoundError(f"{directory} is not a weights directory (no meta.json)")
-  with open(os.path.join(directory, "meta.json")) as f:
-    meta = json.load(f)
+  meta = read_meta(directory)
   with ocp.StandardCheckpointer() as ckptr:
     flat = ckptr.restore(os.path.join(directory, "weights"))
   return {k: np.asarray(v) for k, v in flat.items()}, meta

@@ -267,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
   init_meta = None
   if config.init_from:
-    init_meta = _read_meta(config.init_from)
+    init_meta = checkpoint.read_meta(config.init_from)
     if "preprocessing" in init_meta:  # the ported weights expect their own input scaling
       spec = preprocess.make_spec(config.data.image_size, init_meta["preprocessing"]["preset"])
     if init_meta.get("variant") and init_meta["variant"] != config.model.get("variant"):
@@ -403,11 +403,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     multihost_utils.sync_global_devices("gender_jax: training done")
   return dict(preempted=False, step=step, **last_eval)
 
-
-def _read_meta(directory: str) -> dict:
-  path = os.path.join(directory, "meta.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"init_from={directory!r}: no meta.json there (not a weights "
-                            "directory written by `gender_jax.convert` or a bundle)")
-  with open(path) as f:
-    return json.load(f)
