@@ -57,7 +57,7 @@ class GenderClassifier:
   """Loads the bundle, compiles every batch size, answers /v1/predict in padded batches."""
 
   def __init__(self, bundle: str | None = None, batch_sizes=(1, 8, 32),
-               batch_wait_timeout_s: float = 0.005, compute_dtype: str = "float32",
+               batch_wait_timeout_s: float = 0.002, compute_dtype: str = "float32",
                max_body_bytes: int = 16 * 2**20, max_images: int = 32,
                max_image_pixels: int = 40_000_000):
     import jax
@@ -129,7 +129,7 @@ class GenderClassifier:
     self.m_compiles.set(0)
 
   # --------------------------------------------------------------------------- batching
-  @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+  @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
   async def _infer(self, items: list[tuple[np.ndarray, float]]) -> list[dict[str, Any]]:
     start = time.perf_counter()
     n = len(items)
