@@ -115,7 +115,6 @@ def main(argv=None) -> dict:
   start = time.perf_counter()
   state = common.run_steps(compiled, state, next_batch, args.steps, max_in_flight, timer)
   disk_s = time.perf_counter() - start
-  del next_batch  # drops the last reference to the stream, stopping its threads
 
   # ---- synthetic: the same compiled step on one batch kept on the device
   state = common.run_steps(compiled, state, lambda: first, args.warmup, max_in_flight)

@@ -52,12 +52,16 @@ def test_celeba(tmp_path):
   assert s["bad_files"] == []
 
 
+def _edit_line(path, index: int, edit):
+  """Rewrites line `index` (0-based) of a fixture's annotation file with `edit`."""
+  lines = path.read_text().splitlines()
+  lines[index] = edit(lines[index])
+  path.write_text("\n".join(lines) + "\n")
+
+
 def test_celeba_malformed_annotation(tmp_path):
   fixtures.celeba(str(tmp_path))
-  path = tmp_path / "list_attr_celeba.txt"
-  lines = path.read_text().splitlines()
-  lines[4] = lines[4].replace(" 1", " 7", 1)
-  path.write_text("\n".join(lines) + "\n")
+  _edit_line(tmp_path / "list_attr_celeba.txt", 4, lambda line: line.replace(" 1", " 7", 1))
   with pytest.raises(schema.AnnotationError, match=r"list_attr_celeba.txt:5: attribute values"):
     prepare.prepare("celeba", str(tmp_path), str(tmp_path / "d"))
 
@@ -78,10 +82,8 @@ def test_peta_archive_folders(tmp_path):
 
 def test_peta_label_without_gender(tmp_path):
   fixtures.peta_archive(str(tmp_path))
-  label = tmp_path / "PETA dataset" / "CUHK" / "archive" / "Label.txt"
-  lines = label.read_text().splitlines()
-  lines[2] = lines[2].replace("personalMale", "").replace("personalFemale", "")
-  label.write_text("\n".join(lines) + "\n")
+  _edit_line(tmp_path / "PETA dataset" / "CUHK" / "archive" / "Label.txt", 2,
+             lambda line: line.replace("personalMale", "").replace("personalFemale", ""))
   with pytest.raises(schema.AnnotationError, match=r"CUHK/archive/Label.txt:3: .*neither"):
     prepare.prepare("peta", str(tmp_path), str(tmp_path / "d"))
 
