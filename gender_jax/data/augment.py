@@ -14,10 +14,9 @@ reproducible whatever the number of workers.
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from gender_jax.data import preprocess
 
@@ -66,17 +65,10 @@ def _random_resized_box(h, w, rng, scale):
 
 
 def _open(data) -> Image.Image:
-  """Bytes or array → a lazily decoded PIL image (nothing is decoded yet for bytes)."""
+  """Bytes or array → an opened PIL image (for bytes nothing is decoded yet)."""
   if isinstance(data, np.ndarray):
     return Image.fromarray(preprocess.decode(data))
-  if not data:
-    raise preprocess.ImageError("empty input (0 bytes)")
-  try:
-    return Image.open(io.BytesIO(data))
-  except UnidentifiedImageError:
-    raise preprocess.ImageError("not a recognised image format") from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise preprocess.ImageError(f"corrupt or truncated image: {e}") from None
+  return preprocess.open_image(data)
 
 
 def train_image(data, size: int, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:
@@ -86,6 +78,7 @@ def train_image(data, size: int, rng: np.random.Generator, spec: AugmentSpec) ->
   decoded at a reduced scale (`draft`): 2-4x less work per image than decode-then-resize.
   """
   im = _open(data)
+  orient = preprocess.orientation(im)  # applied after the resize, which drops the tag
   w, h = im.size
   box = (0, 0, w, h)
   if spec.crop == "random_resized" and spec.crop_scale[0] < 1.0:
@@ -110,6 +103,7 @@ def train_image(data, size: int, rng: np.random.Generator, spec: AugmentSpec) ->
       im = im.resize((size, size), Image.BILINEAR, box=box)
   except (OSError, SyntaxError, ValueError) as e:
     raise preprocess.ImageError(f"corrupt or truncated image: {e}") from None
+  im = preprocess.upright(im, orient)
   if spec.rotate > 0:
     im = im.rotate(float(rng.uniform(-spec.rotate, spec.rotate)), Image.BILINEAR)
   out = np.asarray(im)

@@ -39,27 +39,75 @@ def make_spec(image_size: int, preset: str = "scratch") -> dict[str, Any]:
   return dict(image_size=int(image_size), preset=preset, **PRESETS[preset])
 
 
-def decode(data: bytes | np.ndarray) -> np.ndarray:
-  """Encoded image bytes (JPEG, PNG, …) or an array → uint8 RGB HxWx3."""
+# PIL's decompression-bomb limit (~89 MP): no face or pedestrian crop is that large.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# EXIF orientation tag value → the PIL transpose that makes the pixels upright.
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def open_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+  """The one place the library opens encoded image bytes (JPEG, PNG, …).
+
+  Returns a PIL image whose header is read and checked but whose pixels are not decoded
+  yet, so a caller can still `draft` a JPEG at a reduced scale. Raises ImageTooLarge past
+  `max_pixels` (PIL's bomb limit by default) before any pixel is decoded, ImageError for
+  anything that is not an image.
+  """
+  if not data:
+    raise ImageError("empty input (0 bytes)")
+  try:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", Image.DecompressionBombWarning)
+      im = Image.open(io.BytesIO(data))  # reads the header only
+  except UnidentifiedImageError:
+    raise ImageError("not a recognised image format") from None
+  except Image.DecompressionBombError as e:  # over twice PIL's limit; not an OSError
+    raise ImageTooLarge(f"image too large (decompression bomb guard): {e}") from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ImageError(f"corrupt or truncated image: {e}") from None
+  limit = MAX_PIXELS if max_pixels is None else max_pixels
+  if im.width * im.height > limit:
+    raise ImageTooLarge(f"{im.width}x{im.height} = {im.width * im.height} pixels is over the "
+                        f"limit of {limit} (a decompression bomb or an oversized photo)")
+  bombs = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+  if bombs:  # over PIL's limit is a bomb here, not a warning, even under a higher limit
+    raise ImageTooLarge(f"image too large (decompression bomb guard): {bombs[0].message}")
+  return im
+
+
+def orientation(im: Image.Image) -> int:
+  """The EXIF orientation (1 = upright) of an opened image; read before any resize drops it."""
+  try:
+    return int(im.getexif().get(0x0112, 1) or 1)
+  except Exception:  # a malformed EXIF block is not worth losing the image over
+    return 1
+
+
+def upright(im: Image.Image, orient: int) -> Image.Image:
+  """Applies an EXIF orientation: phone photos are often stored sideways with this tag."""
+  return im.transpose(_ORIENT[orient]) if orient in _ORIENT else im
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+  """An opened image → fully decoded, upright uint8 RGB HxWx3."""
+  try:
+    orient = orientation(im)
+    im.load()  # forces a full decode, so truncated files fail here, not later
+    return np.asarray(upright(im.convert("RGB"), orient))
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ImageError(f"corrupt or truncated image: {e}") from None
+
+
+def decode(data: bytes | np.ndarray, max_pixels: int | None = None) -> np.ndarray:
+  """Encoded image bytes (JPEG, PNG, …) or an array → upright uint8 RGB HxWx3."""
   if isinstance(data, np.ndarray):
     img = data
   else:
-    if not data:
-      raise ImageError("empty input (0 bytes)")
-    try:
-      with warnings.catch_warnings():
-        # Over PIL's MAX_IMAGE_PIXELS (~89 MP) is a bomb here, not a warning: no face or
-        # pedestrian crop is that large, and decoding it could exhaust memory.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as im:
-          im.load()  # forces a full decode, so truncated files fail here, not later
-          img = np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError:
-      raise ImageError("not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # not OSErrors
-      raise ImageTooLarge(f"image too large (decompression bomb guard): {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-      raise ImageError(f"corrupt or truncated image: {e}") from None
+    with open_image(data, max_pixels) as im:
+      img = to_rgb(im)
   if img.ndim == 2:
     img = np.repeat(img[..., None], 3, axis=-1)
   if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 1:
@@ -74,27 +122,9 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
 
 
-def eval_image(data: bytes | np.ndarray, size: int) -> np.ndarray:
+def eval_image(data: bytes | np.ndarray, size: int, max_pixels: int | None = None) -> np.ndarray:
   """Decode + resize: the deterministic path shared by eval, predict, serve and export."""
-  return resize(decode(data), size)
-
-
-def train_image(data: bytes | np.ndarray, size: int, rng: np.random.Generator,
-                crop_scale: tuple[float, float] = (0.6, 1.0), flip: bool = True) -> np.ndarray:
-  """Random resized crop (area fraction in crop_scale, aspect 3/4..4/3) + horizontal flip."""
-  img = decode(data)
-  h, w = img.shape[:2]
-  if crop_scale[0] < 1.0:
-    area = h * w * rng.uniform(*crop_scale)
-    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-    ch = int(round(min(h, np.sqrt(area / aspect))))
-    cw = int(round(min(w, np.sqrt(area * aspect))))
-    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    img = img[y:y + ch, x:x + cw]
-  img = resize(img, size)
-  if flip and rng.random() < 0.5:
-    img = img[:, ::-1]
-  return np.ascontiguousarray(img)
+  return resize(decode(data, max_pixels), size)
 
 
 def normalize(images, spec: dict[str, Any], dtype=None):

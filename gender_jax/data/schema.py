@@ -19,7 +19,9 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from gender_jax.data import preprocess
 
 CLASS_NAMES = ("female", "male")
 # Label spellings accepted in labels.csv and folder names (case-insensitive).
@@ -87,24 +89,23 @@ def encode_image_file(path: str, max_side: int = 0) -> bytes:
   if not data:
     raise BadImage("empty file (0 bytes)")
   try:
-    with Image.open(io.BytesIO(data)) as im:
+    with preprocess.open_image(data) as im:
       fmt = im.format
-      im.load()  # full decode: a truncated file fails here, not during training
-      orientation = im.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
+      orient = preprocess.orientation(im) if fmt == "JPEG" else 1
       too_big = max_side and max(im.size) > max_side
-      if fmt == "JPEG" and im.mode in ("RGB", "L") and orientation == 1 and not too_big:
+      if fmt == "JPEG" and im.mode in ("RGB", "L") and orient == 1 and not too_big:
+        im.load()  # full decode: a truncated file fails here, not during training
         return data
-      im = ImageOps.exif_transpose(im) if orientation != 1 else im
-      im = im.convert("RGB")
-      if too_big:
-        im.thumbnail((max_side, max_side), Image.BILINEAR)
-      out = io.BytesIO()
-      im.save(out, format="JPEG", quality=JPEG_QUALITY)
-      return out.getvalue()
-  except UnidentifiedImageError:
-    raise BadImage("not a recognised image format") from None
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+      rgb = Image.fromarray(preprocess.to_rgb(im))
+  except preprocess.ImageError as e:
+    raise BadImage(str(e)) from None
+  except (OSError, SyntaxError, ValueError) as e:  # from the full decode of a kept JPEG
     raise BadImage(f"corrupt or truncated image: {e}") from None
+  if too_big:
+    rgb.thumbnail((max_side, max_side), Image.BILINEAR)
+  out = io.BytesIO()
+  rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
+  return out.getvalue()
 
 
 def to_example(entry: Entry, image: bytes, source: str) -> dict[str, Any]:
