@@ -4,19 +4,16 @@ A network trained with cross-entropy is usually over-confident; dividing its log
 fitted temperature T fixes most of that without changing a single prediction (Guo et al. 2017).
 The abstain threshold turns the calibrated top probability into "uncertain" below it.
 
-  python -m gender_jax.calibration --bundle RUN/bundle --data VAL_FOLDER [--target-accuracy 0.95]
+This module is the maths (and the bundle's calibration record); `gender_jax.calibrate` runs
+a bundle over held-out data and writes the fit into it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from typing import Any
 
 import numpy as np
 from scipy import optimize, special
-
-from gender_jax import stats
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -89,60 +86,3 @@ def write_calibration(bundle_dir: str, temperature: float | None = None,
     json.dump(meta, f, indent=2)
   os.replace(tmp, path)  # a reader never sees half a file
   return calibration
-
-
-def calibrate_bundle(bundle_dir: str, records, *, target_accuracy: float | None = None,
-                     abstain_threshold: float | None = None, batch_size: int = 64,
-                     description: str = "") -> dict[str, Any]:
-  """Fits the bundle's temperature on held-out `records` and stores it (and a threshold).
-
-  `records`: a random-access sequence of {"image", "label"} (a validation source or folder).
-  The threshold is `abstain_threshold` if given, else the one reaching `target_accuracy` on
-  the same records, else the bundle's current one is kept. Returns the fit summary.
-  """
-  from gender_jax import predict
-  from gender_jax.checkpoint import Bundle
-  bundle = Bundle(bundle_dir)
-  predictor = predict.Predictor(bundle, batch_size=batch_size)
-  logits, labels, _, _ = predictor.logits_for_records(records)
-  if len(labels) == 0:
-    raise ValueError(f"no readable images to calibrate {bundle_dir} on")
-  temperature = fit_temperature(logits, labels)
-  probs = softmax(logits, temperature)
-  if abstain_threshold is None and target_accuracy is not None:
-    abstain_threshold = threshold_for_accuracy(probs, labels, target_accuracy)
-  summary = dict(
-      count=int(len(labels)), temperature=temperature,
-      nll_before=nll(logits, labels), nll_after=nll(logits, labels, temperature),
-      ece_before=float(stats.ece(softmax(logits), labels)[0]),
-      ece_after=float(stats.ece(probs, labels)[0]))
-  write_calibration(bundle_dir, temperature, abstain_threshold,
-                    fitted_on=dict(data=description, count=int(len(labels)),
-                                   target_accuracy=target_accuracy))
-  summary["abstain_threshold"] = abstain_threshold
-  return summary
-
-
-def main(argv=None):
-  from gender_jax import eval_data
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--bundle", help="inference bundle directory")
-  parser.add_argument("--workdir", help="training run; its bundle is WORKDIR/bundle")
-  parser.add_argument("--data", help="held-out data: a male/ female/ folder, NAME=FOLDER, or "
-                      "source:NAME[:SPLIT] (default: the run's validation split)")
-  parser.add_argument("--target-accuracy", type=float,
-                      help="set the abstain threshold to reach this accuracy on answered images")
-  parser.add_argument("--abstain-threshold", type=float, help="set this threshold explicitly")
-  parser.add_argument("--batch-size", type=int, default=64)
-  args = parser.parse_args(argv)
-  bundle_dir = eval_data.resolve_bundle(args.bundle, args.workdir)
-  datasets = eval_data.load(args.data and [args.data], workdir=args.workdir, split="validation")
-  summary = calibrate_bundle(bundle_dir, eval_data.Concat([d.records for d in datasets]),
-                             target_accuracy=args.target_accuracy,
-                             abstain_threshold=args.abstain_threshold, batch_size=args.batch_size,
-                             description=", ".join(d.description for d in datasets))
-  print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-  main()

@@ -15,13 +15,7 @@ import json
 import os
 from typing import Any, Sequence
 
-
-# Fields that describe a record rather than a subgroup of people.
-NOT_SUBGROUPS = {"image", "label", "source", "key", "path", "split", "identity", "id", "index"}
-MAX_SUBGROUP_VALUES = 20  # more distinct values than this is an id, not a subgroup
-AGE_BANDS = ((0, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 200))
-# UTKFace's race codes (its file names and labels.csv), shown next to the code in reports.
-UTKFACE_RACE = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
+from gender_jax.data.subgroups import MAX_SUBGROUP_VALUES, age_band, subgroup_fields  # noqa: F401
 
 
 @dataclasses.dataclass
@@ -29,32 +23,6 @@ class Dataset:
   name: str
   description: str
   records: Sequence[dict[str, Any]]
-
-
-def age_band(age) -> str:
-  try:
-    a = int(float(age))
-  except (TypeError, ValueError):
-    return "unknown"
-  for lo, hi in AGE_BANDS:
-    if lo <= a <= hi:
-      return f"{lo}+" if hi >= 200 else f"{lo}-{hi}"
-  return "unknown"
-
-
-def subgroup_fields(record: dict[str, Any]) -> dict[str, str]:
-  """The record's subgroup values as strings: `age` becomes `age_band`, codes get names."""
-  out = {}
-  for k, v in record.items():
-    if k in NOT_SUBGROUPS or isinstance(v, (bytes, list, dict)) or hasattr(v, "shape"):
-      continue
-    if k == "age":
-      out["age_band"] = age_band(v)
-    elif k == "race" and str(v) in UTKFACE_RACE:
-      out[k] = f"{v} {UTKFACE_RACE[str(v)]}"
-    else:
-      out[k] = "unknown" if v is None or str(v) == "" else str(v)
-  return out
 
 
 class FolderRecords:

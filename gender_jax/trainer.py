@@ -393,8 +393,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Temperature (and the abstain threshold, if targeted) fitted on the validation splits.
     # Every process fits (same data, same result; process 0 writes), so all reach the
     # shutdown barrier together.
-    from gender_jax import calibration, eval_data
-    fit = calibration.calibrate_bundle(
+    from gender_jax import calibrate, eval_data
+    fit = calibrate.calibrate_bundle(
         os.path.join(workdir, "bundle"), eval_data.Concat(list(val_sources.values())),
         target_accuracy=config.abstain_target_accuracy or None,
         batch_size=config.data.eval_batch_size, description="validation")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_jax import calibration, checkpoint, evaluate, stats
+from gender_jax import calibrate, calibration, checkpoint, evaluate, stats
 from tests.helpers import constant_bundle
 
 # Ten images with fixed logits. p_male = softmax(logits)[1] = sigmoid(l1 - l0).
@@ -140,7 +140,7 @@ def test_calibrate_bundle_stores_temperature(tmp_path):
   # 8 male, 2 female, all predicted male with margin 4 → T = 4 / ln 4 (as above).
   records = [{"image": np.full((16, 16, 3), 9 * i, np.uint8), "label": int(i < 8)}
              for i in range(10)]
-  summary = calibration.calibrate_bundle(bundle, records, target_accuracy=0.99, batch_size=4)
+  summary = calibrate.calibrate_bundle(bundle, records, target_accuracy=0.99, batch_size=4)
   assert summary["temperature"] == pytest.approx(4 / math.log(4), rel=1e-3)
   assert summary["abstain_threshold"] == 1.0  # 0.8 accuracy can never reach 0.99
   loaded = checkpoint.Bundle(bundle)

@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from gender_jax.eval_data import subgroup_fields
+from gender_jax.data.subgroups import subgroup_fields
 
 # Draws per record in the resampled epoch list: large enough that repeated epochs don't
 # repeat the same multiset, small enough to build in a second for 100k records.
