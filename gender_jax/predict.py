@@ -115,11 +115,9 @@ class Predictor:
 
   def _run(self, fn, prepared: list[list[np.ndarray]]) -> np.ndarray:
     """Views of ≤ batch_size images → fn outputs, padding to the one compiled batch size."""
-    n = len(prepared)
-    batch = np.zeros((self.batch_size * self.num_views, self.size, self.size, 3), np.uint8)
-    for i, vs in enumerate(prepared):
-      batch[i * self.num_views:(i + 1) * self.num_views] = np.stack(vs)
-    return np.asarray(fn(batch))[:n]
+    views = [v for vs in prepared for v in vs]  # each image's views side by side
+    batch = preprocess.pad_batch(views, self.batch_size * self.num_views)
+    return np.asarray(fn(batch))[:len(prepared)]
 
   def _iterate(self, n: int, load: Callable[[int], Any], fn, progress: bool = False):
     """Yields (index, output or None, error or None) in order, decoding ahead on threads."""

@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve import metrics
 
+from gender_jax.data import preprocess
 from serve import compiles, inputs
 
 PAGE = pathlib.Path(__file__).with_name("index.html")
@@ -134,9 +135,7 @@ class GenderClassifier:
     start = time.perf_counter()
     n = len(items)
     padded = next(s for s in self.batch_sizes if s >= n)
-    batch = np.zeros((padded, *items[0][0].shape), np.uint8)
-    for i, (image, _) in enumerate(items):
-      batch[i] = image
+    batch = preprocess.pad_batch([image for image, _ in items], padded)
     probs = await asyncio.get_running_loop().run_in_executor(
         self.executor, lambda: np.asarray(self.probs(batch))[:n])
     answers = self.bundle.decide(probs)

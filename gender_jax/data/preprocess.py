@@ -127,6 +127,22 @@ def eval_image(data: bytes | np.ndarray, size: int, max_pixels: int | None = Non
   return resize(decode(data, max_pixels), size)
 
 
+def pad_batch(images, size: int) -> np.ndarray:
+  """Stacks ≤ size same-shape uint8 images into a (size, …) batch, zero rows after them.
+
+  Jitted models are compiled for a few fixed batch sizes; padding to one of them (and slicing
+  the outputs back to len(images)) is what keeps every call on a compiled program.
+  """
+  n = len(images)
+  if not 0 < n <= size:
+    raise ValueError(f"pad_batch: {n} images for a batch of {size}")
+  first = np.asarray(images[0])
+  batch = np.zeros((size, *first.shape), first.dtype)
+  for i, image in enumerate(images):
+    batch[i] = image
+  return batch
+
+
 def normalize(images, spec: dict[str, Any], dtype=None):
   """uint8 NHWC (RGB) → normalised float, on device under jit (or numpy outside it)."""
   import jax.numpy as jnp

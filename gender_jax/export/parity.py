@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gender_jax.data import preprocess
 from gender_jax.export.convert import _tf
 from gender_jax.export.images import ExportError
 
@@ -78,10 +79,7 @@ def _batched(run_chunk, fixed: int | None):
     outs = []
     for i in range(0, len(images), fixed):
       chunk = images[i:i + fixed]
-      pad = fixed - len(chunk)
-      if pad:
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-      outs.append(np.asarray(run_chunk(chunk))[:fixed - pad])
+      outs.append(np.asarray(run_chunk(preprocess.pad_batch(chunk, fixed)))[:len(chunk)])
     return np.concatenate(outs).astype(np.float32)
   return run
 
