@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from gender_jax import checkpoint, export
+from gender_jax.export import cli as export_cli
 from gender_jax.data import preprocess
 from gender_jax.models import create_model
 
@@ -189,12 +190,12 @@ def test_parity_failure_is_loud():
 
 def test_cli_rejects_bad_options(tmp_path, capsys):
   bundle = str(tmp_path / "missing")
-  assert export.main(["--bundle", bundle, "--format", "tflite", "--out", str(tmp_path / "m"),
+  assert export_cli.main(["--bundle", bundle, "--format", "tflite", "--out", str(tmp_path / "m"),
                       "--quantize", "int8"]) == 1
   assert "needs --calibration_dir" in capsys.readouterr().err
-  assert export.main(["--bundle", bundle, "--format", "onnx", "--out", str(tmp_path / "m"),
+  assert export_cli.main(["--bundle", bundle, "--format", "onnx", "--out", str(tmp_path / "m"),
                       "--quantize", "float16"]) == 1
   assert "is for TFLite" in capsys.readouterr().err
-  assert export.main(["--bundle", bundle, "--format", "saved_model",
+  assert export_cli.main(["--bundle", bundle, "--format", "saved_model",
                       "--out", str(tmp_path / "m")]) == 1
   assert "not a weights directory" in capsys.readouterr().err

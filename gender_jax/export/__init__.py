@@ -162,8 +162,3 @@ def _size(path: pathlib.Path) -> int:
   if path.is_dir():
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
   return path.stat().st_size
-
-
-def main(argv=None) -> int:
-  from gender_jax.export.cli import main as cli_main
-  return cli_main(argv)

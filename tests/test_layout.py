@@ -1,0 +1,77 @@
+"""The package's layering, checked statically: every import counted, also those inside functions."""
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = ("gender_jax", "serve")
+
+
+def _modules() -> dict[str, pathlib.Path]:
+  out = {}
+  for package in PACKAGES:
+    for path in (ROOT / package).rglob("*.py"):
+      parts = path.relative_to(ROOT).with_suffix("").parts
+      out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+  return out
+
+
+def _imports(name: str, path: pathlib.Path, modules) -> set[str]:
+  """Project modules `name` imports, resolved to the modules that exist."""
+  found = set()
+  is_package = path.name == "__init__.py"
+  for node in ast.walk(ast.parse(path.read_text())):
+    targets = []
+    if isinstance(node, ast.Import):
+      targets = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        anchor = name.split(".")[:len(name.split(".")) - node.level + is_package]
+        base = ".".join(anchor + ([base] if base else []))
+      targets = [f"{base}.{a.name}" for a in node.names] + [base]
+    for t in targets:
+      while t and t not in modules:  # `from pkg import name`: a module or a name in pkg
+        t = t.rpartition(".")[0]
+      if t and t != name:
+        found.add(t)
+  return found
+
+
+def _graph():
+  modules = _modules()
+  return {m: _imports(m, p, modules) for m, p in modules.items()}
+
+
+def test_no_import_cycles():
+  graph = _graph()
+  # A package's __init__ importing its own submodules is the package's face, not a layer.
+  graph = {m: {t for t in ts if not (m in PACKAGES and t.startswith(m + "."))}
+           for m, ts in graph.items()}
+  state, stack, cycles = {}, [], []
+
+  def visit(m):
+    state[m] = "open"
+    stack.append(m)
+    for t in sorted(graph[m]):
+      if state.get(t) == "open":
+        cycles.append(" → ".join(stack[stack.index(t):] + [t]))
+      elif t not in state:
+        visit(t)
+    stack.pop()
+    state[m] = "done"
+
+  for m in sorted(graph):
+    if m not in state:
+      visit(m)
+  assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_data_imports_nothing_above_it():
+  bad = {m: sorted(t for t in ts if not t.startswith("gender_jax.data") and t != "gender_jax")
+         for m, ts in _graph().items() if m.startswith("gender_jax.data")}
+  assert not {m: ts for m, ts in bad.items() if ts}
+
+
+def test_one_place_opens_an_image_from_bytes():
+  users = [str(p.relative_to(ROOT)) for p in _modules().values() if "Image.open(" in p.read_text()]
+  assert users == ["gender_jax/data/preprocess.py"]
