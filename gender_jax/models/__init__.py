@@ -4,9 +4,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from gender_jax.models import resnet, vgg
+from gender_jax.models import cnn_small, resnet, vgg
 
-ARCHS = (*resnet.SPECS, *(n + bn for n in vgg.CFGS for bn in ("", "_bn")))
+ARCHS = (*resnet.SPECS, *(n + bn for n in vgg.CFGS for bn in ("", "_bn")), "cnn_small")
 
 
 def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
@@ -21,4 +21,7 @@ def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
                          width=model_config.get("width", 0) or None, **kwargs)
   if name.removesuffix("_bn") in vgg.CFGS:
     return vgg.create(name, dropout=model_config.get("dropout", 0.5), **kwargs)
+  if name == "cnn_small":
+    return cnn_small.create(width=model_config.get("width", 0) or None,
+                            dropout=model_config.get("dropout", 0.5), **kwargs)
   raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")
