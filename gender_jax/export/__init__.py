@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 # The public API, in one namespace (tests and benchmarks/export.py use it).
-from gender_jax.export.convert import (ONNX_OPSET, _edge_padded_max_pool, probs_function,
+from gender_jax.export.writers import (ONNX_OPSET, _edge_padded_max_pool, probs_function,
                                        tflite_bytes, write_onnx, write_saved_model, write_tflite)
 from gender_jax.export.images import (IMAGE_SUFFIXES, ExportError, list_images, load_images,
                                       sample_images, synthetic_images)

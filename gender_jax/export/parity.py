@@ -6,7 +6,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gender_jax.data import preprocess
-from gender_jax.export.convert import _tf
+from gender_jax.export.writers import _tf
 from gender_jax.export.images import ExportError
 
 FORMATS = ("tflite", "saved_model", "onnx")

@@ -1,4 +1,4 @@
-"""JAX → jax2tf → TFLite / SavedModel, and TFLite → tf2onnx → ONNX."""
+"""Writers of the exported formats: JAX → jax2tf → TFLite / SavedModel, and TFLite → tf2onnx → ONNX."""
 from __future__ import annotations
 
 import os
