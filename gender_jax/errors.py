@@ -1,0 +1,128 @@
+"""How every command answers a user's mistake: one `error: …` line naming the thing and the fix.
+
+`UsageError` is a mistake the user can fix (a path, a key, a number); `run(main)` prints it as
+one line and exits 2. The traceback appears only with `--debug` or GENDER_JAX_DEBUG=1, so a
+real bug can still be reported in full. The `require_*` checks need no data: commands call
+them before any work starts (and before a workdir is created).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+  """A mistake in what the user asked for; the message names the thing and the fix."""
+
+
+def debug_requested(argv=None) -> bool:
+  argv = sys.argv if argv is None else argv
+  return "--debug" in argv or os.environ.get("GENDER_JAX_DEBUG", "") not in ("", "0")
+
+
+def strip_debug(argv):
+  return [a for a in argv if a != "--debug"]
+
+
+# Errors that, raised by our own checks or the libraries' file handling, are the user's to fix.
+# Anything else is a bug and keeps its traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+  errors = [UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError]
+  try:
+    from gender_jax.data.schema import AnnotationError
+    errors.append(AnnotationError)
+  except ImportError:
+    pass
+  return tuple(errors)
+
+
+def run(main: Callable[..., int | None], argv=None) -> None:
+  """Calls main(argv) and exits with its status; a user's mistake → `error: …`, status 2."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  debug = debug_requested(argv)
+  try:
+    status = main(strip_debug(argv))
+  except _user_errors() as e:
+    if debug:
+      raise
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  sys.exit(status or 0)
+
+
+def one_line(e: BaseException) -> str:
+  text = str(e).strip().strip("'\"")
+  if isinstance(e, OSError) and e.filename and e.strerror:
+    text = f"{e.filename}: {e.strerror}"
+  return " ".join(text.replace("\\n", "\n").replace("\\'", "'").split())
+
+
+# ----------------------------------------------------------------------------- checks
+def require_exists(path: str, what: str) -> str:
+  if not path or not os.path.exists(path):
+    raise UsageError(f"{what} {path!r} does not exist")
+  if not os.access(path, os.R_OK):
+    raise UsageError(f"{what} {path!r} is not readable (check its permissions)")
+  return path
+
+
+def require_dir(path: str, what: str) -> str:
+  require_exists(path, what)
+  if not os.path.isdir(path):
+    raise UsageError(f"{what} {path!r} is a file, not a folder")
+  return path
+
+
+def require_writable(path: str, what: str) -> str:
+  """`path` (a file or folder to create) can be written: its nearest existing parent is writable."""
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.access(probe, os.W_OK):
+    raise UsageError(f"{what} {path!r}: {probe} is not writable; choose another location")
+  return path
+
+
+def require_class_folders(path: str, what: str = "data folder") -> str:
+  """An image folder for training: male/ and female/ inside."""
+  require_dir(path, what)
+  missing = [c for c in ("female", "male") if not os.path.isdir(os.path.join(path, c))]
+  if missing:
+    raise UsageError(f"{what} {path!r} has no {' or '.join(m + '/' for m in missing)} "
+                     "subfolder; put the images in PATH/male/ and PATH/female/")
+  return path
+
+
+def require_weights_dir(path: str, what: str) -> str:
+  """A weights directory or bundle, complete: meta.json and the weights/ checkpoint."""
+  require_dir(path, what)
+  if not os.path.exists(os.path.join(path, "meta.json")):
+    raise UsageError(f"{what} {path!r} is not a weights directory or bundle (no meta.json); "
+                     "make one with `python -m gender_jax.convert` or by training")
+  weights = os.path.join(path, "weights")
+  if not os.path.isdir(weights) or not _checkpoint_complete(weights):
+    raise UsageError(f"{what} {path!r} is incomplete: {weights} is missing or damaged; "
+                     "copy the whole directory again")
+  return path
+
+
+def _checkpoint_complete(weights: str) -> bool:
+  """Orbax's metadata files are there; a file missing deeper is caught by `load_bundle`."""
+  return all(os.path.exists(os.path.join(weights, f)) for f in ("_METADATA", "manifest.ocdbt"))
+
+
+def load_bundle(path: str, compute_dtype: str | None = None, what: str = "bundle"):
+  """checkpoint.Bundle(path), with an incomplete copy answered in one line, not by tensorstore."""
+  require_weights_dir(path, what)
+  from gender_jax.checkpoint import Bundle
+  try:
+    return Bundle(path, compute_dtype)
+  except Exception as e:  # noqa: BLE001 — tensorstore/zarr internals: the files are damaged
+    if debug_requested():
+      raise
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise UsageError(f"{what} {path!r} could not be loaded ({first}); its weights files are "
+                     "missing or damaged: copy the whole directory again") from e
