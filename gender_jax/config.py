@@ -36,8 +36,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     errors.append("finetune.mode='scratch' with init_from set: pick one")
   if config.optimizer.name not in OPTIMIZERS:
     errors.append(f"optimizer.name={config.optimizer.name!r}: choose from {OPTIMIZERS}")
-  if config.model.compute_dtype not in ("float32", "bfloat16", "float16"):
-    errors.append(f"model.compute_dtype={config.model.compute_dtype!r}")
+  if config.model.compute_dtype == "float16":
+    # float16 gradients underflow without loss scaling, which the trainer does not do.
+    errors.append("model.compute_dtype='float16' needs loss scaling, which the trainer does "
+                  "not do: use 'bfloat16' (same speed on GPUs/TPUs, float32's range) or "
+                  "'float32'")
+  elif config.model.compute_dtype not in ("float32", "bfloat16"):
+    errors.append(f"model.compute_dtype={config.model.compute_dtype!r}: choose 'float32' or "
+                  "'bfloat16'")
   if config.data.batch_size < 1:
     errors.append("data.batch_size must be positive")
   if errors:

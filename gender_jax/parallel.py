@@ -200,6 +200,9 @@ class PeerWatchdog:
     self.left_at: dict[int, float] = {}
     self.last_error = ""
     self._stop = threading.Event()
+    # _beat adds peers to last_seen/left_at while _check reads them: without the lock,
+    # iterating a dict that grows raises "dictionary changed size" and the watchdog dies.
+    self._lock = threading.Lock()
 
   def start(self) -> "PeerWatchdog":
     if self.count > 1:
@@ -227,15 +230,16 @@ class PeerWatchdog:
         values = dict(self.client.key_value_dir_get(self.PREFIX))
         now = time.monotonic()
         self.last_ok = now
-        for key, value in values.items():
-          peer = int(key.rsplit("/", 1)[-1])
-          if peer == self.pid or value == self.last_value.get(peer):
-            continue
-          self.last_value[peer] = value
-          if value == "left":
-            self.left_at.setdefault(peer, now)
-          else:
-            self.last_seen[peer] = now
+        with self._lock:
+          for key, value in values.items():
+            peer = int(key.rsplit("/", 1)[-1])
+            if peer == self.pid or value == self.last_value.get(peer):
+              continue
+            self.last_value[peer] = value
+            if value == "left":
+              self.left_at.setdefault(peer, now)
+            else:
+              self.last_seen[peer] = now
       except Exception as e:  # noqa: BLE001 — judged by _check through last_ok
         self.last_error = str(e).splitlines()[0][:200]
       self._stop.wait(self.interval)
@@ -248,9 +252,11 @@ class PeerWatchdog:
         _die(f"{prefix}: no answer from the coordinator (process 0 at {self.address}) for "
              f"{now - self.last_ok:.0f} s (GENDER_JAX_PEER_TIMEOUT={self.timeout:g}): process 0 "
              f"died or the network is down. Last error: {self.last_error or 'none'}")
-      left = sorted(p for p, t in self.left_at.items() if now - t > self.timeout)
-      silent = sorted(p for p, t in self.last_seen.items()
-                      if p not in self.left_at and now - t > self.timeout)
+      with self._lock:  # snapshots: the heartbeat thread keeps writing
+        left_at, last_seen = dict(self.left_at), dict(self.last_seen)
+      left = sorted(p for p, t in left_at.items() if now - t > self.timeout)
+      silent = sorted(p for p, t in last_seen.items()
+                      if p not in left_at and now - t > self.timeout)
       if silent or left:
         parts = []
         if silent:
@@ -270,11 +276,23 @@ def _names(ids: list[int]) -> str:
 
 # ----------------------------------------------------------------------------- mesh & batches
 def create_mesh(num_devices: int | None = None) -> Mesh:
-  """All devices (or the first `num_devices`) on one `data` axis.
+  """All devices (or `num_devices`, as many from each process) on one `data` axis.
 
+  Every process must own devices of the mesh, the same number each: `put_batch` gives each
+  process's slice of the batch to its own devices, so the first n of the global list (all
+  on process 0) would break it on several hosts.
   Auto axis types: with jax's default Explicit types some sharded contractions hang on CPU.
   """
-  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  devices = jax.devices()
+  if num_devices:
+    count = jax.process_count()
+    per_process = num_devices // count
+    by_process = [[d for d in devices if d.process_index == p] for p in range(count)]
+    if num_devices % count or per_process > min(len(ds) for ds in by_process):
+      raise ValueError(
+          f"mesh.num_devices={num_devices}: must be a multiple of the {count} processes and at "
+          f"most {count} × {min(len(ds) for ds in by_process)} (devices per process)")
+    devices = [d for ds in by_process for d in ds[:per_process]]
   return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 

@@ -223,6 +223,22 @@ def _fingerprint(config) -> str:
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def validation_results(per_source: dict[str, dict[str, float]]) -> dict[str, float]:
+  """{source: {metric: value}} → `val_<metric>` for one source; for several,
+  `val_<source>_<metric>` plus the mixture's headline `val_<metric>`: the mean over sources
+  of that same metric (matched by name, so `accuracy` never takes in `balanced_accuracy`)."""
+  if len(per_source) == 1:
+    (summary,) = per_source.values()
+    return {f"val_{k}": v for k, v in summary.items()}
+  results = {f"val_{name}_{k}": v for name, summary in per_source.items()
+             for k, v in summary.items()}
+  for k in ("accuracy", "balanced_accuracy", "loss"):
+    values = [summary[k] for summary in per_source.values() if k in summary]
+    if values:
+      results[f"val_{k}"] = float(np.mean(values))
+  return results
+
+
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -308,19 +324,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---- evals
   def evaluate(state) -> dict[str, float]:
-    results = {}
+    per_source = {}
     for name, source in val_sources.items():
       sums = None
       for batch in pipeline.eval_batches(source, config):
         sums = metrics_lib.accumulate(
             sums, eval_step(state["params"], state["batch_stats"], parallel.put_batch(batch, mesh)))
-      for k, v in metrics_lib.summarize(sums).items():
-        results[f"val_{k}" if len(val_sources) == 1 else f"val_{name}_{k}"] = v
-    if len(val_sources) > 1:  # the mixture's headline numbers: mean over sources
-      for k in ("accuracy", "balanced_accuracy", "loss"):
-        results[f"val_{k}"] = float(np.mean([v for n, v in results.items()
-                                             if n.endswith(f"_{k}") and n.count("_") > 1]))
-    return results
+      per_source[name] = metrics_lib.summarize(sums)
+    return validation_results(per_source)
 
   def save(step, metrics=None, force=False):
     meta = dict(step=step, data_position=step, data_fingerprint=fingerprint)
@@ -373,8 +384,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_eval or step % ckpt_every == 0:
       save(step, metrics={k: float(v) for k, v in last_eval.items()} if is_eval else None)
     if stop.agreed(step, config.checkpoint.preemption_check_every) and step < total_steps:
-      save(step, force=True)
+      # This step may have just been saved (async): saving it again raises
+      # StepAlreadyExistsError, which would turn a preemption (143) into a crash (1).
       manager.wait_until_finished()
+      if manager.latest_step() != step:
+        save(step, force=True)
+        manager.wait_until_finished()
       logging.warning("stopped at step %d on request; checkpoint saved, rerun to resume", step)
       writer.flush()
       return dict(preempted=True, step=step, **last_eval)
