@@ -1,0 +1,203 @@
+"""The model comparison: one row per arch — size, FLOPs, CPU latency, TFLite int8, accuracy.
+
+  python benchmarks/models.py                                   # every arch in the registry
+  python benchmarks/models.py --arch cnn_small,resnet18 --size 48 --epochs 3 --json models.json
+
+Per arch, trained from scratch with one fixed recipe (same image size, epochs, seed, batch and
+optimizer for every arch — the CPU budget printed with the table) on the UTKFace folder
+(default ../shared/data/utkface-2k, the folder source's seeded 80/10/10 split):
+  params          trainable parameters
+  MFLOP/img       XLA's cost analysis of the compiled batch-1 forward (as train_step.py)
+  JAX ms          median batch-1 latency of the bundle's jitted probs function on the CPU
+  int8 ms / MB    the TFLite int8 export (`gender_jax.export`, calibrated on the train
+                  folder), median batch-1 latency in LiteRT on --threads threads, file size
+  test bal. acc.  balanced accuracy on the test split (`gender_jax.evaluate`), 95% CI
+  train s         wall time of the training run
+Archs run one after another in this process and each row is written to --json as it
+finishes, so a long run that is stopped still leaves the rows it reached. An int8 export that
+fails its agreement check is still timed (the parity result is in the row).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import common  # noqa: I001 — sets the environment before JAX starts
+import jax
+import numpy as np
+
+# The issue's list, cheapest first (so a stopped run has the most rows); archs the registry
+# lacks are skipped.
+ARCHS = ("cnn_small", "resnet18", "mobilenet_v3_small", "mobilenet_v2", "mobilenet_v3_large",
+         "resnet50", "inception_v3", "vgg16")
+COLUMNS = [("arch", "model", ""), ("params_m", "params (M)", ".2f"),
+           ("mflops", "MFLOP/img", ",.0f"), ("jax_ms", "JAX ms (b=1)", ".2f"),
+           ("int8_ms", "int8 ms (b=1)", ".2f"), ("int8_mb", "int8 MB", ".2f"),
+           ("test_bal_acc", "test bal. acc.", ".3f"), ("ci", "95% CI", ""),
+           ("train_s", "train s", ".0f")]
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--arch", default="", help="comma-separated names (default: every arch of "
+                 "the issue's list the registry has)")
+  p.add_argument("--folder", default=str(common.DEFAULT_FOLDER), help="UTKFace folder layout")
+  p.add_argument("--data_dir", default="", help="prepared data (default: the project's)")
+  p.add_argument("--size", type=int, default=48, help="image size (px), every arch")
+  p.add_argument("--epochs", type=float, default=3.0, help="training epochs, every arch")
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--lr", type=float, default=1e-3, help="AdamW rate, every arch")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per latency")
+  p.add_argument("--threads", type=int, default=1, help="LiteRT threads")
+  p.add_argument("--no-train", dest="train", action="store_false",
+                 help="random weights: size, FLOPs and latency only")
+  p.add_argument("--no-tflite", dest="tflite", action="store_false")
+  p.add_argument("--workdir", default="", help="keep the runs here (default: a temp dir)")
+  p.add_argument("--json", help="write the results here")
+  args = p.parse_args(argv)
+  from gender_jax.models import ARCHS as REGISTRY
+  wanted = [a for a in args.arch.split(",") if a] or list(ARCHS)
+  args.archs = [a for a in wanted if a in REGISTRY]
+  args.skipped = [a for a in wanted if a not in REGISTRY]
+  return args
+
+
+def train_config(arch: str, args):
+  """configs/utkface.py with the arch swapped in and the shared budget applied."""
+  from configs import utkface
+  config = utkface.get_config()
+  config.seed = args.seed
+  config.data.folder = args.folder
+  config.data.sources.folder.path = args.folder
+  config.data.data_dir = args.data_dir
+  config.data.image_size = args.size
+  config.data.batch_size = args.batch
+  config.data.eval_batch_size = 128
+  config.model.arch = arch
+  config.model.width = 0  # each arch at its own width (utkface.py narrows ResNet-18)
+  config.optimizer.lr = args.lr
+  config.optimizer.grad_clip_norm = 5.0  # VGG without BatchNorm diverges without it
+  config.total_epochs = args.epochs
+  config.eval_every_epochs = args.epochs
+  config.calibrate = False
+  config.checkpoint.async_save = False
+  return config
+
+
+def random_bundle(directory: str, arch: str, size: int) -> str:
+  import ml_collections
+  from gender_jax import checkpoint
+  from gender_jax.data import preprocess
+  from gender_jax.models import create_model
+  model_config = dict(arch=arch, num_classes=2, compute_dtype="float32")
+  model = create_model(ml_collections.ConfigDict(model_config))
+  model.eval()
+  checkpoint.save_bundle(directory, model, model_config=model_config,
+                         preprocessing=preprocess.make_spec(size))
+  return directory
+
+
+def forward_cost(bundle) -> tuple[int, float | None]:
+  """(parameters, FLOPs per image) from the bundle's model and XLA's cost analysis."""
+  from flax import nnx
+  probs = bundle.probs_fn()
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(bundle.model, nnx.Param)))
+  image = np.zeros((1, bundle.image_size, bundle.image_size, 3), np.uint8)
+  compiled = jax.jit(probs).lower(image).compile()
+  return int(params), common.compiled_cost(compiled)["flops"]
+
+
+def median_ms(fn, image, runs: int, warmup: int = 3) -> float:
+  for _ in range(warmup):
+    fn(image)
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    fn(image)
+    times.append(time.perf_counter() - start)
+  return float(np.median(times) * 1e3)
+
+
+def tflite_int8(bundle_dir: str, out: pathlib.Path, calibration_dir: str, image, args) -> dict:
+  from gender_jax import export
+  row: dict = {}
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      contract = export.export(bundle_dir, "tflite", out, quantization="int8",
+                               calibration_dir=calibration_dir, calibration_count=64,
+                               check_count=32, log=lambda *_: None)
+    row["int8_agreement"] = contract["parity"]["label_agreement"]
+  except export.ParityError as e:  # random or barely trained weights: few decisions to keep
+    row["int8_parity_error"] = str(e)[:300]
+  if not out.exists():
+    return row
+  run = export.load_runtime("tflite", out, num_threads=args.threads)
+  row["int8_ms"] = median_ms(run, image, args.runs)
+  row["int8_mb"] = out.stat().st_size / 1e6
+  return row
+
+
+def bench_arch(arch: str, args, root: str) -> dict:
+  from gender_jax import evaluate, eval_data, trainer
+  from gender_jax.checkpoint import Bundle
+  row: dict = dict(arch=arch, size=args.size)
+  workdir = os.path.join(root, arch)
+  if args.train:
+    start = time.perf_counter()
+    trainer.train_and_evaluate(train_config(arch, args), workdir)
+    row["train_s"] = time.perf_counter() - start
+    bundle_dir = os.path.join(workdir, "bundle")
+    report = evaluate.evaluate_bundle(bundle_dir, eval_data.load(None, workdir=workdir),
+                                      os.path.join(workdir, "report"), bootstrap=200,
+                                      progress=False)
+    acc = report["overall"]["balanced_accuracy"]
+    row.update(test_bal_acc=acc["value"], ci=f"[{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}]",
+               test_count=report["count"])
+  else:
+    bundle_dir = random_bundle(os.path.join(workdir, "bundle"), arch, args.size)
+  bundle = Bundle(bundle_dir, compute_dtype="float32")
+  params, flops = forward_cost(bundle)
+  row.update(params=params, params_m=params / 1e6, flops_per_image=flops,
+             mflops=flops / 1e6 if flops else None)
+  image = np.random.default_rng(0).integers(0, 256, (1, args.size, args.size, 3), np.uint8)
+  probs = bundle.probs_fn()
+  row["jax_ms"] = median_ms(lambda x: jax.block_until_ready(probs(x)), image, args.runs)
+  if args.tflite:
+    row.update(tflite_int8(bundle_dir, pathlib.Path(workdir) / "int8.tflite", args.folder,
+                           image, args))
+  return row
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  info = common.device_info(with_torch=False)
+  root = args.workdir or tempfile.mkdtemp(prefix="models_bench_")
+  budget = (f"from scratch, {args.size} px, {args.epochs:g} epochs, batch {args.batch}, "
+            f"AdamW {args.lr:g}, seed {args.seed}, on {args.folder}")
+  print(f"budget: {budget}" + (f"; not in the registry: {', '.join(args.skipped)}"
+                               if args.skipped else ""), flush=True)
+  rows = []
+  for arch in args.archs:
+    print(f"== {arch}", flush=True)
+    try:
+      rows.append(bench_arch(arch, args, root))
+    except Exception as e:  # noqa: BLE001 — one arch failing leaves the others' rows
+      print(f"  {arch}: failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})", flush=True)
+      rows.append(dict(arch=arch, error=f"{type(e).__name__}: {e}"[:500]))
+    print(common.format_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+    common.write_json(args.json, dict(benchmark="models", device=info, args=vars(args),
+                                      budget=budget, rows=rows))
+  payload = common.report("models", rows, COLUMNS, info, args)
+  print(f"budget: {budget}")
+  return payload
+
+
+if __name__ == "__main__":
+  main()
