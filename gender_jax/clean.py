@@ -352,20 +352,43 @@ def load_datasets(specs, workdir=None, config_file=None) -> list[eval_data.Datas
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  from gender_jax import errors
+  parser = argparse.ArgumentParser(
+      prog="python -m gender_jax.clean", description=__doc__.split("\n\n")[0],
+      epilog="Add --debug (or GENDER_JAX_DEBUG=1) to see tracebacks.")
   parser.add_argument("--data", action="append", required=True,
-                      help="FOLDER, NAME=FOLDER or source:NAME[:SPLIT] (repeatable)")
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--bundle", help="use this model's features for the label-error model")
-  parser.add_argument("--workdir", help="run whose config names source:… data (and bundle)")
-  parser.add_argument("--config", help="config file for source:… data")
+                      help="FOLDER, NAME=FOLDER or source:NAME[:SPLIT], repeatable "
+                           "(example: --data photos/)")
+  parser.add_argument("--out", required=True,
+                      help="folder for the report and exclude list (example: --out clean/)")
+  parser.add_argument("--bundle", help="use this model's features for the label-error model "
+                      "(example: --bundle runs/demo/bundle)")
+  parser.add_argument("--workdir", help="run whose config names source:… data (and bundle) "
+                      "(example: --workdir runs/utkface)")
+  parser.add_argument("--config", help="config file for source:… data "
+                      "(example: --config configs/utkface.py)")
   parser.add_argument("--near-distance", type=int, default=3,
-                      help="max differing pHash bits (of 64) for a near duplicate")
-  parser.add_argument("--folds", type=int, default=5)
+                      help="max differing pHash bits (of 64) for a near duplicate "
+                           "(default 3; example: --near-distance 0 for exact copies only)")
+  parser.add_argument("--folds", type=int, default=5,
+                      help="cross-validation folds of the label-error model (default 5; "
+                           "example: --folds 10)")
   parser.add_argument("--keep-label-errors", action="store_true",
-                      help="list likely label errors but do not exclude them")
-  parser.add_argument("--batch-size", type=int, default=64)
+                      help="list likely label errors but do not exclude them "
+                           "(example: --keep-label-errors)")
+  parser.add_argument("--batch-size", type=int, default=64,
+                      help="images per model call with --bundle (default 64; example: "
+                           "--batch-size 256)")
   args = parser.parse_args(argv)
+  # Before scanning: the inputs exist and the output can be written.
+  errors.require_writable(args.out, "--out")
+  for d in args.data:
+    if not d.startswith("source:"):
+      errors.require_dir(d.split("=", 1)[-1], "--data")
+  if args.bundle:
+    errors.require_weights_dir(args.bundle, "--bundle")
+  if args.workdir:
+    errors.require_dir(args.workdir, "--workdir")
   datasets = load_datasets(args.data, args.workdir, args.config)
   records = eval_data.Concat([d.records for d in datasets])
   print(f"scanning {len(records)} images…", file=sys.stderr)
@@ -394,4 +417,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from gender_jax import errors
+  errors.run(main)

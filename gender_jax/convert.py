@@ -21,26 +21,34 @@ def parse_args(argv=None) -> argparse.Namespace:
       prog="python -m gender_jax.convert", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--from", dest="source", required=True, choices=SOURCES,
-                      help="which library's weights --src holds")
+                      help="which library's weights --src holds (example: --from torchvision)")
   parser.add_argument("--arch", required=True,
-                      help="; ".join(f"{s}: {', '.join(a)}" for s, a in ARCHS.items()))
-  parser.add_argument("--src", required=True, help=".pth/.pt, .safetensors or Keras .h5 file")
-  parser.add_argument("--out", required=True, help="output weights directory")
+                      help="; ".join(f"{s}: {', '.join(a)}" for s, a in ARCHS.items()) +
+                      " (example: --arch resnet50)")
+  parser.add_argument("--src", required=True, help=".pth/.pt, .safetensors or Keras .h5 file (example: --src resnet50.pth)")
+  parser.add_argument("--out", required=True, help="output weights directory (example: --out weights/resnet50_tv)")
   parser.add_argument("--keep-head", action="store_true",
-                      help="also store the source's classifier head (num_classes = its classes)")
+                      help="also store the source's classifier head (num_classes = its classes; "
+                           "example: --keep-head)")
   return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  from gender_jax import checkpoint
+  from gender_jax import checkpoint, errors
+  try:  # before reading a multi-GB file: the input exists, the output can be written
+    errors.require_exists(args.src, "--src")
+    errors.require_writable(args.out, "--out")
+  except errors.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return errors.EXIT_USAGE
   from gender_jax.models import convert
   try:
     flat, meta = convert.convert_file(args.src, source=args.source, arch=args.arch,
                                       keep_head=args.keep_head)
   except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    print(f"error: {errors.one_line(e)}", file=sys.stderr)
+    return errors.EXIT_USAGE
   checkpoint.save_weights(args.out, flat, meta)
   count = sum(int(np.prod(v.shape)) for v in flat.values())
   print(f"wrote {args.out}: {len(flat)} tensors, {count:,} values from {args.src}")

@@ -48,9 +48,17 @@ def run(main: Callable[..., int | None], argv=None) -> None:
   except _user_errors() as e:
     if debug:
       raise
-    print(f"error: {one_line(e)}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    exit_now(f"error: {one_line(e)}")
   sys.exit(status or 0)
+
+
+def exit_now(line: str, status: int = EXIT_USAGE) -> None:
+  """Prints the line and leaves at once: library threads (Orbax, tensorstore) still shutting
+  down would otherwise print their own tracebacks at interpreter exit."""
+  print(line, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
 
 
 def one_line(e: BaseException) -> str:
@@ -79,11 +87,25 @@ def require_dir(path: str, what: str) -> str:
 def require_writable(path: str, what: str) -> str:
   """`path` (a file or folder to create) can be written: its nearest existing parent is writable."""
   probe = os.path.abspath(path)
+  if os.path.isfile(probe):  # an existing file is replaced: its folder must be writable
+    probe = os.path.dirname(probe)
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)
-  if not os.access(probe, os.W_OK):
+  if not os.path.isdir(probe):
+    raise UsageError(f"{what} {path!r}: {probe} is a file, not a folder; choose another location")
+  if not _can_write(probe):
     raise UsageError(f"{what} {path!r}: {probe} is not writable; choose another location")
   return path
+
+
+def _can_write(folder: str) -> bool:
+  # A real write, not os.access: root passes os.access on read-only folders and mounts.
+  import tempfile
+  try:
+    with tempfile.TemporaryFile(dir=folder):
+      return True
+  except OSError:
+    return False
 
 
 def require_class_folders(path: str, what: str = "data folder") -> str:
@@ -123,6 +145,6 @@ def load_bundle(path: str, compute_dtype: str | None = None, what: str = "bundle
   except Exception as e:  # noqa: BLE001 — tensorstore/zarr internals: the files are damaged
     if debug_requested():
       raise
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
     raise UsageError(f"{what} {path!r} could not be loaded ({first}); its weights files are "
                      "missing or damaged: copy the whole directory again") from e

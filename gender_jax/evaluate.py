@@ -268,30 +268,59 @@ def write_matrix(reports: dict[str, dict], out_dir: str) -> dict[str, Any]:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--bundle", action="append", default=[], help="bundle dir (repeatable)")
+  from gender_jax import errors
+  parser = argparse.ArgumentParser(
+      prog="python -m gender_jax.evaluate", description=__doc__.split("\n\n")[0],
+      epilog="Add --debug (or GENDER_JAX_DEBUG=1) to see tracebacks.")
+  parser.add_argument("--bundle", action="append", default=[],
+                      help="bundle dir, repeatable (example: --bundle runs/demo/bundle)")
   parser.add_argument("--workdir", action="append", default=[],
-                      help="training run (repeatable); its bundle is RUN/bundle")
+                      help="training run, repeatable; its bundle is RUN/bundle "
+                           "(example: --workdir runs/demo)")
   parser.add_argument("--data", action="append", default=[],
-                      help="FOLDER, NAME=FOLDER or source:NAME[:SPLIT] (repeatable)")
-  parser.add_argument("--config", help="config file for source:… data without a --workdir")
-  parser.add_argument("--split", default="test", help="split of configured sources (default test)")
-  parser.add_argument("--out", required=True, help="report directory")
+                      help="FOLDER, NAME=FOLDER or source:NAME[:SPLIT], repeatable "
+                           "(example: --data photos/ --data source:folder:validation)")
+  parser.add_argument("--config", help="config file for source:… data without a --workdir "
+                      "(example: --config configs/utkface.py)")
+  parser.add_argument("--split", default="test",
+                      help="split of configured sources (default test; example: --split validation)")
+  parser.add_argument("--out", required=True, help="report directory (example: --out report/)")
   parser.add_argument("--calibrate-on", help="held-out data to fit the temperature on "
-                      "(same forms as --data); default: the bundle's stored calibration")
+                      "(same forms as --data); default: the bundle's stored calibration "
+                      "(example: --calibrate-on source:folder:validation)")
   parser.add_argument("--write-calibration", action="store_true",
-                      help="store the fitted temperature (and threshold) in the bundle")
+                      help="store the fitted temperature (and threshold) in the bundle "
+                           "(example: --write-calibration)")
   parser.add_argument("--target-accuracy", type=float,
-                      help="with --calibrate-on: abstain threshold reaching this accuracy")
-  parser.add_argument("--tta", default="none", choices=TTA_MODES)
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--bootstrap", type=int, default=1000)
-  parser.add_argument("--compute-dtype", help="e.g. float32 for a bfloat16 bundle on CPU")
-  parser.add_argument("--quiet", action="store_true")
+                      help="with --calibrate-on: abstain threshold reaching this accuracy "
+                           "(example: --target-accuracy 0.95)")
+  parser.add_argument("--tta", default="none", choices=TTA_MODES,
+                      help="test-time augmentation (default none; example: --tta flip)")
+  parser.add_argument("--batch-size", type=int, default=64,
+                      help="images per model call (default 64; example: --batch-size 256)")
+  parser.add_argument("--bootstrap", type=int, default=1000,
+                      help="bootstrap resamples for the 95%% CIs (default 1000; example: "
+                           "--bootstrap 200 for a quick look)")
+  parser.add_argument("--compute-dtype", help="override the bundle's compute dtype "
+                      "(example: --compute-dtype float32 for a bfloat16 bundle on CPU)")
+  parser.add_argument("--quiet", action="store_true", help="no progress bar (example: --quiet)")
   args = parser.parse_args(argv)
   runs = [(b, None) for b in args.bundle] + [(os.path.join(w, "bundle"), w) for w in args.workdir]
   if not runs:
-    parser.error("give --bundle DIR or --workdir RUN")
+    raise errors.UsageError("give --bundle DIR or --workdir RUN")
+  # Before any data is read: every bundle is there and complete, the report can be written.
+  errors.require_writable(args.out, "--out")
+  for bundle_dir, workdir in runs:
+    if workdir is not None:
+      errors.require_dir(workdir, "--workdir")
+      if not os.path.isdir(bundle_dir):
+        has_ckpt = os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
+            os.path.join(workdir, "checkpoints"))
+        raise errors.UsageError(
+            f"--workdir {workdir!r} has no bundle/: " +
+            ("training has not finished (checkpoints only); rerun the train command to finish it"
+             if has_ckpt else "no checkpoints or bundle there; is it the train command's --workdir?"))
+    errors.require_weights_dir(bundle_dir, "--bundle")
   reports = {}
   for bundle_dir, workdir in runs:
     datasets = eval_data.load(args.data, workdir=workdir, config_file=args.config, split=args.split)
@@ -314,4 +343,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from gender_jax import errors
+  errors.run(main)

@@ -240,25 +240,56 @@ def sort_into(rows: Iterable[dict[str, Any]], directory: str) -> collections.Cou
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
-  parser.add_argument("--bundle", help="inference bundle directory")
-  parser.add_argument("--workdir", help="training run; its bundle is WORKDIR/bundle")
-  parser.add_argument("--out", required=True, help="CSV file to write")
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--tta", default="none", choices=TTA_MODES)
+  from gender_jax import errors
+  parser = argparse.ArgumentParser(
+      prog="python -m gender_jax.predict", description=__doc__.split("\n\n")[0],
+      epilog="Add --debug (or GENDER_JAX_DEBUG=1) to see tracebacks.")
+  parser.add_argument("paths", nargs="+", help="image files and folders, searched recursively "
+                      "(example: photos/ img.jpg)")
+  parser.add_argument("--bundle", help="inference bundle directory (example: runs/demo/bundle)")
+  parser.add_argument("--workdir", help="training run; its bundle is WORKDIR/bundle "
+                      "(example: runs/demo)")
+  parser.add_argument("--out", required=True, help="CSV file to write (example: preds.csv)")
+  parser.add_argument("--batch-size", type=int, default=64,
+                      help="images per model call; the last batch is padded (default 64; "
+                           "example: --batch-size 256 on a GPU)")
+  parser.add_argument("--tta", default="none", choices=TTA_MODES,
+                      help="test-time augmentation: average over flipped and/or cropped views "
+                           "(default none; example: --tta flip)")
   parser.add_argument("--abstain-threshold", type=float,
-                      help="override the bundle's threshold (answer 'uncertain' below it)")
-  parser.add_argument("--compute-dtype", help="e.g. float32 for a bfloat16 bundle on CPU")
-  parser.add_argument("--sort-into", help="copy inputs into DIR/{male,female,uncertain}/")
-  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+                      help="override the bundle's threshold: answer 'uncertain' when the top "
+                           "probability is below it (example: --abstain-threshold 0.8)")
+  parser.add_argument("--compute-dtype", help="override the bundle's compute dtype "
+                      "(example: --compute-dtype float32 for a bfloat16 bundle on CPU)")
+  parser.add_argument("--sort-into", help="copy inputs into DIR/{male,female,uncertain}/ "
+                      "(example: --sort-into sorted/)")
+  parser.add_argument("--quiet", action="store_true", help="no progress bar (example: --quiet)")
   args = parser.parse_args(argv)
   from gender_jax.eval_data import resolve_bundle
-  bundle = Bundle(resolve_bundle(args.bundle, args.workdir), args.compute_dtype)
+  if not (args.bundle or args.workdir):
+    raise errors.UsageError("give --bundle DIR or --workdir RUN (whose bundle is RUN/bundle)")
+  errors.require_writable(args.out, "--out")
+  if args.sort_into:
+    errors.require_writable(args.sort_into, "--sort-into")
+  if args.batch_size < 1:
+    raise errors.UsageError(f"--batch-size {args.batch_size}: must be ≥ 1")
+  bundle_dir = resolve_bundle(args.bundle, args.workdir)
+  if args.workdir and not args.bundle:
+    errors.require_dir(args.workdir, "--workdir")
+    if not os.path.isdir(bundle_dir):
+      raise errors.UsageError(f"--workdir {args.workdir!r} has no bundle/ (has training "
+                              "finished?); or give --bundle DIR")
+  errors.require_weights_dir(bundle_dir, "--bundle")
+  paths = list_files(args.paths)
+  missing = [p for p in args.paths if not os.path.exists(p)]
+  if not paths or len(missing) == len(args.paths):
+    what = f"{', '.join(missing)} does not exist" if missing else "no image files in it"
+    print(f"error: read 0 images from {' '.join(args.paths)}: {what}", file=sys.stderr)
+    return 1
+  bundle = errors.load_bundle(bundle_dir, args.compute_dtype)
   if args.abstain_threshold is not None:
     bundle.calibration = dict(bundle.calibration, abstain_threshold=args.abstain_threshold)
   predictor = Predictor(bundle, batch_size=args.batch_size, tta=args.tta)
-  paths = list_files(args.paths)
   rows = []
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w", newline="") as f:
@@ -268,16 +299,21 @@ def main(argv=None):
       writer.writerow(row)
       rows.append(row)
   counts = collections.Counter(r["label"] for r in rows)
-  print(f"{len(rows)} inputs → {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-        file=sys.stderr)
+  print(f"read {len(rows)} inputs → {args.out}: " +
+        ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr)
   for r in rows:
     if r["label"] == "error":
       print(f"  unreadable: {r['path']}: {r['error']}", file=sys.stderr)
+  if counts["error"] == len(rows):
+    print(f"error: none of the {len(rows)} inputs could be read", file=sys.stderr)
+    return 1
   if args.sort_into:
     copied = sort_into(rows, args.sort_into)
     print(f"copied into {args.sort_into}: " + ", ".join(f"{k}/ {v}" for k, v in sorted(copied.items())),
           file=sys.stderr)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  from gender_jax import errors
+  errors.run(main)

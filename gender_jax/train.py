@@ -18,7 +18,7 @@ import sys
 # line; CPU-only machines say so explicitly (a GPU machine keeps JAX's default search).
 if "JAX_PLATFORMS" not in os.environ and not os.environ.get("CUDA_VISIBLE_DEVICES", "x") == "":
   try:
-    import jax_cuda12_plugin  # noqa: F401
+    import jax_cuda12_plugin  # noqa: F401  (a GPU build: let JAX find it)
   except ImportError:
     os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -172,8 +172,7 @@ def _main_with_errors(argv):
   except errors._user_errors() as e:
     if errors.debug_requested():
       raise
-    print(f"error: {errors.one_line(e)}", file=sys.stderr)
-    sys.exit(errors.EXIT_USAGE)
+    errors.exit_now(f"error: {errors.one_line(e)}")
 
 
 def _parse_flags(argv):

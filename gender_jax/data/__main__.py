@@ -34,18 +34,37 @@ def _print_summary(summary: dict, seconds: float) -> None:
 
 
 def main(argv=None) -> int:
+  from gender_jax import errors
   from gender_jax.data import prepare, schema
-  parser = argparse.ArgumentParser(prog="python -m gender_jax.data")
+  parser = argparse.ArgumentParser(prog="python -m gender_jax.data",
+                                   epilog="Add --debug (or GENDER_JAX_DEBUG=1) for tracebacks.")
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("prepare", help="prepare a source into array_record")
-  p.add_argument("--source", required=True, choices=sorted(prepare.KINDS))
-  p.add_argument("--manual_dir", help="the dataset's own files (a folder for --source folder)")
+  p.add_argument("--source", required=True, choices=sorted(prepare.KINDS),
+                 help="dataset kind (example: --source folder)")
+  p.add_argument("--manual_dir", help="the dataset's own files, a male/ + female/ folder for "
+                 "--source folder (example: --manual_dir ~/photos)")
   p.add_argument("--data_dir", default=None,
-                 help=f"where prepared datasets live (default {prepare.default_data_dir()})")
-  p.add_argument("--version", default=None, help="RAP only: v1 or v2 (default v2)")
-  p.add_argument("--overwrite", action="store_true", help="prepare again even if prepared")
-  p.add_argument("--json", action="store_true", help="print the summary as JSON")
+                 help=f"where prepared datasets live (default {prepare.default_data_dir()}; "
+                      "example: --data_dir /data/prepared)")
+  p.add_argument("--version", default=None,
+                 help="RAP only: v1 or v2 (default v2; example: --version v1)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="prepare again even if prepared (example: --overwrite)")
+  p.add_argument("--json", action="store_true",
+                 help="print the summary as JSON (example: --json)")
+  p.add_argument("--debug", action="store_true", help="show tracebacks (example: --debug)")
   args = parser.parse_args(argv)
+  try:  # before any work: the files are there, the output can be written
+    if args.manual_dir:
+      errors.require_dir(args.manual_dir, "--manual_dir")
+    if args.source == "folder" and args.manual_dir:
+      errors.require_class_folders(args.manual_dir, "--manual_dir")
+    if args.data_dir:
+      errors.require_writable(args.data_dir, "--data_dir")
+  except errors.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return errors.EXIT_USAGE
   logging.basicConfig(level=logging.WARNING)
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
@@ -53,9 +72,11 @@ def main(argv=None) -> int:
   try:
     b = prepare.prepare(args.source, args.manual_dir, args.data_dir, version=args.version,
                         overwrite=args.overwrite)
-  except (schema.AnnotationError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (errors.UsageError, schema.AnnotationError, OSError, ValueError) as e:
+    if args.debug or errors.debug_requested():
+      raise
+    print(f"error: {errors.one_line(e)}", file=sys.stderr)
+    return errors.EXIT_USAGE
   summary = prepare.summary(b)
   if args.json:
     print(json.dumps(dict(summary, seconds=time.perf_counter() - t0), indent=2))

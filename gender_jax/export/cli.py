@@ -1,4 +1,5 @@
-"""`python -m gender_jax.export`: flags → `export(...)`; exit status 1 with the reason on failure."""
+"""`python -m gender_jax.export`: flags → `export(...)`; a user's mistake → one `error:` line
+(status 2, checked before any work), a failed export or parity check → status 1."""
 from __future__ import annotations
 
 import argparse
@@ -11,25 +12,44 @@ from gender_jax import export as lib
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m gender_jax.export", description=lib.__doc__.split("\n\n")[0])
-  parser.add_argument("--bundle", required=True, help="inference bundle directory")
-  parser.add_argument("--format", required=True, choices=lib.FORMATS)
+  parser.add_argument("--bundle", required=True,
+                      help="inference bundle directory (example: --bundle runs/demo/bundle)")
+  parser.add_argument("--format", required=True, choices=lib.FORMATS,
+                      help="target format (example: --format tflite)")
   parser.add_argument("--out", required=True,
-                      help="model file (.tflite / .onnx) or SavedModel directory")
+                      help="model file (.tflite / .onnx) or SavedModel directory "
+                           "(example: --out model.tflite)")
   parser.add_argument("--quantize", default="float32", choices=lib.QUANTIZATIONS,
                       help="TFLite only: float16 weights, dynamic-range (int8 weights) or "
-                           "full int8 (needs --calibration_dir)")
+                           "full int8 (needs --calibration_dir); example: --quantize float16")
   parser.add_argument("--batch", type=int, default=None,
                       help="fixed batch size; 0 = dynamic. Default: 1 for TFLite (fuses "
-                           "BatchNorm into convs), dynamic otherwise")
-  parser.add_argument("--input_dtype", default="uint8", choices=lib.INPUT_DTYPES)
+                           "BatchNorm into convs), dynamic otherwise; example: --batch 8")
+  parser.add_argument("--input_dtype", default="uint8", choices=lib.INPUT_DTYPES,
+                      help="the exported model's input: uint8 pixels (preprocessing inside) or "
+                           "float32 (example: --input_dtype float32)")
   parser.add_argument("--calibration_dir",
                       help="folder of images (searched recursively) for int8 calibration; "
-                           "the parity check uses other images from it")
-  parser.add_argument("--calibration_images", type=int, default=200)
+                           "the parity check uses other images from it (example: --calibration_dir photos/)")
+  parser.add_argument("--calibration_images", type=int, default=200,
+                      help="images used for int8 calibration (default 200; example: "
+                           "--calibration_images 500)")
   parser.add_argument("--check_dir", help="folder of images for the parity check "
-                                          "(default: --calibration_dir, else synthetic)")
-  parser.add_argument("--check_images", type=int, default=64)
+                                          "(default: --calibration_dir, else synthetic; example: --check_dir photos/)")
+  parser.add_argument("--check_images", type=int, default=64,
+                      help="images in the parity check (default 64; example: --check_images 16)")
   args = parser.parse_args(argv)
+  from gender_jax import errors
+  # Before any work (tracing and converting take seconds to minutes): inputs exist, out is writable.
+  try:
+    errors.require_weights_dir(args.bundle, "--bundle")
+    errors.require_writable(args.out, "--out")
+    for flag in ("calibration_dir", "check_dir"):
+      if getattr(args, flag):
+        errors.require_dir(getattr(args, flag), f"--{flag}")
+  except errors.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return errors.EXIT_USAGE
   from gender_jax.data.preprocess import ImageError
   batch = args.batch if args.batch is not None else (1 if args.format == "tflite" else 0)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,7 +59,7 @@ def main(argv=None) -> int:
            calibration_dir=args.calibration_dir, calibration_count=args.calibration_images,
            check_dir=args.check_dir, check_count=args.check_images)
   except (lib.ExportError, lib.ParityError, ImageError, FileNotFoundError) as e:
-    print(f"export failed: {e}", file=sys.stderr)
+    print(f"error: export failed: {e}", file=sys.stderr)
     return 1
   return 0
 
