@@ -148,3 +148,59 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
   assert "checkpoint saved" in out
   steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
   assert len(steps) == 1 and 0 < steps[0] < 400
+
+
+@pytest.fixture(scope="module")
+def preempted_run(run8, tmp_path_factory):
+  """run8's config with a checkpoint every step (and an eval every 3), SIGTERMed on the step just saved (3), then
+  rerun to the end. Returns (workdir, first result, resumed result, the two TrainSetups)."""
+  import signal as signal_lib
+  from gender_jax import checkpoint
+  workdir = str(tmp_path_factory.mktemp("preempted"))
+  config = lambda: tiny_config(**{"checkpoint.checkpoint_every_steps": 1,  # noqa: E731
+                                  "eval_every_steps": 3})  # both runs evaluate
+  real_save, real_setup, setups = checkpoint.save, trainer.create_train_setup, []
+
+  def save_then_sigterm(manager, step, *args, **kwargs):
+    saved = real_save(manager, step, *args, **kwargs)
+    if step == 3 and not kwargs.get("force"):
+      os.kill(os.getpid(), signal_lib.SIGTERM)  # handled in this (the main) thread, now
+    return saved
+
+  def recording_setup(*args, **kwargs):
+    setups.append(real_setup(*args, **kwargs))
+    return setups[-1]
+
+  handlers = {s: signal_lib.getsignal(s) for s in (signal_lib.SIGTERM, signal_lib.SIGINT)}
+  mp = pytest.MonkeyPatch()
+  try:
+    mp.setattr(checkpoint, "save", save_then_sigterm)
+    mp.setattr(trainer, "create_train_setup", recording_setup)
+    first = trainer.train_and_evaluate(config(), workdir)
+    mp.setattr(checkpoint, "save", real_save)
+    resumed = trainer.train_and_evaluate(config(), workdir)
+  finally:
+    mp.undo()
+    for s, h in handlers.items():
+      signal_lib.signal(s, h)
+  return workdir, first, resumed, setups
+
+
+def test_sigterm_on_a_checkpoint_step_stops_cleanly_and_resumes_exactly(run8, preempted_run):
+  # Before the fix the preemption path saved step 3 again: StepAlreadyExistsError, exit 1.
+  workdir, first, resumed, _ = preempted_run
+  assert first["preempted"] and first["step"] == 3  # train.py turns this into exit 143
+  assert not resumed["preempted"] and resumed["step"] == 6
+  w_ref, w = bundle_weights(run8[0]), bundle_weights(workdir)
+  for k in w_ref:
+    np.testing.assert_array_equal(w_ref[k], w[k], err_msg=k)
+
+
+def test_train_and_eval_steps_compile_once(preempted_run):
+  """One compile per run of each step, from scratch and from a restored state: a new
+  dtype, weak type or sharding in the loop would recompile (minutes for a ResNet-50)."""
+  *_, setups = preempted_run
+  assert len(setups) == 2
+  for setup in setups:
+    assert setup.train_step._cache_size() == 1
+    assert setup.eval_step._cache_size() == 1
