@@ -55,11 +55,12 @@ class JsonlWriter(metric_writers.MetricWriter):
 
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard + JSONL (+ log lines) on process 0; nothing on the others."""
+  """TensorBoard + JSONL on process 0; nothing on the others. No clu LoggingWriter: the
+  trainer's progress line is the one place a metric is printed."""
   if jax.process_index() != 0:
     return metric_writers.MultiWriter([])
   return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir, asynchronous=False),
+      metric_writers.SummaryWriter(workdir),
       JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
   ])
 

@@ -16,12 +16,20 @@ import sys
 
 # Before jax is imported: without an accelerator, JAX's probe for a TPU logs a failure-looking
 # line; CPU-only machines say so explicitly (a GPU machine keeps JAX's default search).
-if "JAX_PLATFORMS" not in os.environ and not os.environ.get("CUDA_VISIBLE_DEVICES", "x") == "":
-  try:
-    import jax_cuda12_plugin  # noqa: F401  (a GPU build: let JAX find it)
-  except ImportError:
-    os.environ["JAX_PLATFORMS"] = "cpu"
+def _cpu_only() -> bool:
+  if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+    return True
+  import importlib.util
+  return importlib.util.find_spec("jax_cuda12_plugin") is None and \
+      importlib.util.find_spec("libtpu") is None
+
+
+if "JAX_PLATFORMS" not in os.environ and _cpu_only():
+  os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow (loaded for TFDS and image decoding, not for the model) announces oneDNN at
+# import; its ops here only read data, so the announcement is noise.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -42,10 +50,10 @@ class _QuietLibraries(logging.Filter):
   """Drops Orbax's, grain's and TFDS's INFO lines so the progress line stays readable."""
 
   def filter(self, record):
-    if record.levelno >= logging.WARNING:
-      return True
     if record.getMessage().startswith("Unable to initialize backend"):
       return False
+    if record.levelno >= logging.WARNING:
+      return True
     return not any(f"/{lib}/" in record.pathname
                    for lib in ("orbax", "grain", "tensorflow_datasets", "jax/_src/xla_bridge"))
 
@@ -157,6 +165,10 @@ def main(argv):
   check_config(config, _WORKDIR.value)
   logging.info("jax %s on %d × %s", jax.__version__, jax.device_count(),
                jax.devices()[0].device_kind)
+  if any(n.split(":")[0] != "synthetic" for n in config.data.sources) or config.data.get("folder"):
+    # TFDS's tqdm bars write raw cursor codes into log files; prepare prints its own summary.
+    import tensorflow_datasets as tfds
+    tfds.disable_progress_bar()
   log_data_sanity(config)
   from gender_jax import trainer
   result = trainer.train_and_evaluate(config, _WORKDIR.value)

@@ -217,6 +217,16 @@ def create_train_setup(config, mesh, total_steps: int, spec: dict) -> TrainSetup
 
 
 # ----------------------------------------------------------------------------- main
+def _first_step(train_step, state, batch):
+  """The first call compiles (seconds to minutes): say so, and how long it took."""
+  logging.info("compiling the train step…")
+  t = time.perf_counter()
+  out = train_step(state, batch)
+  jax.block_until_ready(out[1])
+  logging.info("compiled and ran the first step in %.1f s", time.perf_counter() - t)
+  return out
+
+
 def _fingerprint(config) -> str:
   """Hash of what determines the input stream; a resume warns if it changed."""
   keys = {"data": config.data.to_dict(), "seed": config.seed}
@@ -350,7 +360,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = start_step
   while step < total_steps:
     batch = next_batch
-    state, step_metrics = train_step(state, batch)
+    if step == start_step:
+      state, step_metrics = _first_step(train_step, state, batch)
+    else:
+      state, step_metrics = train_step(state, batch)
     step += 1
     # Transfer the next batch while this step runs on the devices.
     next_batch = parallel.put_batch(next(train_iter), mesh) if step < total_steps else None
@@ -366,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       now = time.perf_counter()
       rate = (step - step0) * config.data.batch_size / (now - t0)
       t0, step0 = now, step
-      summary.update(lr=float(schedule(step)), img_per_sec=rate)
+      summary.update(lr=float(schedule(step - 1)), img_per_sec=rate)  # the lr this step used
       writer.write_scalars(step, {f"train_{k}" if k not in ("lr", "img_per_sec") else k: v
                                   for k, v in summary.items()})
       if jax.process_index() == 0:
