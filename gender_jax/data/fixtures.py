@@ -214,3 +214,33 @@ def folder(root: str, per_class: int = 12, csv: bool = True, corrupt: bool = Fal
       for rel in bad:
         f.write(f"{rel},{'male' if rel.startswith('Male') else 'female'},30,1\n")
   return dict(images=truth, bad=bad)
+
+
+def muct(root: str, subjects: int = 10, sessions: str = "q", archives: bool = False,
+         malformed: bool = True) -> dict:
+  """jpg/i000qa-fn.jpg … (subject, session, camera a–e, gender m/f), or with `archives` the
+  five muct-{a..e}-jpg-v1.tar.gz holding jpg/ as released. Even subjects are male; with
+  `malformed`, two misnamed files that the builder must skip and report."""
+  import tarfile
+  truth, bad = {}, []
+  for s in range(subjects):
+    for session in sessions:
+      for c, camera in enumerate("abcde"):
+        name = f"i{s:03d}{session}{camera}-{'m' if s % 2 == 0 else 'f'}n.jpg"
+        write_image(os.path.join(root, "jpg", name), 100 * s + c, size=(32, 24), fmt="JPEG")
+        truth[name] = dict(label=int(s % 2 == 0), identity=f"{s:03d}", camera=camera,
+                           session=session)
+  if malformed:
+    for name in ("i01qa-fn.jpg", "i000qa-xn.jpg"):  # two-digit subject; gender not m/f
+      write_image(os.path.join(root, "jpg", name), 7, size=(32, 24), fmt="JPEG")
+      bad.append(name)
+  if archives:
+    for camera in "abcde":
+      with tarfile.open(os.path.join(root, f"muct-{camera}-jpg-v1.tar.gz"), "w:gz") as tar:
+        for name in sorted(os.listdir(os.path.join(root, "jpg"))):
+          if name[5:6] == camera or (name in bad and camera == "a"):
+            tar.add(os.path.join(root, "jpg", name), arcname=f"jpg/{name}")
+    for name in os.listdir(os.path.join(root, "jpg")):
+      os.remove(os.path.join(root, "jpg", name))
+    os.rmdir(os.path.join(root, "jpg"))
+  return dict(images=truth, bad=bad)

@@ -22,6 +22,7 @@ KINDS = {  # source kind → (module, builder class name)
     "rap": ("gender_jax.data.rap", "GenderRap"),
     "pa100k": ("gender_jax.data.pa100k", "GenderPa100k"),
     "folder": ("gender_jax.data.folder", "GenderFolder"),
+    "muct": ("gender_jax.data.muct", "GenderMuct"),
     "synthetic": ("gender_jax.data.synthetic", None),
 }
 

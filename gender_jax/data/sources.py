@@ -5,7 +5,7 @@ A source is a random-access sequence (grain's `RandomAccessDataSource` protocol)
 `config.data.sources` maps a source name to its options and mixing `weight`; a name may carry
 a tag after a colon ("folder:office", "folder:home") to use one kind several times.
 
-Prepared sources (celeba, peta, rap, pa100k, folder) take `manual_dir` (a folder also takes
+Prepared sources (celeba, peta, rap, pa100k, muct, folder) take `manual_dir` (a folder also takes
 `path`), optional `data_dir`, and prepare themselves on first use (see prepare.py);
 `config.data.folder=PATH` is a shortcut for one folder source. "synthetic" is generated on
 the fly, needs no files, and is what the demo uses.
@@ -72,7 +72,7 @@ def _prepared(kind: str):
   return factory
 
 
-for _kind in ("celeba", "peta", "rap", "pa100k", "folder"):
+for _kind in ("celeba", "peta", "rap", "pa100k", "muct", "folder"):
   register(_kind)(_prepared(_kind))
 
 
