@@ -4,9 +4,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from gender_jax.models import cnn_small, resnet, vgg
+from gender_jax.models import cnn_small, mobilenet, resnet, vgg
 
-ARCHS = (*resnet.SPECS, *(n + bn for n in vgg.CFGS for bn in ("", "_bn")), "cnn_small")
+ARCHS = (*resnet.SPECS, *(n + bn for n in vgg.CFGS for bn in ("", "_bn")), "cnn_small",
+         *mobilenet.SPECS)
 
 
 def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
@@ -24,4 +25,9 @@ def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
   if name == "cnn_small":
     return cnn_small.create(width=model_config.get("width", 0) or None,
                             dropout=model_config.get("dropout", 0.5), **kwargs)
+  if name in mobilenet.SPECS:
+    # `width` here is the multiplier of every layer's channels (1.0 = the ImageNet models).
+    return mobilenet.create(name, variant=model_config.get("variant", "torchvision"),
+                            width=model_config.get("width", 0) or 1.0,
+                            dropout=model_config.get("dropout", 0.2), **kwargs)
   raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")

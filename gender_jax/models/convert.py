@@ -26,14 +26,24 @@ from gender_jax import checkpoint
 from gender_jax.data import preprocess
 
 SOURCES = ("torchvision", "keras")
+MOBILENETS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 ARCHS = {
     "torchvision": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                    *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn"))),
-    "keras": ("vgg16", "vgg19", "resnet50"),
+                    *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
+                    *MOBILENETS),
+    "keras": ("vgg16", "vgg19", "resnet50", *MOBILENETS),
 }
 # The model conventions and the input each source's ImageNet weights were trained on.
 VARIANT = {"torchvision": "torchvision", "keras": "keras"}
 PRESET = {"torchvision": "torchvision", "keras": "caffe"}
+# Keras MobileNets were trained on x/127.5 - 1 ("tf" mode, our "scratch" preset); V3 does it
+# inside the model (a Rescaling layer, so its preprocess_input is the identity) and V2 in
+# preprocess_input. Our models take normalised input, so the meta records it either way.
+KERAS_PREPROCESSING = {
+    "mobilenet_v2": "keras.applications.mobilenet_v2.preprocess_input: x/127.5 - 1",
+    "mobilenet_v3_small": "Rescaling(1/127.5, offset=-1) inside the Keras model",
+    "mobilenet_v3_large": "Rescaling(1/127.5, offset=-1) inside the Keras model",
+    "vgg16": "caffe", "vgg19": "caffe", "resnet50": "caffe"}
 IMAGE_SIZE = 224
 HEAD = "fc/"  # our classifier head; always re-initialised when fine-tuning
 
@@ -241,6 +251,10 @@ def _keras_vgg(shapes: dict[str, tuple], arch: str) -> dict:
 
 
 def _key_map(source: str, arch: str) -> Callable[[dict, str], dict]:
+  if arch in MOBILENETS:
+    from gender_jax.models import ports_zoo
+    return {"torchvision": ports_zoo.torchvision_mobilenet,
+            "keras": ports_zoo.keras_mobilenet}[source]
   family = "resnet" if arch.startswith("resnet") else "vgg"
   return {("torchvision", "resnet"): _torchvision_resnet,
           ("torchvision", "vgg"): _torchvision_vgg,
@@ -289,6 +303,9 @@ def convert_tensors(tensors: dict[str, np.ndarray], *, source: str, arch: str,
   if source == "keras" and arch.startswith("vgg") and not (
       {"fc1", "fc2", "predictions"} & {k.split("/")[0] for k in tensors}):
     fresh += ["fc1/", "fc2/"]  # an include_top=False file: the classifier is not in it
+  if source == "keras" and arch.startswith("mobilenet_v3") and not any(
+      k.startswith("conv_2/") for k in tensors):
+    fresh.append("fc1/")  # include_top=False: no pre-logits conv_2 either
   if not keep_head:
     fresh.append(HEAD)
     dropped |= {src for key, (src, _) in plan.items() if key.startswith(HEAD)}
@@ -312,6 +329,7 @@ def convert_tensors(tensors: dict[str, np.ndarray], *, source: str, arch: str,
     flat[key] = np.ascontiguousarray(transform.apply(value), dtype=np.float32)
   problems += [f"unexpected: {k} {np.shape(tensors[k])}"
                for k in sorted(set(tensors) - used - dropped)]
+  meta_extra = dict(keras_preprocessing=KERAS_PREPROCESSING[arch]) if source == "keras" else {}
   if problems:
     hint = ""
     if any("_branch2a/" in k for k in tensors):  # keras 2.0's ResNet50, BN epsilon 1e-3
@@ -320,10 +338,15 @@ def convert_tensors(tensors: dict[str, np.ndarray], *, source: str, arch: str,
     raise ValueError(f"{origin}: {len(problems)} problem(s) porting {source} {arch}{hint}:\n  "
                      + "\n  ".join(problems))
   meta = dict(arch=arch, variant=variant, source=source,
-              preprocessing=preprocess.make_spec(IMAGE_SIZE, PRESET[source]),
+              preprocessing=preprocess.make_spec(IMAGE_SIZE, _preset(source, arch)),
               num_source_classes=num_classes, has_head=bool(keep_head),
-              fresh_prefixes=fresh, dropped=sorted(k for k in dropped if not _is_counter(k)))
+              fresh_prefixes=fresh, dropped=sorted(k for k in dropped if not _is_counter(k)),
+              **meta_extra)
   return flat, meta
+
+
+def _preset(source: str, arch: str) -> str:
+  return "scratch" if source == "keras" and arch in MOBILENETS else PRESET[source]
 
 
 def _sha256(path: str) -> str:
