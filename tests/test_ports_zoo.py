@@ -79,9 +79,10 @@ def test_keras_mobilenet_v3_notop_leaves_fc1_fresh():
   assert not any(k.startswith(("fc1/", "fc/")) for k in flat)
 
 
-@pytest.mark.parametrize("arch", MOBILENETS)
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", *(
+    pytest.param(a, marks=pytest.mark.slow) for a in ("mobilenet_v2", "mobilenet_v3_large"))])
 def test_trains_one_step_with_head_finetune(arch):
-  """create_train_setup with finetune.mode=head: one step runs, only the head moves."""
+  """create_train_setup with finetune.mode=head: steps run, only the head moves."""
   import jax
   from configs import demo
   from gender_jax import parallel, trainer
@@ -101,7 +102,8 @@ def test_trains_one_step_with_head_finetune(arch):
   batch = dict(image=np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), np.uint8),
                label=np.arange(n, dtype=np.int32) % 2)
   batch = jax.device_put(batch, parallel.batch_sharding(mesh))
-  state, metrics = setup.train_step(state, batch)
+  for _ in range(2):  # the warmup's learning rate is 0 at step 0
+    state, metrics = setup.train_step(state, batch)
   assert np.isfinite(float(metrics["loss"][0]))
   after = jax.device_get(state["params"])
   changed = {k for k in after if not all(
