@@ -87,7 +87,10 @@ def create_optimizer(config, labels, total_steps: int) -> tuple[optax.GradientTr
 
 
 # ----------------------------------------------------------------------------- steps
-def make_train_step(train_graphdef, tx, spec, config, frozen_stats):
+def make_train_step(train_graphdef, tx, spec, config, frozen_stats, frozen_params=None):
+  """`frozen_params`: a tree of bools like the params; frozen ones are held out of the
+  gradient (zero there, so clipping and grad_norm see trainable parameters only, and XLA
+  drops the backward pass that only fed them)."""
   compute_dtype = jnp.dtype(config.model.compute_dtype)
   smoothing = config.label_smoothing
   base_key = jax.random.key(config.seed)
@@ -97,6 +100,9 @@ def make_train_step(train_graphdef, tx, spec, config, frozen_stats):
     labels = batch["label"]
 
     def loss_fn(params):
+      if frozen_params is not None:
+        params = jax.tree.map(lambda frozen, p: jax.lax.stop_gradient(p) if frozen else p,
+                              frozen_params, params)
       model = nnx.merge(train_graphdef, params, state["batch_stats"], copy=True)
       logits = model(preprocess.normalize(batch["image"], spec, compute_dtype),
                      rngs=nnx.Rngs(dropout=rng))
@@ -190,6 +196,7 @@ def create_train_setup(config, mesh, total_steps: int, spec: dict) -> TrainSetup
   trainable = trainable_stages(abstract_model, config.finetune)
   frozen_stats = jax.tree_util.tree_map_with_path(
       lambda path, _: abstract_model.stage_of(_path_names(path)) not in trainable, abstract_stats)
+  frozen_params = jax.tree.map(lambda label: label == "frozen", labels)
   abstract_model.train()
   train_graphdef = nnx.graphdef(abstract_model)
   abstract_model.eval()
@@ -208,7 +215,8 @@ def create_train_setup(config, mesh, total_steps: int, spec: dict) -> TrainSetup
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
       state_sharding)
-  train_step = jax.jit(make_train_step(train_graphdef, tx, spec, config, frozen_stats),
+  train_step = jax.jit(make_train_step(train_graphdef, tx, spec, config, frozen_stats,
+                                       frozen_params),
                        in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
                        out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(eval_graphdef, spec, config), out_shardings=replicated)
