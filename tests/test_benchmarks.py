@@ -102,3 +102,33 @@ def test_train_step_several_archs_one_process_each(tmp_path):
                             "--json", str(out)])
   assert [r["arch"] for r in result["rows"]] == ["resnet_tiny", "vgg_tiny_bn"]
   assert all(r["img_s"] > 0 for r in result["rows"])
+
+
+def test_models_table_tiny(tmp_path, capsys):
+  import models as models_bench
+  from gender_jax.data import fixtures
+  fixtures.folder(str(tmp_path / "photos"), per_class=12)
+  argv = ["--arch", "cnn_small,no_such_arch", "--folder", str(tmp_path / "photos"),
+          "--data_dir", str(tmp_path / "prepared"), "--size", "16", "--runs", "2",
+          "--workdir", str(tmp_path / "runs"), "--json", str(tmp_path / "m.json")]
+  # Sizes, FLOPs and latencies on random weights; the trained path for one arch below.
+  result = models_bench.main([*argv, "--no-train"])
+  assert [r["arch"] for r in result["rows"]] == ["cnn_small"]
+  for r in result["rows"]:
+    assert r["params"] > 0 and r["flops_per_image"] > 0 and r["jax_ms"] > 0
+    assert r["int8_mb"] > 0 and r["int8_ms"] > 0
+  assert json.loads((tmp_path / "m.json").read_text())["rows"][0]["arch"] == "cnn_small"
+  assert "not in the registry: no_such_arch" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_models_trains_and_evaluates_tiny(tmp_path):
+  import models as models_bench
+  from gender_jax.data import fixtures
+  fixtures.folder(str(tmp_path / "photos"), per_class=12)
+  result = models_bench.main(["--arch", "resnet_tiny", "--folder", str(tmp_path / "photos"),
+                              "--data_dir", str(tmp_path / "prepared"), "--size", "16",
+                              "--epochs", "1", "--batch", "8", "--runs", "2", "--no-tflite",
+                              "--workdir", str(tmp_path / "runs")])
+  (row,) = result["rows"]
+  assert 0 <= row["test_bal_acc"] <= 1 and row["test_count"] == 2 and row["train_s"] > 0
