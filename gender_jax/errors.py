@@ -140,11 +140,33 @@ def load_bundle(path: str, compute_dtype: str | None = None, what: str = "bundle
   """checkpoint.Bundle(path), with an incomplete copy answered in one line, not by tensorstore."""
   require_weights_dir(path, what)
   from gender_jax.checkpoint import Bundle
-  try:
+  if debug_requested():
     return Bundle(path, compute_dtype)
-  except Exception as e:  # noqa: BLE001 — tensorstore/zarr internals: the files are damaged
-    if debug_requested():
-      raise
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+  # A damaged checkpoint makes tensorstore's callbacks into Orbax's closed event loop print
+  # dozens of thread tracebacks straight to fd 2; hold that output back, and replay it only
+  # when the load succeeds (then it is whatever the libraries meant to say).
+  import tempfile
+  sys.stderr.flush()
+  saved = os.dup(2)
+  held = tempfile.TemporaryFile()
+  os.dup2(held.fileno(), 2)
+  try:
+    bundle = Bundle(path, compute_dtype)
+  except Exception as failure:  # noqa: BLE001 — tensorstore/zarr internals: files damaged
+    # fd 2 stays on the held file until exit (the callbacks keep firing); our own messages
+    # go to the real stderr.
+    _HELD.append(held)
+    sys.stderr = os.fdopen(saved, "w")
+    first = (str(failure).strip().splitlines() or [type(failure).__name__])[0][:120]
     raise UsageError(f"{what} {path!r} could not be loaded ({first}); its weights files are "
-                     "missing or damaged: copy the whole directory again") from e
+                     "missing or damaged: copy the whole directory again") from None
+  sys.stderr.flush()
+  os.dup2(saved, 2)
+  os.close(saved)
+  held.seek(0)
+  sys.stderr.write(held.read().decode(errors="replace"))
+  held.close()
+  return bundle
+
+
+_HELD: list = []

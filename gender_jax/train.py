@@ -125,8 +125,8 @@ def log_data_sanity(config) -> None:
     base = name.split(":")[0]
     options = sources.source_options(name, config)
     counts = None
-    if base != "synthetic" or options.get("prepared", False):
-      from gender_jax.data import prepare
+    from gender_jax.data import prepare
+    if base in prepare.KINDS and (base != "synthetic" or options.get("prepared", False)):
       b = sources.prepared_builder(base, options, config)
       counts = prepare.summary(b)["counts"] if b is not None else None
     if counts:
