@@ -109,3 +109,19 @@ def test_trains_one_step_with_head_finetune(arch):
   changed = {k for k in after if not all(
       np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after[k]), jax.tree.leaves(before[k])))}
   assert changed == {"fc"}, changed
+
+
+@pytest.mark.parametrize("arch,params", [
+    # torchvision's counts with the 1000-way head swapped for a 2-way one.
+    ("mobilenet_v2", 3_504_872 - 1_281_000 + 2_562),
+    ("mobilenet_v3_small", 2_542_856 - 1_025_000 + 2_050),
+    ("mobilenet_v3_large", 5_483_032 - 1_281_000 + 2_562),
+])
+def test_parameter_counts_match_torchvision(arch, params):
+  import jax
+  import ml_collections
+  from flax import nnx
+  from gender_jax.models import create_model
+  cfg = ml_collections.ConfigDict(dict(arch=arch, num_classes=2, compute_dtype="float32"))
+  model = nnx.eval_shape(lambda: create_model(cfg))
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == params
