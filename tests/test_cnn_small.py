@@ -1,6 +1,7 @@
 """cnn_small: the registry builds it, it trains a few steps with the trainer, and exports."""
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ def test_parameters_stages_and_size_independence():
   cfg = ml_collections.ConfigDict(dict(arch="cnn_small", num_classes=2, compute_dtype="float32"))
   assert "cnn_small" in ARCHS
   model = nnx.eval_shape(lambda: create_model(cfg))
-  n = sum(x.size for x in jax_leaves(nnx.state(model, nnx.Param)))
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert 1_000_000 < n < 1_500_000  # global pooling: the same at any image size
   assert model.stages == ("block1", "block2", "block3", "block4", "fc1", "fc")
   model = create_model(ml_collections.ConfigDict(dict(arch="cnn_small", num_classes=2,
@@ -25,11 +26,6 @@ def test_parameters_stages_and_size_independence():
   a, b = model(x), model(x)
   assert a.shape == (2, 2) and a.dtype == np.float32 and np.array_equal(a, b)
   assert model.fc1.kernel.dtype == np.float32  # bf16 compute, f32 params
-
-
-def jax_leaves(tree):
-  import jax
-  return jax.tree.leaves(tree)
 
 
 def test_trains_a_few_steps_and_exports(tmp_path):
