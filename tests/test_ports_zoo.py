@@ -116,6 +116,7 @@ def test_trains_one_step_with_head_finetune(arch):
     ("mobilenet_v2", 3_504_872 - 1_281_000 + 2_562),
     ("mobilenet_v3_small", 2_542_856 - 1_025_000 + 2_050),
     ("mobilenet_v3_large", 5_483_032 - 1_281_000 + 2_562),
+    ("inception_v3", 23_834_568 - 2_049_000 + 4_098),  # without the aux head
 ])
 def test_parameter_counts_match_torchvision(arch, params):
   import jax
@@ -125,3 +126,21 @@ def test_parameter_counts_match_torchvision(arch, params):
   cfg = ml_collections.ConfigDict(dict(arch=arch, num_classes=2, compute_dtype="float32"))
   model = nnx.eval_shape(lambda: create_model(cfg))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == params
+
+
+def test_torchvision_inception_v3_parity():
+  """At 107 px (≥75 runs): every block type. The file's aux head is dropped by the port."""
+  torch, torchvision = _torch()
+  torch.manual_seed(0)
+  ref = _randomize_torch(torchvision.models.inception_v3(
+      weights=None, aux_logits=True, init_weights=False, transform_input=False))
+  flat, meta = convert.convert_tensors(_state_dict_numpy(ref), source="torchvision",
+                                    arch="inception_v3", keep_head=True)
+  assert any(k.startswith("AuxLogits.") for k in meta["dropped"])
+  assert meta["preprocessing"]["preset"] == "scratch"  # what transform_input produces
+  ours = _our_model("inception_v3", "torchvision", flat, 1000)
+  x = np.random.default_rng(0).standard_normal((2, 107, 107, 3), np.float32)
+  stages = {"stem": ref.maxpool2, "mixed_5": ref.Mixed_5d, "mixed_6": ref.Mixed_6e,
+            "mixed_7": ref.Mixed_7c}
+  ref_logits, ref_stages = _torch_reference(ref, x, stages)
+  _assert_parity(ours, x, ref_logits, ref_stages)

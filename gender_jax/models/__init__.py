@@ -4,10 +4,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from gender_jax.models import cnn_small, mobilenet, resnet, vgg
+from gender_jax.models import cnn_small, inception, mobilenet, resnet, vgg
 
 ARCHS = (*resnet.SPECS, *(n + bn for n in vgg.CFGS for bn in ("", "_bn")), "cnn_small",
-         *mobilenet.SPECS)
+         *mobilenet.SPECS, "inception_v3")
 
 
 def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
@@ -30,4 +30,8 @@ def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
     return mobilenet.create(name, variant=model_config.get("variant", "torchvision"),
                             width=model_config.get("width", 0) or 1.0,
                             dropout=model_config.get("dropout", 0.2), **kwargs)
+  if name == "inception_v3":
+    return inception.InceptionV3(dropout=model_config.get("dropout", 0.5),
+                                 transform_input=model_config.get("transform_input", False),
+                                 **kwargs)
   raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")

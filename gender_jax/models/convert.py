@@ -30,7 +30,7 @@ MOBILENETS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 ARCHS = {
     "torchvision": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                     *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
-                    *MOBILENETS),
+                    *MOBILENETS, "inception_v3"),
     "keras": ("vgg16", "vgg19", "resnet50", *MOBILENETS),
 }
 # The model conventions and the input each source's ImageNet weights were trained on.
@@ -39,11 +39,10 @@ PRESET = {"torchvision": "torchvision", "keras": "caffe"}
 # Keras MobileNets were trained on x/127.5 - 1 ("tf" mode, our "scratch" preset); V3 does it
 # inside the model (a Rescaling layer, so its preprocess_input is the identity) and V2 in
 # preprocess_input. Our models take normalised input, so the meta records it either way.
-KERAS_PREPROCESSING = {
-    "mobilenet_v2": "keras.applications.mobilenet_v2.preprocess_input: x/127.5 - 1",
-    "mobilenet_v3_small": "Rescaling(1/127.5, offset=-1) inside the Keras model",
-    "mobilenet_v3_large": "Rescaling(1/127.5, offset=-1) inside the Keras model",
-    "vgg16": "caffe", "vgg19": "caffe", "resnet50": "caffe"}
+_IN_MODEL = "Rescaling(1/127.5, offset=-1) inside the Keras model"
+KERAS_PREPROCESSING = dict(mobilenet_v2="preprocess_input: x/127.5 - 1", vgg16="caffe",
+                           mobilenet_v3_small=_IN_MODEL, mobilenet_v3_large=_IN_MODEL,
+                           vgg19="caffe", resnet50="caffe")
 IMAGE_SIZE = 224
 HEAD = "fc/"  # our classifier head; always re-initialised when fine-tuning
 
@@ -251,8 +250,10 @@ def _keras_vgg(shapes: dict[str, tuple], arch: str) -> dict:
 
 
 def _key_map(source: str, arch: str) -> Callable[[dict, str], dict]:
+  from gender_jax.models import ports_zoo
+  if arch == "inception_v3":
+    return ports_zoo.torchvision_inception
   if arch in MOBILENETS:
-    from gender_jax.models import ports_zoo
     return {"torchvision": ports_zoo.torchvision_mobilenet,
             "keras": ports_zoo.keras_mobilenet}[source]
   family = "resnet" if arch.startswith("resnet") else "vgg"
@@ -300,6 +301,7 @@ def convert_tensors(tensors: dict[str, np.ndarray], *, source: str, arch: str,
   plan = _key_map(source, arch)(shapes, arch)
 
   fresh, dropped = [], set(k for k in tensors if _is_counter(k))
+  dropped |= {k for k in tensors if k.startswith("AuxLogits.")}  # a training-only head
   if source == "keras" and arch.startswith("vgg") and not (
       {"fc1", "fc2", "predictions"} & {k.split("/")[0] for k in tensors}):
     fresh += ["fc1/", "fc2/"]  # an include_top=False file: the classifier is not in it
@@ -346,7 +348,11 @@ def convert_tensors(tensors: dict[str, np.ndarray], *, source: str, arch: str,
 
 
 def _preset(source: str, arch: str) -> str:
-  return "scratch" if source == "keras" and arch in MOBILENETS else PRESET[source]
+  # torchvision's Inception-v3 weights see x/127.5 - 1 (its transform_input turns
+  # ImageNet-normalised input into exactly that), so the port records that preset instead.
+  if arch == "inception_v3" or (source == "keras" and arch in MOBILENETS):
+    return "scratch"
+  return PRESET[source]
 
 
 def _sha256(path: str) -> str:

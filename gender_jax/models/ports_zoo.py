@@ -76,3 +76,12 @@ def keras_mobilenet(shapes: dict[str, tuple], arch: str) -> dict:
         leaf == "bias" and parts[-2] == "bn") else _c._KERAS_LEAF
     plan[key] = (f"{layer}/{names[leaf]}", transform)
   return plan
+
+
+def torchvision_inception(shapes: dict[str, tuple], arch: str) -> dict:
+  """Our modules carry torchvision's names: a rename of the leaf and a layout transform."""
+  plan = {}
+  for key, shape in shapes.items():
+    *mod, leaf = key.split("/")
+    plan[key] = (".".join(mod + [_c._TORCH_LEAF[leaf]]), _c._by_ndim(shape))
+  return plan
