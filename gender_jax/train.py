@@ -52,6 +52,8 @@ class _QuietLibraries(logging.Filter):
   def filter(self, record):
     if record.getMessage().startswith("Unable to initialize backend"):
       return False
+    if "/tensorflow_datasets/" in record.pathname:  # e.g. "Variant folder … has no
+      return record.levelno >= logging.ERROR       # dataset_info.json" before a first prepare
     if record.levelno >= logging.WARNING:
       return True
     return not any(f"/{lib}/" in record.pathname
@@ -169,6 +171,10 @@ def main(argv):
     # TFDS's tqdm bars write raw cursor codes into log files; prepare prints its own summary.
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
+    # TFDS prints "Downloading and preparing dataset…" with print(), although a local source
+    # downloads nothing; prepare.py logs its own "preparing …" line and the counts follow.
+    tfds.core.DatasetBuilder._log_download_bytes = lambda self: None
+    tfds.core.DatasetBuilder._log_download_done = lambda self: None
   log_data_sanity(config)
   from gender_jax import trainer
   result = trainer.train_and_evaluate(config, _WORKDIR.value)
