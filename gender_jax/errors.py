@@ -120,6 +120,9 @@ def require_class_folders(path: str, what: str = "data folder") -> str:
 
 def require_weights_dir(path: str, what: str) -> str:
   """A weights directory or bundle, complete: meta.json and the weights/ checkpoint."""
+  if not path or not os.path.exists(path):
+    raise UsageError(f"{what} {path!r} does not exist, so it is not a weights directory or "
+                     "bundle; check the path")
   require_dir(path, what)
   if not os.path.exists(os.path.join(path, "meta.json")):
     raise UsageError(f"{what} {path!r} is not a weights directory or bundle (no meta.json); "
