@@ -27,9 +27,11 @@ class BasicConv2d(nnx.Module):
     return nnx.relu(self.bn(self.conv(x)))
 
 
-def _avg3(x):  # torch's avg_pool2d(3, 1, 1) counts the zero padding
-  return nnx.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                      count_include_pad=True)
+def _avg3(x):
+  """torch's avg_pool2d(3, 1, 1), which counts the zero padding: so pad explicitly, then pool
+  unpadded (a padded reduce_window_sum has no TFLite op; this form converts)."""
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return nnx.avg_pool(x, (3, 3), strides=(1, 1))
 
 
 def _max3s2(x):
