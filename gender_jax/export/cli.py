@@ -41,8 +41,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   from gender_jax import errors
   # Before any work (tracing and converting take seconds to minutes): inputs exist, out is writable.
-  # Option clashes are export()'s to report; the rest is checked here. Status 1, as this
-  # command has always answered (tests/test_export.py holds it to that).
+  # Option clashes are export()'s to report (status 1, with its own words); missing or
+  # unwritable paths are the user's to fix (status 2, like every command).
   try:
     errors.require_weights_dir(args.bundle, "--bundle")
     errors.require_writable(args.out, "--out")
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
       pass  # export() below names the clash of options first
     else:
       print(f"error: {e}", file=sys.stderr)
-      return 1
+      return errors.EXIT_USAGE
   from gender_jax.data.preprocess import ImageError
   batch = args.batch if args.batch is not None else (1 if args.format == "tflite" else 0)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
