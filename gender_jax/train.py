@@ -167,14 +167,6 @@ def main(argv):
   check_config(config, _WORKDIR.value)
   logging.info("jax %s on %d × %s", jax.__version__, jax.device_count(),
                jax.devices()[0].device_kind)
-  if any(n.split(":")[0] != "synthetic" for n in config.data.sources) or config.data.get("folder"):
-    # TFDS's tqdm bars write raw cursor codes into log files; prepare prints its own summary.
-    import tensorflow_datasets as tfds
-    tfds.disable_progress_bar()
-    # TFDS prints "Downloading and preparing dataset…" with print(), although a local source
-    # downloads nothing; prepare.py logs its own "preparing …" line and the counts follow.
-    tfds.core.DatasetBuilder._log_download_bytes = lambda self: None
-    tfds.core.DatasetBuilder._log_download_done = lambda self: None
   log_data_sanity(config)
   from gender_jax import trainer
   result = trainer.train_and_evaluate(config, _WORKDIR.value)

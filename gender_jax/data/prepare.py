@@ -71,10 +71,31 @@ def _lock(path: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class _QuietTFDS(logging.Filter):
+  """Drops TFDS's notices below ERROR ("Variant folder … has no dataset_info.json" before a
+  first prepare): they read like problems, and prepare logs what it does itself."""
+
+  def filter(self, record):
+    return "/tensorflow_datasets/" not in record.pathname or record.levelno >= logging.ERROR
+
+
+def _quiet_tfds(tfds) -> None:
+  # tqdm bars write raw cursor codes into log files; the split counts are printed after.
+  tfds.disable_progress_bar()
+  # TFDS print()s "Downloading and preparing dataset…" although a local source downloads
+  # nothing; the "preparing KIND from DIR" line below says what happens.
+  tfds.core.DatasetBuilder._log_download_bytes = lambda self: None
+  tfds.core.DatasetBuilder._log_download_done = lambda self: None
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _QuietTFDS) for f in absl_logger.filters):
+    absl_logger.addFilter(_QuietTFDS())
+
+
 def prepare(kind: str, manual_dir: str | None, data_dir: str | None = None, *,
             version: str | None = None, overwrite: bool = False):
   """Prepares the source if it is not prepared yet; returns its builder."""
   import tensorflow_datasets as tfds
+  _quiet_tfds(tfds)
   b = create_builder(kind, manual_dir, data_dir, version)
   with _lock(os.path.join(os.fspath(b.data_path.parent), ".prepare.lock")):
     if overwrite or not b.is_prepared():
