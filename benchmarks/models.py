@@ -62,10 +62,11 @@ def parse_args(argv=None):
   p.add_argument("--workdir", default="", help="keep the runs here (default: a temp dir)")
   p.add_argument("--json", help="write the results here")
   args = p.parse_args(argv)
-  from gender_jax.models import ARCHS as REGISTRY
+  from gender_jax.models import ARCHS as REGISTRY, MIN_IMAGE_SIZE
   wanted = [a for a in args.arch.split(",") if a] or list(ARCHS)
-  args.archs = [a for a in wanted if a in REGISTRY]
-  args.skipped = [a for a in wanted if a not in REGISTRY]
+  fits = lambda a: a in REGISTRY and args.size >= MIN_IMAGE_SIZE.get(a, 1)  # noqa: E731
+  args.archs = [a for a in wanted if fits(a)]
+  args.skipped = [a for a in wanted if not fits(a)]
   return args
 
 
@@ -181,7 +182,7 @@ def main(argv=None) -> dict:
   root = args.workdir or tempfile.mkdtemp(prefix="models_bench_")
   budget = (f"from scratch, {args.size} px, {args.epochs:g} epochs, batch {args.batch}, "
             f"AdamW {args.lr:g}, seed {args.seed}, on {args.folder}")
-  print(f"budget: {budget}" + (f"; not in the registry: {', '.join(args.skipped)}"
+  print(f"budget: {budget}" + (f"; not in the registry or too small an input for: {', '.join(args.skipped)}"
                                if args.skipped else ""), flush=True)
   rows = []
   for arch in args.archs:

@@ -46,5 +46,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                   "'bfloat16'")
   if config.data.batch_size < 1:
     errors.append("data.batch_size must be positive")
+  from gender_jax.models import MIN_IMAGE_SIZE  # imports flax: only when validating
+  smallest = MIN_IMAGE_SIZE.get(config.model.arch, 1)
+  if config.data.image_size < smallest:
+    errors.append(f"data.image_size={config.data.image_size} is too small for "
+                  f"{config.model.arch}: use ≥ {smallest}")
   if errors:
     raise ValueError("invalid config:\n  " + "\n  ".join(errors))

@@ -113,3 +113,13 @@ def test_frozen_gradients_are_outside_clipping_and_grad_norm():
       np.testing.assert_allclose(d, 0.1 * head_grad[k] / 4, rtol=1e-3, atol=1e-7, err_msg=k)
     else:
       assert not np.any(d), k
+
+
+def test_inception_refuses_inputs_below_its_minimum():
+  from configs import inception
+  cfg = inception.get_config()
+  cfg.data.image_size = 48
+  with pytest.raises(ValueError, match="data.image_size=48 is too small for inception_v3"):
+    config_lib.validate(cfg)
+  cfg.data.image_size = 75
+  config_lib.validate(cfg)

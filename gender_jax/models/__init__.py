@@ -9,6 +9,9 @@ from gender_jax.models import cnn_small, inception, mobilenet, resnet, vgg
 ARCHS = (*resnet.SPECS, *(n + bn for n in vgg.CFGS for bn in ("", "_bn")), "cnn_small",
          *mobilenet.SPECS, "inception_v3")
 
+# Smallest input each arch accepts: below it, Inception-v3's unpadded strides shrink the
+# feature map to nothing (it still "runs", on zero pixels).
+MIN_IMAGE_SIZE = {"inception_v3": 75}
 
 def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
   """Builds the model a `config.model` section names; call inside `nnx.eval_shape` for shapes."""
