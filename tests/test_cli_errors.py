@@ -185,3 +185,20 @@ def test_every_flag_has_help_with_an_example(module):
   flags = [f for f in flags if f != "--debug" and not f.startswith("--help")]
   assert flags, text
   assert " ".join(text.split()).lower().count("example") >= len(flags), (module, flags, text)
+
+
+def test_prepare_log_is_clean_in_a_file(tmp_path):
+  # Captured output is a file, not a terminal: one progress line per 10%, no cursor codes,
+  # no "Downloading" for a local folder, and TFDS's notices kept out.
+  for label in ("male", "female"):
+    write_images(tmp_path / "photos" / label, 10, seed=len(label))
+  result = cli("gender_jax.data", "prepare", "--source", "folder",
+               "--manual_dir", str(tmp_path / "photos"), "--data_dir", str(tmp_path / "data"))
+  out = result.stdout + result.stderr
+  assert result.returncode == 0, out
+  assert "\x1b[" not in out and "\r" not in out, out
+  assert "Downloading" not in out and "dataset_info.json" not in out, out
+  progress = [line for line in result.stderr.splitlines() if line.startswith("folder: ") and
+              "images (" in line]
+  assert progress[-1].startswith("folder: 20/20 images (100%"), out
+  assert len(progress) == 11, progress  # the first image, then every 10%

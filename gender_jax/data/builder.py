@@ -10,6 +10,8 @@ import abc
 import collections
 import logging
 import os
+import sys
+import time
 
 import tensorflow_datasets as tfds
 
@@ -53,6 +55,7 @@ class GenderBuilder(tfds.core.GeneratorBasedBuilder):
     meta["counts"] = {s: {"female": 0, "male": 0} for s in by_split}
     meta["identities"] = {s: len({e.identity for e in es if e.identity}) for s, es in
                           by_split.items()}
+    self._progress = Progress(self.SOURCE, len(entries))
     return {name: self._generate_examples(name, es) for name, es in by_split.items()}
 
   def _assign_splits(self, entries):
@@ -75,6 +78,7 @@ class GenderBuilder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, entries):
     meta = self.info.metadata
     for e in entries:
+      self._progress.step()
       try:
         image = schema.encode_image_file(e.path, self.MAX_SIDE)
       except schema.BadImage as err:
@@ -83,3 +87,30 @@ class GenderBuilder(tfds.core.GeneratorBasedBuilder):
         continue
       meta["counts"][split][schema.CLASS_NAMES[e.label]] += 1
       yield e.key, schema.to_example(e, image, self.SOURCE)
+
+
+class Progress:
+  """One progress line on stderr: redrawn in place on a terminal, a line per 10% in a log file
+  (TFDS's own bars are off: nested tqdm bars leave raw cursor codes in files)."""
+
+  def __init__(self, name: str, total: int):
+    self.name, self.total, self.done = name, max(total, 1), 0
+    self.tty = sys.stderr.isatty()
+    self.start = time.perf_counter()
+    self.shown = -1
+
+  def step(self) -> None:
+    self.done += 1
+    percent = 100 * self.done // self.total
+    if self.tty:
+      if percent != self.shown or self.done == self.total:
+        end = "\n" if self.done == self.total else ""
+        print(f"\r{self._text()}", end=end, file=sys.stderr, flush=True)
+    elif percent // 10 > self.shown // 10:  # the first image, then each further 10%
+      print(self._text(), file=sys.stderr, flush=True)
+    self.shown = percent
+
+  def _text(self) -> str:
+    seconds = time.perf_counter() - self.start
+    return (f"{self.name}: {self.done}/{self.total} images "
+            f"({100 * self.done // self.total}%, {seconds:.0f} s)")
