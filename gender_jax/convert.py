@@ -16,7 +16,7 @@ import numpy as np
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  from gender_jax.models.convert import ARCHS, SOURCES
+  from gender_jax.models.ports import ARCHS, SOURCES
   parser = argparse.ArgumentParser(
       prog="python -m gender_jax.convert", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,9 +42,9 @@ def main(argv=None) -> int:
   except errors.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return errors.EXIT_USAGE
-  from gender_jax.models import convert
+  from gender_jax.models import ports
   try:
-    flat, meta = convert.convert_file(args.src, source=args.source, arch=args.arch,
+    flat, meta = ports.convert_file(args.src, source=args.source, arch=args.arch,
                                       keep_head=args.keep_head)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {errors.one_line(e)}", file=sys.stderr)

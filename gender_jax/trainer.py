@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from gender_jax import checkpoint, config as config_lib, metrics as metrics_lib, parallel
 from gender_jax.data import pipeline, preprocess, sources
-from gender_jax.models import convert, create_model
+from gender_jax.models import create_model, ports
 
 # Steps dispatched ahead of the host before it waits. Unbounded async dispatch deadlocks
 # XLA:CPU collectives on many fake devices (DESIGN.md); 2 also keeps a GPU busy.
@@ -332,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("resumed from %s at step %d", config.resume_from, int(state["step"]))
   elif config.init_from:
     model = create_model(config.model, rngs=nnx.Rngs(config.seed))
-    convert.load_pretrained(model, config.init_from, head=None)
+    ports.load_pretrained(model, config.init_from, head=None)
     state = jax.device_put(setup.init_state(model), state_sharding)
     logging.info("initialised from %s (%s)", config.init_from, init_meta.get("source", "weights"))
   else:

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from gender_jax import checkpoint
-from gender_jax.models import convert, create_model
+from gender_jax.models import create_model, ports as convert
 
 RTOL = 1e-4
 

@@ -7,7 +7,7 @@ relative. Inputs are 96-128 px: global pooling makes every size run the same cod
 import numpy as np
 import pytest
 
-from gender_jax.models import convert
+from gender_jax.models import ports as convert
 from tests.test_convert import (_assert_parity, _keras, _keras_model, _keras_reference,
                                 _our_model, _randomize_torch, _state_dict_numpy, _torch,
                                 _torch_reference)

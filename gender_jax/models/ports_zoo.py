@@ -1,11 +1,11 @@
-"""Key maps for the MobileNet V2/V3 ports (torchvision and Keras); convert.py dispatches here.
+"""Key maps for the MobileNet V2/V3 ports (torchvision and Keras); ports.py dispatches here.
 
-Same contract as convert.py's maps: {target key: (source key, transform)} for every key of
+Same contract as ports.py's maps: {target key: (source key, transform)} for every key of
 the target model, built from the target's shapes alone.
 """
 from __future__ import annotations
 
-from gender_jax.models import convert as _c
+from gender_jax.models import keymaps as _c
 
 # Keras depthwise kernels are (k, k, channels, multiplier=1); ours (k, k, 1, channels).
 KERAS_DEPTHWISE = _c.Transform("(k,k,C,1)→(k,k,1,C)", lambda a: a.transpose(0, 1, 3, 2),

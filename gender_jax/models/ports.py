@@ -13,7 +13,6 @@ Keras 3's `.weights.h5`) through h5py.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -24,6 +23,9 @@ from flax import nnx
 
 from gender_jax import checkpoint
 from gender_jax.data import preprocess
+from gender_jax.models import ports_zoo
+from gender_jax.models.keymaps import (_KERAS_BN_LEAF, _KERAS_LEAF, _TORCH_LEAF, IDENTITY,
+                                       _by_ndim, _nchw_flatten_linear)
 
 SOURCES = ("torchvision", "keras")
 MOBILENETS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
@@ -148,40 +150,8 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
   return tensors
 
 
-# ----------------------------------------------------------------------------- transforms
-@dataclasses.dataclass(frozen=True)
-class Transform:
-  """A layout change, with the source shape it expects for a given target shape."""
-  name: str
-  apply: Callable[[np.ndarray], np.ndarray]
-  source_shape: Callable[[tuple], tuple]
-
-
-IDENTITY = Transform("identity", lambda a: a, lambda s: s)
-CONV_OIHW = Transform("OIHW→HWIO", lambda a: a.transpose(2, 3, 1, 0),
-                      lambda s: (s[3], s[2], s[0], s[1]))
-LINEAR = Transform("transpose", lambda a: a.T, lambda s: s[::-1])
-
-
-def _nchw_flatten_linear(channels: int, size: int) -> Transform:
-  """torch Linear after an NCHW flatten → our kernel after an NHWC flatten."""
-  def apply(a):
-    out = a.shape[0]
-    return a.reshape(out, channels, size, size).transpose(2, 3, 1, 0).reshape(-1, out)
-  return Transform("NCHW-flatten→NHWC, transpose", apply, lambda s: s[::-1])
-
-
-def _by_ndim(shape: tuple) -> Transform:
-  return {4: CONV_OIHW, 2: LINEAR}.get(len(shape), IDENTITY)
-
-
 # ----------------------------------------------------------------------------- key maps
 # Each returns {target key: (source key, transform)} for every key of the target model.
-_TORCH_LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight",
-               "mean": "running_mean", "var": "running_var"}
-_KERAS_LEAF = {"kernel": "kernel", "bias": "bias", "scale": "gamma", "mean": "moving_mean",
-               "var": "moving_variance"}
-_KERAS_BN_LEAF = dict(_KERAS_LEAF, bias="beta")
 
 
 def _torchvision_resnet(shapes: dict[str, tuple], arch: str) -> dict:
@@ -250,7 +220,6 @@ def _keras_vgg(shapes: dict[str, tuple], arch: str) -> dict:
 
 
 def _key_map(source: str, arch: str) -> Callable[[dict, str], dict]:
-  from gender_jax.models import ports_zoo
   if arch == "inception_v3":
     return ports_zoo.torchvision_inception
   if arch in MOBILENETS:
