@@ -160,6 +160,11 @@ def load_bundle(path: str, compute_dtype: str | None = None, what: str = "bundle
     # go to the real stderr.
     _HELD.append(held)
     sys.stderr = os.fdopen(saved, "w")
+    # The same callbacks also raise in Python threads, whose tracebacks would go through the
+    # real sys.stderr now; the process is about to exit with the one line below.
+    import threading
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda unraisable: None
     first = (str(failure).strip().splitlines() or [type(failure).__name__])[0][:120]
     raise UsageError(f"{what} {path!r} could not be loaded ({first}); its weights files are "
                      "missing or damaged: copy the whole directory again") from None

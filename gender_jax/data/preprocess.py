@@ -70,8 +70,9 @@ def open_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     raise ImageError(f"corrupt or truncated image: {e}") from None
   limit = MAX_PIXELS if max_pixels is None else max_pixels
   if im.width * im.height > limit:
-    raise ImageTooLarge(f"{im.width}x{im.height} = {im.width * im.height} pixels is over the "
-                        f"limit of {limit} (a decompression bomb or an oversized photo)")
+    raise ImageTooLarge(f"image too large: {im.width}x{im.height} = {im.width * im.height} "
+                        f"pixels is over the limit of {limit} (a decompression bomb or an "
+                        "oversized photo)")
   bombs = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
   if bombs:  # over PIL's limit is a bomb here, not a warning, even under a higher limit
     raise ImageTooLarge(f"image too large (decompression bomb guard): {bombs[0].message}")
