@@ -373,15 +373,13 @@ def test_bad_requests_do_not_disturb_concurrent_good_ones(served):
 
 def test_huge_uploads_do_not_stall_other_requests(served):
   # Six 35-megapixel photos (each under the 40 MP limit) in one request take a second or more
-  # to decode; decoding runs off the event loop, so a small request sent meanwhile is answered
-  # without waiting for them.
+  # to decode; decoding runs off the event loop, so the replica keeps answering meanwhile.
+  # /healthz needs nothing but the event loop: it measures exactly that, not CPU sharing.
   yy, xx = np.mgrid[0:5000, 0:7000]
   big = io.BytesIO()
   Image.fromarray(np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)).save(
       big, format="JPEG", quality=80)
   files = [("file", (f"{i}.jpg", big.getvalue())) for i in range(6)]
-  small = written_images(1, seed=3)[0]
-  served.post(small)  # warm
   t0 = time.perf_counter()
   assert served.post(None, None, files=files).status_code == 200
   alone = time.perf_counter() - t0
@@ -389,12 +387,12 @@ def test_huge_uploads_do_not_stall_other_requests(served):
     big_f = pool.submit(served.post, None, None, files=files)
     time.sleep(alone / 4)  # the upload is in and decoding has begun
     t1 = time.perf_counter()
-    assert served.post(small).status_code == 200
-    small_s = time.perf_counter() - t1
+    assert requests.get(served.url + "/healthz", timeout=30).status_code == 200
+    health_s = time.perf_counter() - t1
     assert big_f.result().status_code == 200
-  # Measured on 2 cores: 0.35x the big request's time with decoding off the loop, 0.88x
-  # with it on the loop (the small one waited for all six decodes).
-  assert small_s < 0.6 * alone, (small_s, alone)
+  # Measured on 2 cores: 0.015 s of 1.7 s with decoding off the loop; 1.44 s of 3.9 s (0.37x)
+  # with it on the loop.
+  assert health_s < 0.25 * alone, (health_s, alone)
 
 
 @pytest.mark.slow
