@@ -80,11 +80,41 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
                                           bootstrap=bootstrap, seed=seed)
                          for s in sorted(set(sources))}
   report["subgroups"] = {}
-  for field, values in subgroups(metas).items():
+  fields = subgroups(metas)
+  for field, values in fields.items():
     report["subgroups"][field] = {
         v: group_metrics(probs[values == v], labels[values == v], bootstrap=bootstrap, seed=seed)
         for v in sorted(set(values), key=_sort_key) if (values == v).sum() >= MIN_GROUP}
+  if "age_group" in fields:  # who the threshold leaves unanswered: children first, adults kept
+    groups = fields["age_group"]
+    report["abstention"]["by_age_group"] = {
+        v: dict(count=int((groups == v).sum()), coverage=float(answered[groups == v].mean()),
+                accuracy_answered=float(correct[(groups == v) & answered].mean())
+                if ((groups == v) & answered).any() else None)
+        for v in sorted(set(groups), key=_sort_key)}
+  report["headline"] = headline(report)
   return report
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+  """The figures a reader looks for first: balanced accuracy overall, for adults and for
+  children apart, the gap between the best and worst race group, calibrated ECE."""
+  def value(m):
+    return None if not m else dict(value=m.get("value"), ci=m.get("ci"))
+  out = dict(balanced_accuracy=value(report["overall"].get("balanced_accuracy")),
+             ece_calibrated=value(report["calibration"]["ece_calibrated"]))
+  ages = report["subgroups"].get("age_group", {})
+  for key, name in (("adults_20_69", "20-69 adults"), ("children_0_9", "0-9 children")):
+    if name in ages:
+      out[key] = dict(balanced_accuracy=value(ages[name].get("balanced_accuracy")),
+                      count=ages[name]["count"])
+  races = {k: m["balanced_accuracy"]["value"] for k, m in report["subgroups"].get("race", {}).items()
+           if k != "unknown" and m.get("balanced_accuracy", {}).get("value") is not None}
+  if len(races) >= 2:
+    best, worst = max(races, key=races.get), min(races, key=races.get)
+    out["race_gap"] = dict(points=round(100 * (races[best] - races[worst]), 2), best=best,
+                           worst=worst)
+  return out
 
 
 def bundle_name(bundle_dir: str) -> str:
@@ -202,6 +232,15 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
   md += ["", "Confusion matrix (rows: true, columns: predicted):", "",
          "| | " + " | ".join(CLASS_NAMES) + " |", "|---|---:|---:|"]
   md += [f"| {CLASS_NAMES[i]} | {cm[i][0]} | {cm[i][1]} |" for i in range(2)]
+  h = report["headline"]
+  md += ["", "## Headline", ""]
+  md += [f"- {name}: balanced accuracy {_fmt(h[key]['balanced_accuracy'])} (n={h[key]['count']})"
+         for key, name in (("adults_20_69", "Adults 20-69"), ("children_0_9", "Children 0-9"))
+         if key in h]
+  if "race_gap" in h:
+    g = h["race_gap"]
+    md.append(f"- Race groups: best − worst balanced accuracy {g['points']:.1f} points "
+              f"({g['best']} − {g['worst']})")
   if len(report["by_source"]) > 1:
     md += ["", "## Per source", ""] + _group_table(report["by_source"], "source")
   for field, groups in report["subgroups"].items():
@@ -222,6 +261,13 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
             f"{abst['accuracy_answered_ci'][1]:.3f}]." if abst["accuracy_answered"] is not None
             else "–."), "",
          "| threshold | coverage | accuracy on answered |", "|---:|---:|---:|"]
+  by_age = abst.get("by_age_group")
+  if by_age:
+    md[-2:-2] = ["Coverage at that threshold by age group:", "",
+                 "| age group | n | coverage | accuracy on answered |", "|---|---:|---:|---:|"] + [
+        f"| {k} | {g['count']} | {g['coverage']:.3f} | "
+        + ("–" if g["accuracy_answered"] is None else f"{g['accuracy_answered']:.3f}") + " |"
+        for k, g in by_age.items()] + [""]
   for c in abst["curve"]:
     if round(c["threshold"] * 20, 6) % 1 == 0:  # every 0.05
       acc = "–" if c["accuracy"] is None else f"{c['accuracy']:.3f}"

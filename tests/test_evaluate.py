@@ -99,6 +99,19 @@ def test_evaluate_outputs_groups_and_age_bands():
   assert list(r["subgroups"]["age_band"])[:2] == ["0-9", "10-19"]
   assert r["subgroups"]["age_band"]["70+"]["count"] == 3  # ages 75, 85, 95
   assert r["abstention"]["answered"] == int((calibration.softmax(LOGITS).max(1) >= 0.7).sum())
+  # Children (ages 5) and adults (25-65) reported apart, in the tables and the headline.
+  groups = r["subgroups"]["age_group"]
+  assert groups["0-9 children"]["count"] == 1 and groups["20-69 adults"]["count"] == 5
+  adults = [i for i in range(10) if 20 <= 5 + 10 * i <= 69]
+  by_age = r["abstention"]["by_age_group"]
+  assert by_age["20-69 adults"]["coverage"] == pytest.approx(
+      (calibration.softmax(LOGITS[adults]).max(1) >= 0.7).mean())
+  assert r["headline"]["adults_20_69"]["count"] == 5
+  assert 0 <= r["headline"]["adults_20_69"]["balanced_accuracy"]["value"] <= 1
+  races = r["subgroups"]["race"]
+  assert r["headline"]["race_gap"]["points"] == pytest.approx(100 * abs(
+      races["0 White"]["balanced_accuracy"]["value"] - races["1 Black"]["balanced_accuracy"]["value"]),
+      abs=0.01)
 
 
 def test_evaluate_cli_writes_report_and_plots(tmp_path):
@@ -126,10 +139,11 @@ def test_evaluate_cli_writes_report_and_plots(tmp_path):
   assert report["count"] == 9 and report["overall"]["accuracy"]["value"] == pytest.approx(6 / 9)
   assert report["overall"]["recall_male"]["value"] == 1.0
   assert report["overall"]["mean_confidence"] == pytest.approx(1 / (1 + math.exp(-1)), abs=1e-5)
-  assert set(report["subgroups"]) == {"age_band", "race"}
+  assert set(report["subgroups"]) == {"age_band", "age_group", "race"}
   for png in ("reliability.png", "coverage.png", "subgroup_age_band.png", "subgroup_race.png"):
     assert (tmp_path / "report" / png).stat().st_size > 1000
-  assert "## By race" in (tmp_path / "report" / "report.md").read_text()
+  md = (tmp_path / "report" / "report.md").read_text()
+  assert "## By race" in md and "- Children 0-9: balanced accuracy" in md
   matrix = json.loads((tmp_path / "report" / "matrix.json").read_text())
   assert matrix["accuracy"]["cols"] == ["other", "utk"]
   assert matrix["accuracy"]["values"][0] == pytest.approx([1.0, 5 / 8])

@@ -26,6 +26,19 @@ def age_band(age) -> str:
   return "unknown"
 
 
+# Coarser than the bands, for the headline: children's labels are the least reliable (and their
+# faces the hardest), so they are reported apart from adults everywhere.
+AGE_GROUPS = ((0, 9, "0-9 children"), (10, 19, "10-19"), (20, 69, "20-69 adults"), (70, 200, "70+"))
+
+
+def age_group(age) -> str:
+  try:
+    a = int(float(age))
+  except (TypeError, ValueError):
+    return "unknown"
+  return next((name for lo, hi, name in AGE_GROUPS if lo <= a <= hi), "unknown")
+
+
 def subgroup_fields(record: dict[str, Any]) -> dict[str, str]:
   """The record's subgroup values as strings: `age` becomes `age_band`, codes get names."""
   out = {}
@@ -34,6 +47,7 @@ def subgroup_fields(record: dict[str, Any]) -> dict[str, str]:
       continue
     if k == "age":
       out["age_band"] = age_band(v)
+      out["age_group"] = age_group(v)
     elif k == "race" and str(v) in UTKFACE_RACE:
       out[k] = f"{v} {UTKFACE_RACE[str(v)]}"
     else:
