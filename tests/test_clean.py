@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from gender_jax import clean, eval_data
+from gender_jax import clean, eval_data, label_issues
 
 
 def _blob_image(rng, tint):
@@ -89,9 +89,9 @@ def test_confident_learning_rule_by_hand():
   # Thresholds: t_female = mean(0.9, 0.8, 0.3) = 0.667; t_male = mean(0.7, 0.9, 0.6) = 0.733.
   probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.3, 0.7], [0.1, 0.9], [0.4, 0.6]])
   labels = np.array([0, 0, 0, 1, 1, 1])
-  issues = clean.confident_label_issues(probs, labels)
+  issues = label_issues.confident_label_issues(probs, labels)
   # Image 2 (labelled female, p_male 0.7 < 0.733) is below the male threshold: not flagged.
   assert issues == []
   probs[2] = [0.2, 0.8]  # now p_male 0.8 ≥ t_male (0.733) and p_female 0.2 < t_female (0.633)
-  issues = clean.confident_label_issues(probs, labels)
+  issues = label_issues.confident_label_issues(probs, labels)
   assert [(r["index"], r["suggested"]) for r in issues] == [(2, 1)]
