@@ -1,4 +1,5 @@
-"""Small shared pieces for tests: a seconds-long training config and weight comparison."""
+"""Small shared pieces for tests: a seconds-long training config, weight comparison, and the
+torchvision references of the port parity tests."""
 from __future__ import annotations
 
 import os
@@ -72,3 +73,97 @@ def constant_bundle(directory, bias=(0.0, 1.0), size=16, abstain_threshold=0.0):
                          preprocessing=make_spec(size),
                          calibration=dict(temperature=1.0, abstain_threshold=abstain_threshold))
   return str(directory)
+
+
+def random_bundle(directory, size=16, preset="scratch", temperature=1.0, seed=0):
+  """resnet_tiny with random conv and head weights, centred so both classes get answers: a
+  channel-order, normalisation or padding mistake anywhere changes its outputs."""
+  import ml_collections
+  from flax import nnx
+  from gender_jax import checkpoint
+  from gender_jax.data.preprocess import make_spec
+  from gender_jax.models import create_model
+  cfg = dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32", dropout=0.0)
+  # Shapes, then numpy values (an eager random init compiles one kernel per shape: slow).
+  model = nnx.eval_shape(lambda: create_model(ml_collections.ConfigDict(cfg), rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(seed)
+  flat = {checkpoint.flat_key(path): v.get_value() for path, v in
+          nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
+
+  def value(key, shape, dtype):
+    if key.endswith(("/var", "/scale")):
+      return np.ones(shape, dtype)
+    if len(shape) == 4:  # He-normal conv kernels (HWIO)
+      return (rng.standard_normal(shape) * np.sqrt(2 / np.prod(shape[:3]))).astype(dtype)
+    if key == "fc/kernel":
+      return (3.0 * rng.standard_normal(shape)).astype(dtype)
+    return np.zeros(shape, dtype)
+  checkpoint.load_flat(model, {k: value(k, v.shape, v.dtype) for k, v in flat.items()})
+  model.eval()
+  spec = make_spec(size, preset)
+  probe = np.random.default_rng(seed + 1).integers(0, 256, (16, size, size, 3), np.uint8)
+  logits = reference_logits(model, spec, probe)
+  margin = float(np.median(logits[:, 0] - logits[:, 1]))
+  model.fc.bias.set_value(np.asarray([-margin / 2, margin / 2], np.float32))
+  checkpoint.save_bundle(str(directory), model, model_config=cfg, preprocessing=spec,
+                         calibration=dict(temperature=temperature, abstain_threshold=0.0))
+  return str(directory)
+
+
+def reference_logits(model, spec, images):
+  """The bundle contract written out by hand in numpy (channel order, mean, std), then the
+  eval-mode model: what every inference path must reproduce for size x size uint8 images."""
+  import jax
+  from flax import nnx
+  x = np.asarray(images, np.float64)
+  if spec["channel_order"] == "BGR":
+    x = x[..., ::-1]
+  x = (x - np.asarray(spec["mean"])) / np.asarray(spec["std"])
+  graphdef, state = nnx.split(model)
+  apply = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+  return np.asarray(apply(state, x.astype(np.float32)), np.float64)
+
+
+def load_bundle_model(directory):
+  from gender_jax import checkpoint
+  bundle = checkpoint.Bundle(str(directory))
+  return bundle.model, bundle.preprocessing, float(bundle.calibration["temperature"])
+
+
+# ----------------------------------------------------------------------------- port references
+def torch_libs():
+  import pytest
+  return pytest.importorskip("torch"), pytest.importorskip("torchvision")
+
+
+def randomize_torch(model, seed=0):
+  """Random biases, BN affine and running stats (eval mode): torchvision inits them to 0/1."""
+  torch, _ = torch_libs()
+  gen = torch.Generator().manual_seed(seed)
+  bn_types = (torch.nn.BatchNorm2d,)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, bn_types):
+        n = module.num_features
+        module.weight.copy_(0.5 + torch.rand(n, generator=gen))
+        module.bias.copy_(0.1 * torch.randn(n, generator=gen))
+        module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+        module.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+      elif getattr(module, "bias", None) is not None:
+        module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
+  return model.eval()
+
+
+def state_dict_numpy(model):
+  return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def torchvision_port(arch: str, **model_kwargs):
+  """(torchvision model with random weights and BN statistics, its port with the head, meta)."""
+  from gender_jax.models import ports
+  torch, torchvision = torch_libs()
+  torch.manual_seed(0)
+  ref = randomize_torch(getattr(torchvision.models, arch)(weights=None, **model_kwargs))
+  flat, meta = ports.convert_tensors(state_dict_numpy(ref), source="torchvision", arch=arch,
+                                     keep_head=True)
+  return ref, flat, meta
