@@ -9,7 +9,9 @@ Options, read from `config.data.sources[name]` with `config.data` as the fallbac
   color_jitter strength s: brightness, contrast, saturation factors in [1-s, 1+s] (0: off)
   grayscale    probability of converting to grayscale (kept 3-channel)
 All randomness comes from the `rng` the pipeline seeds per element, so augmentation is
-reproducible whatever the number of workers.
+reproducible whatever the number of workers. With `config.data.device_augment` the host keeps
+the geometric part (crop, rotate, resize) and flip, colour jitter and grayscale run on the
+device instead (device_augment.py: the same operations, keyed per example).
 """
 from __future__ import annotations
 
@@ -53,6 +55,11 @@ def spec_for(options, config) -> AugmentSpec:
                      flip=bool(get("flip", d.flip)), rotate=float(get("rotate", d.rotate)),
                      color_jitter=float(get("color_jitter", d.color_jitter)),
                      grayscale=float(get("grayscale", d.grayscale)))
+
+
+def host_only(spec: AugmentSpec) -> AugmentSpec:
+  """The host's share when flip, colour and grayscale run on the device."""
+  return dataclasses.replace(spec, flip=False, color_jitter=0.0, grayscale=0.0)
 
 
 def _random_resized_box(h, w, rng, scale):

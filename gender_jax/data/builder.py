@@ -28,6 +28,7 @@ class GenderBuilder(tfds.core.GeneratorBasedBuilder):
                             "subgroups."}
   SOURCE = ""
   MAX_SIDE = 0           # re-encode images whose longer side exceeds this (0: never)
+  # (prepare's `store_size` caps the shorter side too, per prepared copy: see prepare.py)
   SPLIT_SEED = 0
   SPLIT_FRACTIONS = splits.DEFAULT_FRACTIONS
   HOMEPAGE = ""
@@ -80,7 +81,10 @@ class GenderBuilder(tfds.core.GeneratorBasedBuilder):
     for e in entries:
       self._progress.step()
       try:
-        image = schema.encode_image_file(e.path, self.MAX_SIDE)
+        # prepare.create_builder sets the stored size; a builder made through the TFDS API
+        # alone keeps the images as they are.
+        image = schema.encode_image_file(e.path, self.MAX_SIDE,
+                                         getattr(self, "_gender_store_size", 0))
       except schema.BadImage as err:
         logging.warning("%s: skipping %s: %s", self.SOURCE, e.key, err)
         meta["bad_files"].append({"path": e.key, "reason": str(err)})

@@ -1,13 +1,21 @@
-"""The grain input pipeline: mix → shuffle → augment → per-process batches.
+"""The grain input pipeline: mix → shuffle → decode/augment per example, in parallel → batch.
 
 Everything before batching is a random-access `grain.MapDataset`, so the batch a process
 reads at step `s` is a pure function of (config, s, process index, process count):
 resuming at step `s` means slicing the stream at `s`. That makes resume exact without
 storing worker state, and lets a run saved on N processes resume on M.
+
+Each example is decoded and augmented on its own (threads, and optionally worker processes,
+take examples, not whole batches), and batches are formed after that parallel map, so one
+slow image does not hold a whole batch on one core. Examples cross process boundaries as
+uint8. With `data.device_augment` the host only decodes, crops, rotates and resizes; flip,
+colour jitter and grayscale then run on the device (device_augment.py), keyed by the
+`index` field every batch carries (the example's position in the global batch).
 """
 from __future__ import annotations
 
 import logging
+import os
 from typing import Iterator
 
 import grain
@@ -22,6 +30,8 @@ from gender_jax.data import augment, balance, preprocess, sources
 # damaged after preparation) is replaced by another record of the same source drawn with the
 # element's own rng, so the stream stays deterministic and training goes on.
 MAX_DECODE_RETRIES = 8
+# Decode threads when the training step runs on the CPU: the cores are the step's.
+CPU_BACKEND_THREADS = 2
 
 
 def _train_record(source, spec: augment.AugmentSpec, size: int, source_id: int):
@@ -49,28 +59,76 @@ def _warn_bad(record, error):
     logging.warning("skipping undecodable training image %s: %s", where, error)
 
 
-def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
-                  process_index: int | None = None, process_count: int | None = None):
-  """The per-process stream of training batches from `start_step` on, as a grain IterDataset.
+def _usable_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))  # what a launcher (SLURM, taskset) gave this process
+  except AttributeError:
+    return os.cpu_count() or 1
 
-  Batches hold `image` (uint8 NHWC), `label` and `source_id` (the index of the record's
-  source in `configured_sources(config)`).
+
+def input_parallelism(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(decode threads per process, worker processes) for the training stream.
+
+  `data.read_threads` < 0 ("auto"): on an accelerator host every usable core but one (the
+  loop's: transfer and dispatch), on a CPU backend CPU_BACKEND_THREADS (the step needs the
+  cores). `data.num_workers` < 0: 0 — PIL decodes and resizes without the GIL, so threads
+  scale where processes would add a copy of every example (benchmarks/README.md).
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if config.data.batch_size % process_count:
-    raise ValueError(f"data.batch_size={config.data.batch_size} must divide by "
-                     f"{process_count} processes")
-  per_process = config.data.batch_size // process_count
+  threads = config.data.get("read_threads", 2)
+  workers = config.data.get("num_workers", 0)
+  if threads == "auto" or threads < 0:
+    threads = (CPU_BACKEND_THREADS if jax.default_backend() == "cpu"
+               else max(1, _usable_cores() - 1))
+  if workers == "auto" or workers < 0:
+    workers = 0
+  return int(threads), int(workers)
+
+
+class _ProcessExamples(grain.MapDataset):
+  """This process's examples from `start_step` on, in batch order: element i is example
+  j = i mod L of step s = start_step + i // L, i.e. element (s·P + p)·L + j of the global
+  stream (P processes, L examples each per step), with `index` = p·L + j, its position in
+  the global batch."""
+
+  def __init__(self, parent: grain.MapDataset, per_process: int, process_index: int,
+               process_count: int, start_step: int):
+    super().__init__(parent)
+    self._per, self._p, self._count, self._start = (per_process, process_index, process_count,
+                                                    start_step)
+
+  def __len__(self) -> int:
+    steps = len(self._parent) // (self._per * self._count) - self._start
+    return max(0, steps) * self._per
+
+  def __str__(self) -> str:
+    return f"ProcessExamples(process={self._p}/{self._count}, start_step={self._start})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    step, j = divmod(int(index), self._per)
+    element = self._parent[((self._start + step) * self._count + self._p) * self._per + j]
+    return dict(element, index=np.int32(self._p * self._per + j))
+
+
+def train_examples(config: ml_collections.ConfigDict) -> grain.MapDataset:
+  """The global stream of training examples (mixed, reshuffled each epoch, decoded and
+  augmented on access), before any batching or sharding."""
   weights = sources.configured_sources(config)
+  host_spec_only = bool(config.data.get("device_augment", False))
   streams = []
   for i, name in enumerate(weights):
     source = sources.get_source(name, "train", config)
     options = sources.source_options(name, config)
     if options.get("balance_by") and options.get("balance_power", 0.5) > 0:
-      source = balance.Balanced(source, options.balance_by, options.get("balance_power", 0.5),
-                                seed=config.seed + i)
+      # The draw is made over the metadata columns (no image read at start-up); the stream
+      # then reads the drawn records.
+      drawn = balance.Balanced(sources.Metadata(source), options.balance_by,
+                               options.get("balance_power", 0.5), seed=config.seed + i)
+      source = sources.Subset(source, drawn.indices)
     spec = augment.spec_for(options, config)
+    if host_spec_only:  # flip and colour run on the device, keyed per example
+      spec = augment.host_only(spec)
     # Each source reshuffles every epoch (grain reseeds its shuffle per pass); augmentation
     # randomness is seeded by the element's index in its source stream: deterministic
     # whatever the worker count.
@@ -78,14 +136,38 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
                    .shuffle(seed=config.seed + 7919 * i).repeat()
                    .random_map(_train_record(source, spec, config.data.image_size, i),
                                seed=config.seed + 104729 * (i + 1)))
-  ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, list(weights.values()))
-  ds = ds.batch(per_process, drop_remainder=True)
-  ds = ds[process_index::process_count][start_step:]
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.read_threads,
-                                            prefetch_buffer_size=config.data.prefetch))
-  if config.data.num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
-  return it
+  return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, list(weights.values()))
+
+
+def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
+                  process_index: int | None = None, process_count: int | None = None):
+  """The per-process stream of training batches from `start_step` on, as a grain IterDataset.
+
+  Batches hold `image` (uint8 NHWC), `label`, `source_id` (the index of the record's source
+  in `configured_sources(config)`) and `index` (int32, each example's position in the
+  global batch: the per-example key of device augmentation).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if config.data.batch_size % process_count:
+    raise ValueError(f"data.batch_size={config.data.batch_size} must divide by "
+                     f"{process_count} processes")
+  per_process = config.data.batch_size // process_count
+  ds = _ProcessExamples(train_examples(config), per_process, process_index, process_count,
+                        start_step)
+  threads, workers = input_parallelism(config)
+  # prefetch counts batches; the threads work ahead over that many examples.
+  buffer = max(config.data.prefetch * per_process, threads) if config.data.prefetch else 0
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer))
+  if workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags; a library caller parsed none
+      flags.FLAGS.mark_as_parsed()
+    # Each worker maps every `workers`-th example; they come back interleaved in order, so
+    # the batches are the same for any worker count.
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=max(1, -(-per_process // workers))))
+  return it.batch(per_process, drop_remainder=True)
 
 
 def eval_batches(source, config: ml_collections.ConfigDict, *, process_index: int | None = None,

@@ -5,14 +5,24 @@ $GENDER_JAX_DATA_DIR, else ~/gender_jax_data). A folder is cached under a key ma
 path and listing (names, sizes, mtimes), so editing the folder re-prepares it and an
 unchanged folder is reused. Preparation holds a file lock: several processes (one per host
 or per GPU) asking for the same source prepare it once.
+
+`store_size` (pixels) caps the shorter side of the stored images: decode cost grows with the
+pixels, so a dataset stored near its training size decodes several times faster on every
+epoch. It is part of the cache key: each size is prepared once, next to the originals.
+
+Beside each split's array_record files a small index (`gender_index-SPLIT.json`: label, path,
+identity and subgroups of every record, in record order) is written once, so that balancing,
+exclusion lists and the split listing never read or parse the image bytes at start-up.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import importlib
 import json
 import logging
+import math
 import os
 from typing import Any
 
@@ -31,6 +41,20 @@ def default_data_dir() -> str:
   return os.environ.get("GENDER_JAX_DATA_DIR") or os.path.expanduser("~/gender_jax_data")
 
 
+# Default stored size: this much above the largest training size, so that a random-resized
+# crop of most of the image, or a small rotation, is still resized down, not up.
+STORE_MARGIN = 1.15
+
+
+def store_size_for(image_sizes) -> int:
+  """The stored shorter side for training at `image_sizes` (an int or several): ~1.15x the
+  largest."""
+  sizes = [int(s) for s in (image_sizes if hasattr(image_sizes, "__iter__") else [image_sizes])]
+  if not sizes or min(sizes) < 1:
+    raise ValueError(f"training sizes must be positive pixel counts, got {image_sizes!r}")
+  return int(math.ceil(STORE_MARGIN * max(sizes)))
+
+
 def builder_class(kind: str):
   if kind not in KINDS:
     raise ValueError(f"unknown source kind {kind!r}; known: {', '.join(KINDS)}")
@@ -40,9 +64,16 @@ def builder_class(kind: str):
 
 
 def create_builder(kind: str, manual_dir: str | None, data_dir: str | None = None,
-                   version: str | None = None):
-  """The builder for `kind`, with its data dir resolved (a folder gets its own cache key)."""
+                   version: str | None = None, store_size: int = 0):
+  """The builder for `kind`, with its data dir resolved (a folder gets its own cache key, a
+  stored size its own directory)."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  store_size = int(store_size or 0)
+  if store_size < 0:
+    raise ValueError(f"store_size={store_size}: give the stored shorter side in pixels "
+                     "(0 keeps the images as they are)")
+  if store_size:
+    data_dir = os.path.join(data_dir, f"stored_{store_size}px")
   if manual_dir:
     manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
     if not os.path.isdir(manual_dir):
@@ -57,6 +88,7 @@ def create_builder(kind: str, manual_dir: str | None, data_dir: str | None = Non
     kwargs["config"] = f"v{str(version or 2).lstrip('v')}"
   b = builder_class(kind)(**kwargs)
   b._gender_manual_dir = manual_dir  # pylint: disable=protected-access
+  b._gender_store_size = store_size  # read by GenderBuilder._generate_examples
   return b
 
 
@@ -92,11 +124,15 @@ def _quiet_tfds(tfds) -> None:
 
 
 def prepare(kind: str, manual_dir: str | None, data_dir: str | None = None, *,
-            version: str | None = None, overwrite: bool = False):
-  """Prepares the source if it is not prepared yet; returns its builder."""
+            version: str | None = None, overwrite: bool = False, store_size: int = 0):
+  """Prepares the source if it is not prepared yet; returns its builder.
+
+  `store_size`: cap on the stored images' shorter side in pixels (aspect kept; 0: as they
+  are); `store_size_for(training sizes)` gives the default margin.
+  """
   import tensorflow_datasets as tfds
   _quiet_tfds(tfds)
-  b = create_builder(kind, manual_dir, data_dir, version)
+  b = create_builder(kind, manual_dir, data_dir, version, store_size)
   with _lock(os.path.join(os.fspath(b.data_path.parent), ".prepare.lock")):
     if overwrite or not b.is_prepared():
       logging.info("preparing %s from %s into %s", kind, manual_dir, b.data_path)
@@ -105,7 +141,9 @@ def prepare(kind: str, manual_dir: str | None, data_dir: str | None = None, *,
       b.download_and_prepare(download_config=tfds.download.DownloadConfig(
           manual_dir=manual_dir, download_mode=mode))
       # Re-open so the builder reads back what was written (splits, metadata).
-      b = create_builder(kind, manual_dir, data_dir, version)
+      b = create_builder(kind, manual_dir, data_dir, version, store_size)
+      for split in b.info.splits:  # the one pass over the records that reads the images
+        write_index(os.fspath(b.data_path), b.name, split)
   return b
 
 
@@ -121,29 +159,102 @@ def bad_files(b) -> list[dict[str, str]]:
   return sorted(metadata(b).get("bad_files", []), key=lambda x: x["path"])
 
 
+INDEX_FILE = "gender_index-{split}.json"
+INDEX_VERSION = 1
+
+
+def _split_files(data_path: str, builder_name: str, split: str) -> list[list]:
+  """(name, size, mtime) of the split's array_record shards: what the index was made from."""
+  pattern = os.path.join(glob.escape(data_path), f"{builder_name}-{split}.array_record*")
+  out = []
+  for path in sorted(glob.glob(pattern)):
+    st = os.stat(path)
+    out.append([os.path.basename(path), st.st_size, st.st_mtime_ns])
+  return out
+
+
+def _as_data_source(data_path: str, split: str, name: str):
+  import tensorflow_datasets as tfds
+  b = tfds.builder_from_directory(data_path)
+  if split not in b.info.splits:
+    raise ValueError(f"{name}: no split {split!r} in {data_path} (has {sorted(b.info.splits)})")
+  return b.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def write_index(data_path: str, builder_name: str, split: str) -> dict[str, list]:
+  """Reads every record of the split once and writes its index; returns the columns.
+
+  A read-only data dir is fine: the index is then kept in memory for this process only.
+  """
+  from gender_jax.data import schema
+  ds = _as_data_source(data_path, split, builder_name)
+  columns: dict[str, list] = {k: [] for k in schema.INDEX_FIELDS}
+  chunk = 1024
+  for lo in range(0, len(ds), chunk):
+    for raw in ds.__getitems__(list(range(lo, min(lo + chunk, len(ds))))):
+      for k, v in schema.index_fields(raw).items():
+        columns[k].append(v)
+  doc = dict(version=INDEX_VERSION, files=_split_files(data_path, builder_name, split),
+             num_records=len(ds), columns=columns)
+  path = os.path.join(data_path, INDEX_FILE.format(split=split))
+  try:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump(doc, f)
+    os.replace(tmp, path)  # readers never see half a file
+  except OSError as e:
+    logging.warning("could not write the record index %s (%s); it is rebuilt on each start",
+                    path, e.strerror or e)
+  return columns
+
+
+def read_index(data_path: str, builder_name: str, split: str, name: str = "") -> dict[str, list]:
+  """The split's columns from its index, written now if it is missing or out of date."""
+  path = os.path.join(data_path, INDEX_FILE.format(split=split))
+  files = _split_files(data_path, builder_name, split)
+  if not files:  # no such split: the same one-line error as opening it
+    _as_data_source(data_path, split, name or builder_name)
+  try:
+    with open(path) as f:
+      doc = json.load(f)
+    if doc.get("version") == INDEX_VERSION and doc.get("files") == files:
+      return doc["columns"]
+  except (OSError, ValueError):
+    pass
+  logging.info("indexing %s:%s once (labels and metadata, read at start-up)", builder_name,
+               split)
+  return write_index(data_path, builder_name, split)
+
+
 class RecordSource:
   """One prepared split as a grain random-access source of pipeline records.
 
-  Opens the array_record files lazily, so it pickles small into grain worker processes.
+  Its length and its metadata columns (`columns()`) come from the split's index, so opening
+  one reads no record; the array_record files are opened on the first record read, which
+  also keeps it small to pickle into grain worker processes.
   """
 
   def __init__(self, data_path: str, builder_name: str, split: str, name: str):
     self.data_path, self.builder_name, self.split, self.name = data_path, builder_name, split, name
     self._ds = None
-    self._len = len(self._open())
+    self._columns = read_index(data_path, builder_name, split, name)
+    self._len = len(self._columns["label"])
 
   def _open(self):
     if self._ds is None:
-      import tensorflow_datasets as tfds
-      b = tfds.builder_from_directory(self.data_path)
-      if self.split not in b.info.splits:
-        raise ValueError(f"{self.name}: no split {self.split!r} in {self.data_path} "
-                         f"(has {sorted(b.info.splits)})")
-      self._ds = b.as_data_source(self.split, decoders={"image": tfds.decode.SkipDecoding()})
+      self._ds = _as_data_source(self.data_path, self.split, self.name)
     return self._ds
 
   def __getstate__(self):
-    return {k: v for k, v in self.__dict__.items() if k != "_ds"} | {"_ds": None}
+    # Workers read records, not columns: the index stays in the parent process.
+    return {k: v for k, v in self.__dict__.items() if k not in ("_ds", "_columns")} | {
+        "_ds": None, "_columns": None}
+
+  def columns(self) -> dict[str, list]:
+    """{label, path, identity, subgroups} → one list each, in record order (no image read)."""
+    if self._columns is None:
+      self._columns = read_index(self.data_path, self.builder_name, self.split, self.name)
+    return self._columns
 
   def __len__(self) -> int:
     return self._len

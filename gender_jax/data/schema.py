@@ -8,7 +8,8 @@ Each source is written once, as `array_record`, with these features:
   path       the file's path inside the manual directory (for reports)
   subgroups  JSON object name → value (CelebA attributes, age, race, …) for subgroup reports
 Files that are not decodable images are skipped at prepare time and listed with their reason
-in the dataset's `metadata.json` under "bad_files".
+in the dataset's `metadata.json` under "bad_files". Every field but the image is also kept in
+a per-split index (INDEX_FIELDS), read at start-up instead of the records.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ LABEL_ALIASES = {"female": 0, "f": 0, "woman": 0, "women": 0, "0": 0,
                  "male": 1, "m": 1, "man": 1, "men": 1, "1": 1}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 JPEG_QUALITY = 95
+# The record fields start-up needs (balancing, exclusion, split listing): never the image.
+INDEX_FIELDS = ("label", "path", "identity", "subgroups")
 
 
 class AnnotationError(ValueError):
@@ -75,11 +78,24 @@ def parse_label(value: str) -> int | None:
   return LABEL_ALIASES.get(str(value).strip().lower())
 
 
-def encode_image_file(path: str, max_side: int = 0) -> bytes:
+def _stored_dims(w: int, h: int, max_side: int, store_size: int) -> tuple[int, int]:
+  """(w, h) after the caps: longer side ≤ max_side, shorter side ≤ store_size (aspect kept)."""
+  scale = 1.0
+  if max_side and max(w, h) > max_side:
+    scale = max_side / max(w, h)
+  if store_size and min(w, h) * scale > store_size:
+    scale = store_size / min(w, h)
+  if scale == 1.0:
+    return w, h
+  return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def encode_image_file(path: str, max_side: int = 0, store_size: int = 0) -> bytes:
   """Reads and fully decodes `path`; returns JPEG bytes, raising BadImage on any failure.
 
   Baseline JPEGs in RGB or grayscale are returned unchanged (no generation loss); PNG, BMP,
-  CMYK, EXIF-rotated or (with max_side) oversize images are re-encoded.
+  CMYK, EXIF-rotated or oversize images (longer side over `max_side`, shorter side over
+  `store_size`; 0: no cap) are re-encoded, downscaled with the aspect kept.
   """
   try:
     with open(path, "rb") as f:
@@ -92,16 +108,27 @@ def encode_image_file(path: str, max_side: int = 0) -> bytes:
     with preprocess.open_image(data) as im:
       fmt = im.format
       orient = preprocess.orientation(im) if fmt == "JPEG" else 1
-      too_big = max_side and max(im.size) > max_side
+      w, h = im.size
+      if orient in (5, 6, 7, 8):  # stored sideways: the caps apply to the upright image
+        w, h = h, w
+      dims = _stored_dims(w, h, max_side, store_size)
+      too_big = dims != (w, h)
       if fmt == "JPEG" and im.mode in ("RGB", "L") and orient == 1 and not too_big:
         im.load()  # full decode: a truncated file fails here, not during training
         return data
+      if too_big and store_size and fmt == "JPEG":
+        # DCT-domain downscale at decode (1/2, 1/4, 1/8): never below the stored size.
+        sideways = orient in (5, 6, 7, 8)
+        im.draft("RGB", (dims[1], dims[0]) if sideways else dims)
       rgb = Image.fromarray(preprocess.to_rgb(im))
   except preprocess.ImageError as e:
     raise BadImage(str(e)) from None
   except (OSError, SyntaxError, ValueError) as e:  # from the full decode of a kept JPEG
     raise BadImage(f"corrupt or truncated image: {e}") from None
-  if too_big:
+  if too_big and store_size:
+    # Antialiased (PIL filters widen when shrinking); stored once, so the better filter.
+    rgb = rgb.resize(dims, Image.LANCZOS)
+  elif too_big:
     rgb.thumbnail((max_side, max_side), Image.BILINEAR)
   out = io.BytesIO()
   rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
@@ -123,6 +150,12 @@ def from_record(record: dict[str, Any]) -> dict[str, Any]:
   return {"image": image, "label": int(record["label"]), "source": text(record["source"]),
           "identity": text(record["identity"]), "path": text(record["path"]),
           "subgroups": json.loads(text(record["subgroups"]) or "{}")}
+
+
+def index_fields(record: dict[str, Any]) -> dict[str, Any]:
+  """A raw record read back from array_record → its INDEX_FIELDS (the image is dropped)."""
+  r = from_record(dict(record, image=b""))
+  return {k: r[k] for k in INDEX_FIELDS}
 
 
 def relpath(path: str, root: str) -> str:

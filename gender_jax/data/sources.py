@@ -9,6 +9,10 @@ Prepared sources (celeba, peta, rap, pa100k, muct, folder) take `manual_dir` (a 
 `path`), optional `data_dir`, and prepare themselves on first use (see prepare.py);
 `config.data.folder=PATH` is a shortcut for one folder source. "synthetic" is generated on
 the fly, needs no files, and is what the demo uses.
+
+Start-up (counts, balancing, exclusion, the split listing) reads a source's metadata
+`columns`, never its images: a prepared split answers from its index (prepare.py), and each
+builder and split is opened once per process.
 """
 from __future__ import annotations
 
@@ -44,14 +48,35 @@ def _data_dir(options, config) -> str | None:
   return options.get("data_dir") or config.data.get("data_dir") or None
 
 
+def store_size(options, config) -> int:
+  """The stored shorter side for this source: its `store_size` option, else
+  `config.data.store_size`; 0 keeps the images as they are, "auto" is ~1.15x image_size."""
+  from gender_jax.data import prepare
+  value = options.get("store_size", config.data.get("store_size", 0)) if options is not None \
+      else config.data.get("store_size", 0)
+  if value == "auto":
+    return prepare.store_size_for(config.data.image_size)
+  try:
+    return int(value or 0)
+  except (TypeError, ValueError):
+    raise ValueError(f"store_size={value!r}: give pixels (0 keeps the images as they are) "
+                     "or 'auto'") from None
+
+
+_BUILDERS: dict[str, Any] = {}  # preparing checks the folder's listing: once per process
+
+
 def prepared_builder(kind: str, options, config):
   """The prepared TFDS builder behind a source (preparing it now if needed)."""
   from gender_jax.data import prepare
   if kind == "celeba" and options.get("from_catalog", False):
     return None
   manual_dir = options.get("manual_dir") or options.get("path")
-  return prepare.prepare(kind, manual_dir, _data_dir(options, config),
-                         version=options.get("version"))
+  args = dict(version=options.get("version"), store_size=store_size(options, config))
+  key = json.dumps([kind, manual_dir, _data_dir(options, config), args], default=str)
+  if key not in _BUILDERS:
+    _BUILDERS[key] = prepare.prepare(kind, manual_dir, _data_dir(options, config), **args)
+  return _BUILDERS[key]
 
 
 _OPENED: dict[str, Any] = {}  # the trainer asks for the same split several times
@@ -117,18 +142,65 @@ def read_exclude_list(path: str) -> set[str]:
   return keys
 
 
-class Excluding:
-  """A source without the records whose `path` is in `keys` (random access, grain protocol)."""
+METADATA_FIELDS = ("label", "path", "identity", "subgroups")
 
-  def __init__(self, source, keys: set[str]):
+
+def columns(source) -> dict[str, list]:
+  """{label, path, identity, subgroups} → a list each, in record order.
+
+  From the source's own `columns()` where it has them (prepared splits: no image is read);
+  otherwise by reading its records (generated and in-memory sources).
+  """
+  if hasattr(source, "columns"):
+    return source.columns()
+  records = [source[i] for i in range(len(source))]
+  return {k: [r.get(k) for r in records] for k in METADATA_FIELDS}
+
+
+class Subset:
+  """The records of `source` at `indices`, in that order (random access, grain protocol)."""
+
+  def __init__(self, source, indices):
     self.source = source
-    self.indices = [i for i in range(len(source)) if source[i].get("path") not in keys]
+    self.indices = [int(i) for i in indices]
+    self._columns = None
 
   def __len__(self) -> int:
     return len(self.indices)
 
   def __getitem__(self, index: int):
     return self.source[self.indices[index]]
+
+  def __getstate__(self):
+    return dict(self.__dict__, _columns=None)
+
+  def columns(self) -> dict[str, list]:
+    if self._columns is None:
+      full = columns(self.source)
+      self._columns = {k: [v[i] for i in self.indices] for k, v in full.items()}
+    return self._columns
+
+
+class Excluding(Subset):
+  """A source without the records whose `path` is in `keys`."""
+
+  def __init__(self, source, keys: set[str]):
+    paths = columns(source)["path"]
+    super().__init__(source, [i for i, p in enumerate(paths) if p not in keys])
+
+
+class Metadata:
+  """A source's records without their images, from its columns (for balancing)."""
+
+  def __init__(self, source):
+    self._columns = columns(source)
+    self._len = len(source)
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {k: v[index] for k, v in self._columns.items()}
 
 
 def configured_sources(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -179,8 +251,9 @@ def write_split_listing(config: ml_collections.ConfigDict, workdir: str) -> None
           source = get_source(name, split, config)
         except (ValueError, KeyError):  # a source without this split
           continue
-        if not hasattr(source, "__getitem__") or not len(source) or "path" not in source[0]:
+        if not hasattr(source, "columns") and (
+            not hasattr(source, "__getitem__") or not len(source) or "path" not in source[0]):
           continue  # generated on the fly (synthetic): nothing to list
-        for i in range(len(source)):
-          record = source[i]
-          out.writerow([name, split, record["path"], record["label"]])
+        c = columns(source)
+        for path, label in zip(c["path"], c["label"]):
+          out.writerow([name, split, path, label])
