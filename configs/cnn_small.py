@@ -7,7 +7,7 @@
 For a user with a couple of thousand photos and no pretrained weights: 1.2 M parameters,
 trains in minutes on a CPU at 64 px (--config.data.image_size=64).
 """
-from configs.common import get_base_config
+from configs.common import get_base_config, use_adamw
 
 
 def get_config():
@@ -20,12 +20,8 @@ def get_config():
   config.model.arch = "cnn_small"
   config.model.dropout = 0.5
   config.model.compute_dtype = "float32"  # bf16 is slower than f32 on CPUs; bfloat16 on GPUs
-  config.optimizer.name = "adamw"
-  config.optimizer.lr = 2e-4  # the seed's Adam rate
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.warmup_epochs = 0.5
+  use_adamw(config, lr=2e-4, weight_decay=1e-4)  # the seed's Adam rate
   config.label_smoothing = 0.0
   config.total_epochs = 30.0
   config.eval_every_epochs = 2.0
-  config.log_every = 50
   return config

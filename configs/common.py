@@ -80,6 +80,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def use_adamw(config: ml_collections.ConfigDict, *, lr: float, weight_decay: float,
+              warmup_epochs: float = 0.5) -> ml_collections.ConfigDict:
+  """AdamW with a warmup counted in epochs: the CPU-budget configs' optimizer."""
+  config.optimizer.name = "adamw"
+  config.optimizer.lr = lr
+  config.optimizer.weight_decay = weight_decay
+  config.optimizer.warmup_epochs = warmup_epochs
+  return config
+
+
 def add_sources(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """`configs/x.py:celeba,peta` → those sources, each to be pointed at its files with
   `--config.data.sources.celeba.manual_dir=PATH`; no arg → `--config.data.folder=PATH`."""

@@ -22,7 +22,7 @@ on the validation split only (n=2,332, flip TTA, 95% CIs):
 Test split, read once for this config: balanced accuracy 0.907 [0.895, 0.919], AUC 0.969;
 race gap 5.8 points (Black 0.937, Asian 0.879); ages 0-9 0.679, 20-69 0.94-0.97.
 """
-from configs.common import get_base_config
+from configs.common import get_base_config, use_adamw
 
 
 def get_config():
@@ -36,10 +36,7 @@ def get_config():
   config.model.arch = "resnet18"
   config.model.width = 16  # a quarter of ResNet-18's channels: ~150 img/s training on 2 CPU cores
   config.model.compute_dtype = "float32"  # bf16 is slower than f32 on CPUs
-  config.optimizer.name = "adamw"
-  config.optimizer.lr = 2e-3
-  config.optimizer.weight_decay = 0.05
-  config.optimizer.warmup_epochs = 0.5
+  use_adamw(config, lr=2e-3, weight_decay=0.05)
   config.label_smoothing = 0.1
   config.total_epochs = 12.0
   config.eval_every_epochs = 2.0

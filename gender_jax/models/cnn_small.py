@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from gender_jax.models.vgg import ConvBN
+from gender_jax.models.layers import PooledBlocks
 
 NUM_BLOCKS = 4
 CONVS_PER_BLOCK = 2
@@ -19,45 +19,21 @@ WIDTH = 32       # channels of the first block
 HIDDEN = 256     # the dense layer before the head
 
 
-class CnnSmall(nnx.Module):
+class CnnSmall(PooledBlocks):
   """Input NHWC, already normalised; blocks `block1`…`block4`, `fc1`, head `fc`."""
+
+  head_stages = ("fc1", "fc")
 
   def __init__(self, *, num_classes: int = 2, width: int = WIDTH, hidden: int = HIDDEN,
                dropout: float = 0.5, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.dtype = dtype
-    cin = 3
-    for i in range(NUM_BLOCKS):
-      cout = width * 2**i
-      convs = []
-      for _ in range(CONVS_PER_BLOCK):
-        # BatchNorm (which the seed lacked) lets it train at the framework's usual rates.
-        convs.append(ConvBN(cin, cout, True, dtype, rngs))
-        cin = cout
-      setattr(self, f"block{i + 1}", nnx.List(convs))
+    # BatchNorm (which the seed lacked) lets it train at the framework's usual rates.
+    cin = self.build_blocks([(width * 2**i,) * CONVS_PER_BLOCK for i in range(NUM_BLOCKS)],
+                            batch_norm=True, dtype=dtype, rngs=rngs)
     dense = dict(dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     self.fc1 = nnx.Linear(cin, hidden, **dense)
     self.fc = nnx.Linear(hidden, num_classes, kernel_init=nnx.initializers.zeros, **dense)
     self.dropout = nnx.Dropout(dropout)
     self.num_features = hidden
-
-  @property
-  def stages(self) -> tuple[str, ...]:
-    return (*(f"block{i + 1}" for i in range(NUM_BLOCKS)), "fc1", "fc")
-
-  @staticmethod
-  def stage_of(path: tuple) -> str:
-    return str(path[0])
-
-  def features(self, x):
-    """Per-block activations (after each pool)."""
-    x = x.astype(self.dtype)
-    out = {}
-    for i in range(NUM_BLOCKS):
-      for layer in getattr(self, f"block{i + 1}"):
-        x = layer(x)
-      x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-      out[f"block{i + 1}"] = x
-    return out
 
   def __call__(self, x, *, rngs: nnx.Rngs | None = None):
     x = self.features(x)[f"block{NUM_BLOCKS}"]

@@ -10,6 +10,8 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
+from gender_jax.models.layers import PooledBlocks
+
 # Channels per conv, one tuple per pooling block (torchvision cfgs "A", "B", "D", "E").
 CFGS = {
     "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
@@ -35,35 +37,14 @@ def adaptive_avg_pool(x, size: int):
   return jnp.stack(cols, axis=2)
 
 
-class ConvBN(nnx.Module):
-  def __init__(self, cin, cout, batch_norm: bool, dtype, rngs):
-    self.conv = nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype,
-                         param_dtype=jnp.float32,
-                         kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                         rngs=rngs)
-    self.bn = nnx.data(nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                                     param_dtype=jnp.float32, rngs=rngs) if batch_norm else None)
+class VGG(PooledBlocks):
+  """Blocks `block1`…`blockN` (ConvBN lists, see layers.py), `fc1`, `fc2`, head `fc`."""
 
-  def __call__(self, x):
-    x = self.conv(x)
-    if self.bn is not None:
-      x = self.bn(x)
-    return nnx.relu(x)
+  head_stages = ("fc1", "fc2", "fc")
 
-
-class VGG(nnx.Module):
   def __init__(self, name: str, *, batch_norm: bool = False, num_classes: int = 2,
                dtype=jnp.float32, dropout: float = 0.5, rngs: nnx.Rngs):
-    cfg = CFGS[name]
-    self.dtype = dtype
-    self.num_blocks = len(cfg)
-    cin = 3
-    for i, widths in enumerate(cfg):
-      convs = []
-      for cout in widths:
-        convs.append(ConvBN(cin, cout, batch_norm, dtype, rngs))
-        cin = cout
-      setattr(self, f"block{i + 1}", nnx.List(convs))
+    cin = self.build_blocks(CFGS[name], batch_norm=batch_norm, dtype=dtype, rngs=rngs)
     width = FC_WIDTH.get(name, 4096)
     dense = dict(dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     self.fc1 = nnx.Linear(cin * POOL_SIZE * POOL_SIZE, width, **dense)
@@ -71,25 +52,6 @@ class VGG(nnx.Module):
     self.fc = nnx.Linear(width, num_classes, kernel_init=nnx.initializers.zeros, **dense)
     self.dropout = nnx.Dropout(dropout)
     self.num_features = width
-
-  @property
-  def stages(self) -> tuple[str, ...]:
-    return (*(f"block{i + 1}" for i in range(self.num_blocks)), "fc1", "fc2", "fc")
-
-  @staticmethod
-  def stage_of(path: tuple) -> str:
-    return str(path[0])
-
-  def features(self, x):
-    """Returns the per-block activations (after each pool), for port parity checks."""
-    x = x.astype(self.dtype)
-    out = {}
-    for i in range(self.num_blocks):
-      for layer in getattr(self, f"block{i + 1}"):
-        x = layer(x)
-      x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-      out[f"block{i + 1}"] = x
-    return out
 
   def __call__(self, x, *, rngs: nnx.Rngs | None = None):
     x = self.features(x)[f"block{self.num_blocks}"]
