@@ -14,6 +14,7 @@ from flax import nnx
 
 from gender_jax import checkpoint
 from gender_jax.models import create_model, ports as convert
+from tests.helpers import randomize_torch, state_dict_numpy, torch_libs, torchvision_port
 
 RTOL = 1e-4
 
@@ -24,15 +25,15 @@ def _rel_err(ours, ref) -> float:
   return float(np.max(np.abs(ours - ref)) / max(np.max(np.abs(ref)), 1e-12))
 
 
-def _abstract_model(arch, variant, num_classes):
+def _abstract_model(arch, variant, num_classes, width=0.0):
   """Shapes only: the tests fill every variable from a port (random init costs ~10-30 s)."""
   cfg = ml_collections.ConfigDict(dict(arch=arch, num_classes=num_classes,
-                                       compute_dtype="float32", variant=variant))
+                                       compute_dtype="float32", variant=variant, width=width))
   return nnx.eval_shape(lambda: create_model(cfg))
 
 
-def _our_model(arch, variant, flat, num_classes):
-  model = _abstract_model(arch, variant, num_classes)
+def _our_model(arch, variant, flat, num_classes, width=0.0):
+  model = _abstract_model(arch, variant, num_classes, width)
   checkpoint.load_flat(model, flat)  # strict: the port filled every variable, head included
   model.eval()
   return model
@@ -60,7 +61,7 @@ def _fill_unloaded(model) -> list[str]:
   return left
 
 
-def _assert_parity(model, x, ref_logits, ref_stages):
+def _assert_parity(model, x, ref_logits, ref_stages, rtol=RTOL):
   """Logits first; the per-stage table says where a mismatch starts."""
   logits, stages = _forward(model, x)
   errors = {k: _rel_err(stages[k], v) for k, v in ref_stages.items()}
@@ -68,36 +69,14 @@ def _assert_parity(model, x, ref_logits, ref_stages):
   assert np.std(ref_logits) > 0, "degenerate reference: constant logits prove nothing"
   table = "\n".join(f"  {k:8s} {e:.2e}" for k, e in errors.items())
   print(f"relative error per stage:\n{table}")  # shown with -s: the README's parity numbers
-  assert max(errors.values()) <= RTOL, f"relative error per stage:\n{table}"
+  assert max(errors.values()) <= rtol, f"relative error per stage:\n{table}"
   return errors
 
 
 # ----------------------------------------------------------------------------- torchvision
-def _torch():
-  return pytest.importorskip("torch"), pytest.importorskip("torchvision")
-
-
-def _randomize_torch(model, seed=0):
-  """Random biases, BN affine and running stats (eval mode): torchvision inits them to 0/1."""
-  torch, _ = _torch()
-  gen = torch.Generator().manual_seed(seed)
-  bn_types = (torch.nn.BatchNorm2d,)
-  with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, bn_types):
-        n = module.num_features
-        module.weight.copy_(0.5 + torch.rand(n, generator=gen))
-        module.bias.copy_(0.1 * torch.randn(n, generator=gen))
-        module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-        module.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
-      elif getattr(module, "bias", None) is not None:
-        module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
-  return model.eval()
-
-
 def _torch_reference(model, x, stage_modules):
   """(logits, {stage: NHWC activation}) from forward hooks on the named modules."""
-  torch, _ = _torch()
+  torch, _ = torch_libs()
   stages = {}
   hooks = [m.register_forward_hook(
       lambda _m, _i, out, name=name: stages.__setitem__(name, out.permute(0, 2, 3, 1).numpy()))
@@ -117,10 +96,6 @@ def _torch_stages(model, arch):
   return {f"block{i + 1}": m for i, m in enumerate(pools)}
 
 
-def _state_dict_numpy(model):
-  return {k: v.numpy() for k, v in model.state_dict().items()}
-
-
 @pytest.mark.parametrize("arch,size", [
     ("resnet18", 224),
     ("resnet50", 224),
@@ -132,11 +107,7 @@ def _state_dict_numpy(model):
       for d in (11, 13, 19) for bn in ("", "_bn")),
 ])
 def test_torchvision_parity(arch, size):
-  torch, torchvision = _torch()
-  torch.manual_seed(0)
-  ref = _randomize_torch(getattr(torchvision.models, arch)(weights=None))
-  flat, meta = convert.convert_tensors(_state_dict_numpy(ref), source="torchvision",
-                                       arch=arch, keep_head=True)
+  ref, flat, meta = torchvision_port(arch)
   assert meta["variant"] == "torchvision" and meta["preprocessing"]["preset"] == "torchvision"
   x = np.random.default_rng(0).standard_normal((2, size, size, 3), np.float32)
   ref_logits, ref_stages = _torch_reference(ref, x, _torch_stages(ref, arch))
@@ -144,8 +115,8 @@ def test_torchvision_parity(arch, size):
 
 
 def test_torchvision_mismatches_named_in_one_error():
-  torch, torchvision = _torch()
-  tensors = _state_dict_numpy(torchvision.models.resnet18(weights=None))
+  torch, torchvision = torch_libs()
+  tensors = state_dict_numpy(torchvision.models.resnet18(weights=None))
   tensors["layer2.0.conv1.wieght"] = tensors.pop("layer2.0.conv1.weight")  # a renamed tensor
   tensors["layer3.1.bn2.running_var"] = np.ones(7, np.float32)  # a wrong shape
   with pytest.raises(ValueError) as err:
@@ -158,9 +129,9 @@ def test_torchvision_mismatches_named_in_one_error():
 
 
 def test_head_dropped_and_counters_ignored():
-  _, torchvision = _torch()
+  _, torchvision = torch_libs()
   flat, meta = convert.convert_tensors(
-      _state_dict_numpy(torchvision.models.resnet18(weights=None)),
+      state_dict_numpy(torchvision.models.resnet18(weights=None)),
       source="torchvision", arch="resnet18")
   assert not any(k.startswith("fc/") for k in flat)
   assert meta["dropped"] == ["fc.bias", "fc.weight"] and meta["fresh_prefixes"] == ["fc/"]
@@ -171,10 +142,10 @@ def test_head_dropped_and_counters_ignored():
 
 def test_cli_round_trip_pth_and_safetensors(tmp_path):
   """Files written the way users get them → CLI → a 2-class model fine-tune init."""
-  torch, torchvision = _torch()
+  torch, torchvision = torch_libs()
   from safetensors.torch import save_file
   from gender_jax.convert import main
-  ref = _randomize_torch(torchvision.models.resnet18(weights=None))
+  ref = randomize_torch(torchvision.models.resnet18(weights=None))
   state = ref.state_dict()
   torch.save(state, tmp_path / "resnet18.pth")
   save_file(state, str(tmp_path / "resnet18.safetensors"))
@@ -212,7 +183,7 @@ def test_cli_round_trip_pth_and_safetensors(tmp_path):
 
 
 def test_pth_refuses_pickled_objects(tmp_path):
-  torch, _ = _torch()
+  torch, _ = torch_libs()
   torch.save({"conv1.weight": torch.zeros(1), "evil": _Pickled()}, tmp_path / "evil.pth")
   with pytest.raises(ValueError, match="weights_only"):
     convert.read_tensors(str(tmp_path / "evil.pth"))

@@ -8,8 +8,13 @@ the torchvision key map turns roles into Sequential positions.
 
 `variant="keras"` changes the padding: Keras pads a strided conv TF-style (`SAME`: the
 extra pixel at the bottom/right), torchvision symmetrically; with the other it would shift
-every activation by a pixel. Stages for fine-tuning group blocks by output stride, like
-ResNet's: `stem` (stride 2), `layer1`…`layer4` (4…32), then the head (`fc1`, `fc`).
+every activation by a pixel. It also follows Keras's `alpha` where that differs from
+torchvision's `width_mult` (both are `width` here; at 1.0 they agree): Keras's V3 keeps its
+stem at 16 channels, sizes each expansion as a ratio of the block's scaled input, and widens
+the pre-logits layer only for alpha > 1; its V2 truncates `channels * alpha` before rounding.
+
+Stages for fine-tuning group blocks by output stride, like ResNet's: `stem` (stride 2),
+`layer1`…`layer4` (4…32), then the head (`fc1`, `fc`).
 """
 from __future__ import annotations
 
@@ -150,18 +155,28 @@ class MobileNet(nnx.Module):
     # Keras uses eps 1e-3 for both. Flax's momentum is 1 - torch's.
     eps = 1e-5 if v2 and variant == "torchvision" else 1e-3
     layers = _Layers(dtype, variant, eps, 0.9 if v2 else 0.99, rngs)
+    keras = variant == "keras"
     ch = lambda c: make_divisible(c * width)  # noqa: E731
+    # Keras's V2 rounds int(filters * alpha) (mobilenet_v2._inverted_res_block).
+    ch_out = (lambda c: make_divisible(int(c * width))) if keras and v2 else ch  # noqa: E731
     self.dtype, self.version = dtype, 2 if v2 else 3
     stem_act = "relu6" if v2 else "hswish"
-    cin = ch(stem)
+    cin = stem if keras and not v2 else ch(stem)
     features, strides = [ConvBN(3, cin, 3, layers, 2, act=stem_act)], [2]
+    table_in = stem  # the previous layer's unscaled width: Keras V3's ratios divide by it
     for b in blocks:
-      # V2 sizes the expansion from the (scaled) input, V3 scales its own table entry.
-      exp = cin * b.ratio if b.ratio else ch(b.expanded)
-      cout = ch(b.out)
+      # V2 sizes the expansion from the (scaled) input, V3 scales its own table entry; Keras's
+      # V3 instead applies the table's ratio to the scaled input.
+      if b.ratio:
+        exp = cin * b.ratio
+      elif keras:
+        exp = make_divisible(cin * (b.expanded / table_in))
+      else:
+        exp = ch(b.expanded)
+      cout = ch_out(b.out)
       features.append(InvertedResidual(cin, exp, cout, b, layers))
       strides.append(b.stride)
-      cin = cout
+      cin, table_in = cout, b.out
     # V2 never narrows its last conv below 1280 (torchvision: last_channel * max(1, width)).
     last = make_divisible(last * max(1.0, width)) if v2 else 6 * cin
     features.append(ConvBN(cin, last, 1, layers, act=stem_act))
@@ -177,7 +192,7 @@ class MobileNet(nnx.Module):
     self.fc1 = nnx.data(None)
     width_in = last
     if fc1:  # V3's pre-logits layer (Keras: the 1x1 conv_2 after pooling)
-      width_in = make_divisible(fc1 * width)
+      width_in = make_divisible(fc1 * width) if width > 1 or not keras else fc1
       self.fc1 = nnx.Linear(last, width_in, kernel_init=nnx.initializers.normal(0.01), **dense)
     self.dropout = nnx.Dropout(dropout)
     self.fc = nnx.Linear(width_in, num_classes, kernel_init=nnx.initializers.zeros, **dense)

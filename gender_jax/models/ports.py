@@ -33,7 +33,7 @@ ARCHS = {
     "torchvision": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                     *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
                     *MOBILENETS, "inception_v3"),
-    "keras": ("vgg16", "vgg19", "resnet50", *MOBILENETS),
+    "keras": ("vgg16", "vgg19", "resnet50", *MOBILENETS, "inception_v3"),
 }
 # The model conventions and the input each source's ImageNet weights were trained on.
 VARIANT = {"torchvision": "torchvision", "keras": "keras"}
@@ -44,8 +44,12 @@ PRESET = {"torchvision": "torchvision", "keras": "caffe"}
 _IN_MODEL = "Rescaling(1/127.5, offset=-1) inside the Keras model"
 KERAS_PREPROCESSING = dict(mobilenet_v2="preprocess_input: x/127.5 - 1", vgg16="caffe",
                            mobilenet_v3_small=_IN_MODEL, mobilenet_v3_large=_IN_MODEL,
-                           vgg19="caffe", resnet50="caffe")
+                           vgg19="caffe", resnet50="caffe",
+                           inception_v3="preprocess_input: x/127.5 - 1")
 IMAGE_SIZE = 224
+# MobileNet width multipliers with published ImageNet weights (Keras V2: all of them; Keras
+# V3: 0.75, 1.0; torchvision: 1.0): a file's width is found among these when not given.
+MOBILENET_WIDTHS = (1.0, 0.75, 0.5, 0.35, 1.3, 1.4)
 HEAD = "fc/"  # our classifier head; always re-initialised when fine-tuning
 
 
@@ -79,8 +83,10 @@ def _safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 # Keras stores a layer's weights in creation order; names vary across Keras versions
-# ("kernel:0", "block1_conv1_W_1:0", "vars/0"), the order does not.
+# ("kernel:0", "block1_conv1_W_1:0", "vars/0"), the order does not. Three weights are a
+# BatchNormalization with scale=False (InceptionV3's), the only such layer Keras ships.
 _KERAS_WEIGHTS = {1: ("kernel",), 2: ("kernel", "bias"),
+                  3: ("beta", "moving_mean", "moving_variance"),
                   4: ("gamma", "beta", "moving_mean", "moving_variance")}
 
 
@@ -90,7 +96,7 @@ def _keras_layer(path: str, layer: str, arrays: list[np.ndarray], out: dict) -> 
   names = _KERAS_WEIGHTS.get(len(arrays))
   if names is None:
     raise ValueError(f"{path}: layer {layer!r} has {len(arrays)} weights; a Conv2D/Dense has "
-                     "1-2 and a BatchNormalization 4")
+                     "1-2 and a BatchNormalization 3-4")
   out.update({f"{layer}/{n}": a for n, a in zip(names, arrays)})
 
 
@@ -221,7 +227,8 @@ def _keras_vgg(shapes: dict[str, tuple], arch: str) -> dict:
 
 def _key_map(source: str, arch: str) -> Callable[[dict, str], dict]:
   if arch == "inception_v3":
-    return ports_zoo.torchvision_inception
+    return {"torchvision": ports_zoo.torchvision_inception,
+            "keras": ports_zoo.keras_inception}[source]
   if arch in MOBILENETS:
     return {"torchvision": ports_zoo.torchvision_mobilenet,
             "keras": ports_zoo.keras_mobilenet}[source]
@@ -232,12 +239,15 @@ def _key_map(source: str, arch: str) -> Callable[[dict, str], dict]:
           ("keras", "vgg"): _keras_vgg}[source, family]
 
 
-def target_shapes(arch: str, variant: str, num_classes: int) -> dict[str, tuple]:
-  """Shapes of every parameter and batch statistic, without allocating the model."""
+def target_shapes(arch: str, variant: str, num_classes: int, width: float | None = None
+                  ) -> dict[str, tuple]:
+  """Shapes of every parameter and batch statistic, without allocating the model; `width`
+  is a MobileNet's multiplier (None: the arch's default width)."""
   import ml_collections
   from gender_jax.models import create_model
   cfg = ml_collections.ConfigDict(dict(arch=arch, num_classes=num_classes,
-                                       compute_dtype="float32", variant=variant))
+                                       compute_dtype="float32", variant=variant,
+                                       width=width or 0))
   model = nnx.eval_shape(lambda: create_model(cfg))
   state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
   return {checkpoint.flat_key(p): tuple(v.get_value().shape)
@@ -250,23 +260,32 @@ def _is_counter(key: str) -> bool:
 
 
 def convert_tensors(tensors: dict[str, np.ndarray], *, source: str, arch: str,
-                    keep_head: bool = False, origin: str = "weights"
+                    keep_head: bool = False, origin: str = "weights",
+                    width: float | None = None
                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Source tensors → (flat weights for our model, meta). Raises once with every problem.
 
   Without `keep_head` the source's classifier head is dropped and the result has no "fc/"
   keys (the fine-tune head is initialised fresh). Keras VGG files saved without top have no
   fc1/fc2 either; those are then recorded in meta["fresh_prefixes"] and trained from scratch.
+  A MobileNet's width multiplier (Keras's alpha) is `width`, else the one of
+  MOBILENET_WIDTHS the file's shapes fit; meta["width"] records it for `model.width`.
   """
   if source not in SOURCES:
     raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
   if arch not in ARCHS[source]:
     raise ValueError(f"{source} has no {arch!r} port; choose from {', '.join(ARCHS[source])}")
   variant = VARIANT[source]
+  if source == "keras" and arch == "inception_v3":
+    tensors = ports_zoo.keras_renumber(tensors)
   # Size the head from the file, so keep_head works for any number of source classes.
   head_src = _key_map(source, arch)({HEAD + "bias": (1,)}, arch)[HEAD + "bias"][0]
   num_classes = int(np.shape(tensors[head_src])[0]) if head_src in tensors else None
-  shapes = target_shapes(arch, variant, num_classes or 1000)
+  if arch in MOBILENETS:
+    width = width or _fitting_width(tensors, source, arch, variant, num_classes or 1000)
+  elif width not in (None, 1.0):
+    raise ValueError(f"width {width} is for MobileNets; {arch} has no width multiplier")
+  shapes = target_shapes(arch, variant, num_classes or 1000, width)
   plan = _key_map(source, arch)(shapes, arch)
 
   fresh, dropped = [], set(k for k in tensors if _is_counter(k))
@@ -308,12 +327,27 @@ def convert_tensors(tensors: dict[str, np.ndarray], *, source: str, arch: str,
               "keras-applications 'resnet/resnet50_weights_tf_dim_ordering_tf_kernels' file)")
     raise ValueError(f"{origin}: {len(problems)} problem(s) porting {source} {arch}{hint}:\n  "
                      + "\n  ".join(problems))
+  if arch in MOBILENETS:
+    meta_extra["width"] = width
   meta = dict(arch=arch, variant=variant, source=source,
               preprocessing=preprocess.make_spec(IMAGE_SIZE, _preset(source, arch)),
               num_source_classes=num_classes, has_head=bool(keep_head),
               fresh_prefixes=fresh, dropped=sorted(k for k in dropped if not _is_counter(k)),
               **meta_extra)
   return flat, meta
+
+
+def _fitting_width(tensors, source: str, arch: str, variant: str, num_classes: int) -> float:
+  """The first of MOBILENET_WIDTHS whose every mapped shape agrees with the file (the first
+  conv alone is not enough: V2's stem is 16 wide at both 0.35 and 0.5); else 1.0, so that
+  the caller's error lists what differs."""
+  for width in MOBILENET_WIDTHS:
+    shapes = target_shapes(arch, variant, num_classes, width)
+    plan = _key_map(source, arch)(shapes, arch)
+    if all(np.shape(tensors[src]) == tuple(t.source_shape(shapes[key]))
+           for key, (src, t) in plan.items() if src in tensors and not key.startswith(HEAD)):
+      return width
+  return 1.0
 
 
 def _preset(source: str, arch: str) -> str:
@@ -332,11 +366,11 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
-def convert_file(path: str, *, source: str, arch: str, keep_head: bool = False
-                 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def convert_file(path: str, *, source: str, arch: str, keep_head: bool = False,
+                 width: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Reads and converts one weights file; meta records where it came from."""
   flat, meta = convert_tensors(read_tensors(path), source=source, arch=arch,
-                               keep_head=keep_head, origin=path)
+                               keep_head=keep_head, origin=path, width=width)
   meta.update(source_file=os.path.basename(path), source_sha256=_sha256(path))
   return flat, meta
 
@@ -364,7 +398,10 @@ def load_pretrained(model, directory: str, *, head: bool | None = False) -> dict
     checkpoint.load_flat(model, flat, skip_prefixes=tuple(skip))
   except ValueError as e:
     recorded = meta.get("model", meta)  # a bundle keeps arch/variant under "model"
+    width = recorded.get("width")
     raise ValueError(f"{directory} holds {recorded.get('arch', '?')} weights (variant "
-                     f"{recorded.get('variant', '?')}); build the model with that model.arch "
-                     f"and model.variant. {e}") from None
+                     f"{recorded.get('variant', '?')}{f', width {width}' if width else ''}); "
+                     "build the model with that model.arch"
+                     f"{', model.variant and model.width' if width else ' and model.variant'}. "
+                     f"{e}") from None
   return meta

@@ -1,9 +1,14 @@
-"""Key maps for the MobileNet V2/V3 ports (torchvision and Keras); ports.py dispatches here.
+"""Key maps for the MobileNet V2/V3 and Inception-v3 ports (torchvision and Keras); ports.py
+dispatches here.
 
 Same contract as ports.py's maps: {target key: (source key, transform)} for every key of
 the target model, built from the target's shapes alone.
 """
 from __future__ import annotations
+
+import re
+
+import numpy as np
 
 from gender_jax.models import keymaps as _c
 
@@ -13,6 +18,9 @@ KERAS_DEPTHWISE = _c.Transform("(k,k,C,1)→(k,k,1,C)", lambda a: a.transpose(0,
 # Keras MobileNetV3 applies its post-pooling layers as 1x1 convs; ours are Linear.
 KERAS_1X1_LINEAR = _c.Transform("1x1 conv→linear", lambda a: a.reshape(a.shape[2:]),
                                 lambda s: (1, 1, *s))
+# Keras BatchNorm with scale=False (InceptionV3) stores no gamma: ours is 1. Read from the
+# beta of the same layer, so the shape is checked and the layer's tensors all count as used.
+KERAS_NO_GAMMA = _c.Transform("ones (Keras BN scale=False)", np.ones_like, lambda s: s)
 ROLES = ("expand", "depthwise", "se", "project")  # a block's layers, in torchvision's order
 
 
@@ -84,4 +92,45 @@ def torchvision_inception(shapes: dict[str, tuple], arch: str) -> dict:
   for key, shape in shapes.items():
     *mod, leaf = key.split("/")
     plan[key] = (".".join(mod + [_c._TORCH_LEAF[leaf]]), _c._by_ndim(shape))
+  return plan
+
+
+_KERAS_UNNAMED = re.compile(r"(conv2d|batch_normalization)(?:_(\d+))?/(.+)")
+
+
+def keras_renumber(tensors: dict) -> dict:
+  """Keras InceptionV3's layers are unnamed: conv2d, conv2d_1, … numbered by the session that
+  built them (the keras-applications file starts at conv2d_1, a fresh Keras 3 at conv2d).
+  Renumbers each kind from 0 in that order, so the key map can name them by creation order."""
+  numbers = {}
+  for key in tensors:
+    m = _KERAS_UNNAMED.fullmatch(key)
+    if m:
+      numbers.setdefault(m[1], set()).add(int(m[2] or 0))
+  rank = {kind: {n: i for i, n in enumerate(sorted(ns))} for kind, ns in numbers.items()}
+  out = {}
+  for key, value in tensors.items():
+    m = _KERAS_UNNAMED.fullmatch(key)
+    out[f"{m[1]}_{rank[m[1]][int(m[2] or 0)]}/{m[3]}" if m else key] = value
+  return out
+
+
+def keras_inception(shapes: dict[str, tuple], arch: str) -> dict:
+  """Source names as `keras_renumber` leaves them: conv2d_i / batch_normalization_i is our
+  i-th BasicConv2d in creation order; the Dense head is `predictions`."""
+  from gender_jax.models import inception
+  index = {path: i for i, path in enumerate(inception.conv_order())}
+  plan = {}
+  for key in shapes:
+    *mod, part, leaf = key.split("/")
+    if not mod:  # fc/kernel, fc/bias
+      plan[key] = (f"predictions/{_c._KERAS_LEAF[leaf]}", _c.IDENTITY)
+      continue
+    i = index["/".join(mod)]
+    if part == "conv":
+      plan[key] = (f"conv2d_{i}/{_c._KERAS_LEAF[leaf]}", _c.IDENTITY)
+    elif leaf == "scale":
+      plan[key] = (f"batch_normalization_{i}/beta", KERAS_NO_GAMMA)
+    else:
+      plan[key] = (f"batch_normalization_{i}/{_c._KERAS_BN_LEAF[leaf]}", _c.IDENTITY)
   return plan
