@@ -9,6 +9,9 @@ Every number comes with its 95% CI and sample count. Writes report.json, report.
 (reliability diagram, accuracy vs coverage, one bar chart per subgroup field, and with several
 bundles or sources a cross-dataset matrix). `--calibrate-on DATA` fits the temperature on held-out
 data first; `--write-calibration` stores it (and `--target-accuracy`'s threshold) in the bundle.
+`--faces detect` evaluates photos of people: each photo's most confident face is found,
+aligned to the bundle's template and classified (`gender_jax.faces`); photos without a face
+are listed and left out of the numbers, the share found is reported.
 """
 from __future__ import annotations
 
@@ -132,7 +135,8 @@ def evaluate_bundle(bundle_dir: str, datasets: Sequence[eval_data.Dataset], out_
                     calibrate_on: eval_data.Dataset | None = None, write_calibration: bool = False,
                     target_accuracy: float | None = None, tta: str = "none", batch_size: int = 64,
                     bootstrap: int = 1000, compute_dtype: str | None = None,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, faces: str = "off",
+                    detector: str = "full") -> dict[str, Any]:
   """Runs the bundle over the datasets; writes report.json, report.md and plots to out_dir."""
   os.makedirs(out_dir, exist_ok=True)
   bundle = Bundle(bundle_dir, compute_dtype)
@@ -155,8 +159,17 @@ def evaluate_bundle(bundle_dir: str, datasets: Sequence[eval_data.Dataset], out_
                                                    count=int(len(val.labels)),
                                                    target_accuracy=target_accuracy))
   logits, labels, metas, errors = [], [], [], []
+  face_pipeline = None
+  if faces != "off":
+    from gender_jax.faces.pipeline import FacePipeline
+    face_pipeline = FacePipeline(bundle, detector=detector, faces=faces)
+  no_face: list[dict[str, str]] = []
   for ds in datasets:
-    out = predictor.logits_for_records(ds.records, progress=progress)
+    if face_pipeline is not None:
+      out, missed = face_logits(face_pipeline, ds.records, temperature)
+      no_face += [dict(source=ds.name, key=k) for k in missed]
+    else:
+      out = predictor.logits_for_records(ds.records, progress=progress)
     logits.append(out.values)
     labels.append(out.labels)
     metas += out.metas
@@ -169,8 +182,43 @@ def evaluate_bundle(bundle_dir: str, datasets: Sequence[eval_data.Dataset], out_
   report["calibration"]["fitted"] = fitted
   report["calibration"]["source"] = "fitted now" if fitted else "stored in the bundle"
   report["unreadable"] = errors
+  if face_pipeline is not None:
+    total = report["count"] + len(no_face)
+    report["faces"] = dict(mode=faces, detector=detector, images=total, no_face=no_face,
+                           found_fraction=report["count"] / total if total else None)
   write_report(report, out_dir)
   return report
+
+
+def face_logits(pipeline, records, temperature: float, chunk: int = 64):
+  """Each record's photo through detect → align → classify; the answer for a labelled photo
+  is its most confident detection's (one person per labelled photo). Logits are recovered
+  from the calibrated probabilities as T·log p, equal to the raw logits up to a per-image
+  constant, so the report's calibration section still compares T=1 with T.
+  Returns (Outputs, keys of the photos where no face was found)."""
+  from gender_jax.data import preprocess
+  from gender_jax.predict import Outputs
+  values, labels, metas, errors, missed = [], [], [], [], []
+  for lo in range(0, len(records), chunk):
+    images, kept = [], []
+    for i in range(lo, min(lo + chunk, len(records))):
+      meta = eval_data.record_meta(records, i)
+      try:
+        images.append(preprocess.decode(records[i]["image"]))
+        kept.append(meta)
+      except preprocess.ImageError as e:
+        errors.append((str(meta.get("key", i)), str(e)))
+    for meta, found in zip(kept, pipeline(images) if images else []):
+      if not found:
+        missed.append(str(meta.get("key", "")))
+        continue
+      best = max(found, key=lambda f: f["score"])
+      p = np.clip([best["p_female"], best["p_male"]], 1e-12, 1.0)
+      values.append(temperature * np.log(p))
+      labels.append(int(meta.get("label", -1)))
+      metas.append(meta)
+  values = np.stack(values).astype(np.float32) if values else np.zeros((0, 2), np.float32)
+  return Outputs(values, np.asarray(labels, np.int64), metas, errors), missed
 
 
 # ------------------------------------------------------------------------------ output
@@ -273,6 +321,13 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
       acc = "–" if c["accuracy"] is None else f"{c['accuracy']:.3f}"
       md.append(f"| {c['threshold']:.2f} | {c['coverage']:.3f} | {acc} |")
   md += ["", "![coverage](coverage.png)"]
+  if report.get("faces"):
+    fc = report["faces"]
+    md += ["", "## Faces", "",
+           f"Faces found ({fc['mode']}, BlazeFace {fc['detector']} range) in "
+           f"{fc['images'] - len(fc['no_face'])} of {fc['images']} images "
+           f"({fc['found_fraction']:.3f}); the numbers above are over those. No face found in:"]
+    md += [f"- {e['source']}: `{e['key']}`" for e in fc["no_face"][:50]]
   if report["unreadable"]:
     md += ["", "## Unreadable inputs", ""]
     md += [f"- {e['source']}: `{e['key']}`: {e['reason']}" for e in report["unreadable"][:50]]
@@ -349,6 +404,12 @@ def main(argv=None):
                            "--bootstrap 200 for a quick look)")
   parser.add_argument("--compute-dtype", help="override the bundle's compute dtype "
                       "(example: --compute-dtype float32 for a bfloat16 bundle on CPU)")
+  parser.add_argument("--faces", default="off", choices=("off", "detect", "auto"),
+                      help="find and align faces first (default off: the images are face "
+                           "crops already; example: --faces detect for photos of people)")
+  parser.add_argument("--detector", default="full", choices=("full", "short"),
+                      help="BlazeFace model for --faces (default full: small faces too; "
+                           "short: faces filling much of the photo, faster)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar (example: --quiet)")
   args = parser.parse_args(argv)
   runs = [(b, None) for b in args.bundle] + [(os.path.join(w, "bundle"), w) for w in args.workdir]
@@ -380,7 +441,8 @@ def main(argv=None):
         bundle_dir, datasets, out_dir, calibrate_on=calibrate_on,
         write_calibration=args.write_calibration, target_accuracy=args.target_accuracy,
         tta=args.tta, batch_size=args.batch_size, bootstrap=args.bootstrap,
-        compute_dtype=args.compute_dtype, progress=not args.quiet)
+        compute_dtype=args.compute_dtype, progress=not args.quiet, faces=args.faces,
+        detector=args.detector)
     o = reports[name]["overall"]
     print(f"{name}: n={o['count']} accuracy {_fmt(o['accuracy'])} balanced "
           f"{_fmt(o.get('balanced_accuracy'))} → {out_dir}/report.md", file=sys.stderr)
