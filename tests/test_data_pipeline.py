@@ -180,3 +180,33 @@ def test_balance_by_subgroup_evens_out_the_groups(tmp_path):
   unbalanced = balance.Balanced(records, "race", power=0.0, seed=0)
   share0 = np.mean([unbalanced[i]["subgroups"]["race"] == "0" for i in range(len(unbalanced))])
   assert abs(share0 - 300 / 380) < 0.04
+
+
+def test_store_size_caps_the_shorter_side_keeping_aspect(tmp_path):
+  """Prepared with store_size=20, a 40×60 (w×h) JPEG is stored 20×30 (re-encoded), a 32×32
+  one 20×20; smaller images are kept as they are; each size is its own prepared copy."""
+  from gender_jax.data import prepare
+  root = tmp_path / "f"
+  fixtures.folder(str(root), per_class=10, csv=False)
+  fixtures.write_image(str(root / "Male" / "tall.jpg"), 7, size=(60, 40), fmt="JPEG")  # h, w
+  fixtures.write_image(str(root / "female" / "small.jpg"), 8, size=(16, 12), fmt="JPEG")
+  config = _config({"folder": dict(path=str(root), data_dir=str(tmp_path / "d"), weight=1.0,
+                                   store_size=20)})
+  stored = sources.get_source("folder", "train", config)
+  full = prepare.prepare("folder", str(root), str(tmp_path / "d"))
+  assert "stored_20px" in stored.data_path and os.fspath(full.data_path) != stored.data_path
+  sizes = {}
+  for split in ("train", "validation", "test"):
+    s = sources.get_source("folder", split, config)
+    for i in range(len(s)):
+      sizes[s[i]["path"]] = Image.open(io.BytesIO(s[i]["image"])).size
+  assert sizes["Male/tall.jpg"] == (20, 30)
+  assert sizes["female/small.jpg"] == (12, 16)
+  assert all(wh == (20, 20) for p, wh in sizes.items() if p not in ("female/small.jpg",
+                                                                       "Male/tall.jpg"))
+  # Training reads them like any prepared split; "auto" is ~1.15x the training size.
+  assert next(iter(pipeline.train_dataset(config)))["image"].shape == (8, 32, 32, 3)
+  with config.unlocked():
+    config.data.sources["folder"]["store_size"] = "auto"
+  assert sources.store_size(config.data.sources["folder"], config) == prepare.store_size_for(32)
+  assert prepare.store_size_for([112, 224]) == 258
