@@ -204,9 +204,9 @@ def test_store_size_caps_the_shorter_side_keeping_aspect(tmp_path):
   assert sizes["female/small.jpg"] == (12, 16)
   assert all(wh == (20, 20) for p, wh in sizes.items() if p not in ("female/small.jpg",
                                                                        "Male/tall.jpg"))
-  # Training reads them like any prepared split; "auto" is ~1.15x the training size.
+  # Training reads them like any prepared split; -1 ("auto") is ~1.15x the training size.
   assert next(iter(pipeline.train_dataset(config)))["image"].shape == (8, 32, 32, 3)
   with config.unlocked():
-    config.data.sources["folder"]["store_size"] = "auto"
+    config.data.sources["folder"]["store_size"] = -1
   assert sources.store_size(config.data.sources["folder"], config) == prepare.store_size_for(32)
   assert prepare.store_size_for([112, 224]) == 258

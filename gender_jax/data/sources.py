@@ -50,11 +50,12 @@ def _data_dir(options, config) -> str | None:
 
 def store_size(options, config) -> int:
   """The stored shorter side for this source: its `store_size` option, else
-  `config.data.store_size`; 0 keeps the images as they are, "auto" is ~1.15x image_size."""
+  `config.data.store_size`; 0 keeps the images as they are, -1 (or "auto") is ~1.15x
+  data.image_size (prepare.store_size_for)."""
   from gender_jax.data import prepare
   value = options.get("store_size", config.data.get("store_size", 0)) if options is not None \
       else config.data.get("store_size", 0)
-  if value == "auto":
+  if value == "auto" or value == -1:
     return prepare.store_size_for(config.data.image_size)
   try:
     return int(value or 0)
