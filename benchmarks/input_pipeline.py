@@ -1,20 +1,31 @@
-"""Input pipeline throughput: decode + augment + batch at 224 px, grain beside plain tf.data.
+"""Input pipeline throughput, grain beside plain tf.data, per core, at several sizes.
 
   python benchmarks/input_pipeline.py [--folder ../shared/data/utkface-2k] [--data_dir DIR]
+      [--sizes 224,112] [--batch_size 64] [--batches 12] [--json results/input.json]
 
-Prepares the folder (cached), then runs the same work three ways on one thread each:
-  grain/array_record  the training pipeline (pipeline.train_dataset) over the prepared split
-  grain/in-memory     the same grain pipeline over the JPEG bytes held in memory
-  tf.data/in-memory   tf.io.decode_jpeg + sample_distorted_bounding_box crop (same area and
-                      aspect ranges) + bilinear resize + flip + batch, from the same bytes
-and prints images/s of wall time and images per CPU-second (the per-core figure: CPU time
-of every thread of the process, so it is fair on a shared machine).
+Prepares the folder (cached; at each size also a copy stored at ~1.15x that size), then, at
+each size, runs:
+  tf.data/in-memory      tf.io.decode_and_crop_jpeg on a sample_distorted_bounding_box crop
+                         (same area and aspect ranges) + bilinear resize + flip, one thread
+  grain/in-memory        the training pipeline over the same JPEG bytes held in memory
+  grain                  the training pipeline (pipeline.train_dataset) over array_record
+  grain +host colour     the same with colour jitter 0.4 and grayscale 0.1 on the host
+                         (data.device_augment off: what moving them to the device saves)
+  grain host share       data.device_augment on: the host only decodes, crops, resizes
+    … ×2 threads, 1 worker, 2 workers (processes; one thread each)
+  grain stored           host share over the copy stored at ~1.15x the size
+  grain simplejpeg       host share, data.jpeg_decoder="simplejpeg" (where it is installed)
+Prints images/s of wall time and images per CPU-second (CPU time of the process and of its
+worker processes: the per-core figure, fair on a machine shared with other jobs), as a
+Markdown table; --json writes every row with the machine's load.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
+import platform
 import sys
 import tempfile
 import time
@@ -26,29 +37,47 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 DEFAULT_FOLDER = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-2k"
+HOST_COLOUR = dict(color_jitter=0.4, grayscale=0.1)
 
 
-def _measure(name, iterator, batches, batch_size, warmup=2):
+def _cpu_seconds() -> float:
+  """CPU time of this process and its live children (grain workers)."""
+  import psutil
+  me = psutil.Process()
+  total = sum(me.cpu_times()[:2])
+  for child in me.children(recursive=True):
+    try:
+      total += sum(child.cpu_times()[:2])
+    except psutil.NoSuchProcess:
+      pass
+  return total
+
+
+def _measure(iterator, batches, batch_size, warmup=2):
   it = iter(iterator)
-  for _ in range(warmup):
+  for _ in range(warmup):  # also starts any worker processes
     next(it)
-  wall, cpu = time.perf_counter(), time.process_time()
+  wall, cpu = time.perf_counter(), _cpu_seconds()
   for _ in range(batches):
     b = next(it)
-  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+  if hasattr(it, "close"):
+    it.close()  # stops worker processes before the next row is timed
   shape = b["image"].shape if isinstance(b, dict) else b[0].shape
   n = batches * batch_size
-  print(f"{name:<22}{n / wall:>10.1f}{n / cpu:>14.1f}   batch {tuple(shape)}", flush=True)
-  return n / wall, n / cpu
+  return dict(img_s_wall=n / wall, img_per_cpu_s=n / cpu, batch=list(shape))
 
 
-def _config(options, size, batch_size):
+def _config(sources_dict, size, batch_size, threads=1, workers=0, **data):
   from configs.common import get_base_config
   config = get_base_config()
   with config.unlocked():
-    config.data.sources["folder"] = options
-    config.data.update(dict(image_size=size, batch_size=batch_size, read_threads=1,
-                            prefetch=0, num_workers=0))
+    for name, options in sources_dict.items():
+      config.data.sources[name] = options
+    config.data.update(dict(image_size=size, batch_size=batch_size, read_threads=threads,
+                            prefetch=0 if threads == 1 and not workers else 2,
+                            num_workers=workers))
+    config.data.update(data)
   return config
 
 
@@ -85,39 +114,87 @@ def tf_pipeline(images, labels, size, batch_size, seed=0):
   return ds.with_options(options).as_numpy_iterator()
 
 
+def rows_for_size(size, args, folder_options, records):
+  """(name, threads, workers, iterator factory) for one image size."""
+  from gender_jax.data import prepare
+  b, n = args.batch_size, size
+  device = dict(device_augment=True)
+  folder = {"folder": folder_options}
+  memory = {"bench_memory": dict(folder_options)}
+  stored = {"folder": dict(folder_options, store_size=prepare.store_size_for(size))}
+  images = np.array([r["image"] for r in records], dtype=object)
+  labels = np.array([r["label"] for r in records], np.int32)
+  return [
+      ("tf.data/in-memory", 1, 0, lambda: tf_pipeline(images, labels, n, b)),
+      ("grain/in-memory", 1, 0, lambda: grain_pipeline(_config(memory, n, b))),
+      ("grain", 1, 0, lambda: grain_pipeline(_config(folder, n, b))),
+      ("grain +host colour", 1, 0, lambda: grain_pipeline(_config(
+          {"folder": dict(folder_options, **HOST_COLOUR)}, n, b))),
+      ("grain host share", 1, 0, lambda: grain_pipeline(_config(folder, n, b, **device))),
+      ("grain host share", 2, 0, lambda: grain_pipeline(_config(folder, n, b, 2, **device))),
+      ("grain host share", 1, 1, lambda: grain_pipeline(_config(folder, n, b, 1, 1, **device))),
+      ("grain host share", 1, 2, lambda: grain_pipeline(_config(folder, n, b, 1, 2, **device))),
+      (f"grain stored {prepare.store_size_for(size)}px", 1, 0,
+       lambda: grain_pipeline(_config(stored, n, b, **device))),
+  ] + ([("grain simplejpeg", 1, 0, lambda: grain_pipeline(_config(
+      folder, n, b, jpeg_decoder="simplejpeg", **device)))] if _has_simplejpeg() else [])
+
+
+def _has_simplejpeg() -> bool:
+  import importlib.util
+  if importlib.util.find_spec("simplejpeg") is None:
+    print("simplejpeg not installed: its row is skipped (pip install simplejpeg)")
+    return False
+  return True
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument("--folder", default=str(DEFAULT_FOLDER))
   parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "gender_jax_bench"))
-  parser.add_argument("--image_size", type=int, default=224)
+  parser.add_argument("--sizes", default="224,112", help="comma-separated image sizes")
   parser.add_argument("--batch_size", type=int, default=64)
-  parser.add_argument("--batches", type=int, default=15)
+  parser.add_argument("--batches", type=int, default=12)
+  parser.add_argument("--json", default="", help="write every row here")
   args = parser.parse_args(argv)
+  sizes = [int(s) for s in args.sizes.split(",")]
 
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()  # grain's worker processes read its absl flags
   from gender_jax.data import prepare, sources
   t0 = time.perf_counter()
   b = prepare.prepare("folder", args.folder, args.data_dir)
-  print(f"prepared {args.folder} in {time.perf_counter() - t0:.1f} s (cached after the first run)")
+  for size in sizes:
+    prepare.prepare("folder", args.folder, args.data_dir,
+                    store_size=prepare.store_size_for(size))
+  print(f"prepared {args.folder} ({', '.join(f'stored at {prepare.store_size_for(s)} px' for s in sizes)}"
+        f" too) in {time.perf_counter() - t0:.1f} s (cached after the first run)")
   options = dict(path=args.folder, data_dir=args.data_dir, weight=1.0, flip=True,
                  crop="random_resized", crop_scale=(0.6, 1.0))
-  config = _config(options, args.image_size, args.batch_size)
+  config = _config({"folder": options}, sizes[0], args.batch_size)
   train = sources.get_source("folder", "train", config)
   records = [train[i] for i in range(len(train))]
-  print(f"{len(records)} train images from {b.data_path}; {os.cpu_count()} CPU cores visible; "
-        f"one pipeline thread each")
-  print(f"{'pipeline':<22}{'img/s wall':>10}{'img/CPU-s':>14}")
-  _measure("grain/array_record", grain_pipeline(config), args.batches, args.batch_size)
-
   sources.register("bench_memory")(lambda split, o, c: records)
-  mem_config = _config(options, args.image_size, args.batch_size)
-  with mem_config.unlocked():
-    mem_config.data.sources = {"bench_memory": dict(options)}
-  _measure("grain/in-memory", grain_pipeline(mem_config), args.batches, args.batch_size)
-
-  images = np.array([r["image"] for r in records], dtype=object)
-  labels = np.array([r["label"] for r in records], np.int32)
-  _measure("tf.data/in-memory", tf_pipeline(images, labels, args.image_size, args.batch_size),
-           args.batches, args.batch_size)
+  load = os.getloadavg()
+  print(f"{len(records)} train images from {b.data_path}; {os.cpu_count()} CPU cores visible; "
+        f"load average {load[0]:.1f} (other jobs share this machine)")
+  print("| size | pipeline | threads | workers | img/s wall | img/CPU-s |")
+  print("|---|---|---|---|---|---|")
+  results = []
+  for size in sizes:
+    for name, threads, workers, make in rows_for_size(size, args, options, records):
+      row = dict(size=size, pipeline=name, threads=threads, workers=workers,
+                 **_measure(make(), args.batches, args.batch_size))
+      results.append(row)
+      print(f"| {size} | {name} | {threads} | {workers} | {row['img_s_wall']:.0f} | "
+            f"{row['img_per_cpu_s']:.0f} |", flush=True)
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(dict(rows=results, args=vars(args), cpu_count=os.cpu_count(),
+                     load_average_start=load, load_average_end=os.getloadavg(),
+                     python=platform.python_version()), f, indent=2)
+  return results
 
 
 if __name__ == "__main__":
