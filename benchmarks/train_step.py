@@ -3,10 +3,16 @@
   python benchmarks/train_step.py                         # ResNet-50, ResNet-18, VGG-16 at 224 px
   python benchmarks/train_step.py --arch resnet50 --batch 256 --steps 50 --json r50.json
   python benchmarks/train_step.py --arch resnet_tiny --batch 8 --size 32 --steps 2 --no-peer
+  python benchmarks/train_step.py --arch resnet50,vgg16 --mode all,last_n=1,head \
+      --batch 16 --size 64 --steps 5 --warmup 1 --no-peer     # fine-tune modes side by side
 
-gender_jax: the trainer's step (`trainer.make_train_step` under `jax.jit` with the trainer's
-shardings and donated state, the optimizer of the arch's real config) on a uint8 batch made
-on the device, dispatched with the trainer's bound on steps in flight. Peers: torchvision's
+gender_jax: the trainer's step (`steps.create_train_setup`: `make_train_step` under `jax.jit`
+with the trainer's shardings and donated state, the optimizer of the arch's real config) on a
+uint8 batch made on the device, dispatched with the trainer's bound on steps in flight.
+`--mode` times fine-tune modes (`all`, `head`, `last_n=N`, `scratch`) one row each: a frozen
+stage runs in inference mode outside the gradient, so its backward pass is gone, which the
+GFLOP/img column (XLA's count for the compiled step) shows beside the forward pass alone.
+Peers (full training only) run in the `all` row's comparison. Peers: torchvision's
 model of the same name, eager and `torch.compile`, bf16 autocast, channels_last, SGD with
 Nesterov momentum and weight decay (plus VGG's gradient clipping), label smoothing, fed the
 same uint8 NHWC batch and normalising it inside the step as the JAX step does. Peers run first
@@ -31,8 +37,11 @@ import common  # noqa: I001 — sets the environment before JAX starts
 import jax
 
 ARCHS = ("resnet50", "resnet18", "vgg16")
-COLUMNS = [("arch", "model", ""), ("impl", "implementation", ""), ("img_s", "img/s", ",.0f"),
-           ("step_ms", "step ms", ".1f"), ("x_eager", "× eager", ".2f"),
+MODES = ("scratch", "all", "head", "last_n")
+COLUMNS = [("arch", "model", ""), ("impl", "implementation", ""), ("mode", "mode", ""),
+           ("img_s", "img/s", ",.0f"), ("step_ms", "step ms", ".1f"),
+           ("x_all", "× all", ".2f"), ("gflops_per_image", "GFLOP/img", ".3g"),
+           ("fwd_gflops_per_image", "fwd GFLOP/img", ".3g"), ("x_eager", "× eager", ".2f"),
            ("x_compile", "× compile", ".2f"), ("mfu", "MFU", ".1%"),
            ("tflops", "TFLOP/s", ".3g"), ("compile_s", "compile s", ".1f"),
            ("peak_gib", "peak GiB", ".2f")]
@@ -53,6 +62,8 @@ def parse_args(argv=None):
   p.add_argument("--no-peer", dest="peer", action="store_const", const="")
   p.add_argument("--compile-mode", default="default",
                  help="torch.compile mode (default, max-autotune, …)")
+  p.add_argument("--mode", default="all", help="comma-separated fine-tune modes: all, head, "
+                 "last_n=N (head + the last N stages), scratch; one row each")
   p.add_argument("--peak", type=float, help="peak TFLOP/s per device for MFU "
                  "(default: by device kind)")
   p.add_argument("--json", help="write the results here")
@@ -64,17 +75,35 @@ def parse_args(argv=None):
     p.error(f"--peer: unknown {sorted(unknown)}; choose from eager, compile")
   if args.steps < 1 or args.batch < 1:
     p.error("--steps and --batch must be ≥ 1")
+  args.modes = []
+  for m in filter(None, args.mode.split(",")):
+    name, _, n = m.partition("=")
+    if name not in MODES or bool(n) != (name == "last_n") or (n and not n.isdigit()):
+      p.error(f"--mode: {m!r} is not one of all, head, last_n=N, scratch")
+    args.modes.append((m, name, int(n or 1)))
+  if not args.modes:
+    p.error("--mode: name at least one mode")
   return args
 
 
 # ----------------------------------------------------------------------------- gender_jax
-def bench_jax(config, args) -> dict:
+def forward_flops(setup, mesh, batch) -> float | None:
+  """XLA's FLOPs for the eval graph's forward pass on this batch (whole step, all devices)."""
+  import jax.numpy as jnp
+  params, batch_stats = setup.abstract_state["params"], setup.abstract_state["batch_stats"]
+  eval_batch = dict(batch, mask=jnp.ones(batch["label"].shape, jnp.float32))
+  cost = common.compiled_cost(setup.eval_step.lower(params, batch_stats, eval_batch).compile())
+  return cost["flops"] * mesh.size if cost["flops"] else None
+
+
+def bench_jax(config, args, with_forward: bool = False) -> dict:
   from gender_jax import parallel, trainer
   mesh = parallel.create_mesh(args.devices or None)
   parallel.local_batch_size(args.batch, mesh)  # a clear error when it does not divide
   setup = common.create_train_setup(config, mesh, total_steps=10**6)
   state = jax.jit(setup.init_state, out_shardings=setup.state_sharding)()
   batch = common.synthetic_batch(mesh, args.batch, args.size)
+  fwd = forward_flops(setup, mesh, batch) if with_forward else None
 
   start = time.perf_counter()
   compiled = setup.train_step.lower(state, batch).compile()
@@ -89,9 +118,14 @@ def bench_jax(config, args) -> dict:
   step_s = (time.perf_counter() - start) / args.steps
   # Cost analysis is per device; × devices counts the work of the whole step.
   flops_per_image = cost["flops"] * mesh.size / args.batch if cost["flops"] else None
-  return dict(impl="gender_jax", step_s=step_s, compile_s=compile_s, devices=mesh.size,
-              flops_per_image=flops_per_image, peak_bytes=common.jax_peak_bytes(),
-              plan_bytes=cost["plan_bytes"])
+  row = dict(impl="gender_jax", step_s=step_s, compile_s=compile_s, devices=mesh.size,
+             flops_per_image=flops_per_image, peak_bytes=common.jax_peak_bytes(),
+             plan_bytes=cost["plan_bytes"])
+  if flops_per_image:
+    row["gflops_per_image"] = flops_per_image / 1e9
+  if fwd:
+    row["fwd_gflops_per_image"] = fwd / args.batch / 1e9
+  return row
 
 
 # ----------------------------------------------------------------------------- torch peers
@@ -149,25 +183,45 @@ def bench_torch(torch, arch, config, spec, args, compute_dtype) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- one arch
+def mode_config(config, mode: str, last_n: int):
+  config = config.copy_and_resolve_references()
+  config.finetune.mode, config.finetune.last_n = mode, last_n
+  return config
+
+
 def bench_arch(arch: str, args) -> list[dict]:
   from gender_jax.data import preprocess
   compute_dtype = common.resolve_dtype(args.dtype)
   config = common.train_config(arch, args.batch, args.size, compute_dtype)
   spec = preprocess.make_spec(args.size, config.data.preprocessing)
+  labels = [label for label, *_ in args.modes]
+  full = next((label for label, mode, _ in args.modes if mode in ("all", "scratch")), None)
   peer_rows = []
-  if args.peers:
+  if args.peers and full is None:
+    print("  torch peers skipped: they train every layer; add --mode all", flush=True)
+  elif args.peers:
     torch = common.import_torch()
     if torch is None:
       print(f"  torch peers skipped: {common.torch_skip_reason()}", flush=True)
     else:
       peer_rows = bench_torch(torch, arch, config, spec, args, compute_dtype)
-  jax_row = bench_jax(config, args)
+      for r in peer_rows:
+        r["mode"] = full
+  # The forward pass's FLOPs beside the fine-tune rows' show what backward is left in them.
+  with_forward = any(mode in ("head", "last_n") for _, mode, _ in args.modes)
+  jax_rows = []
+  for label, mode, last_n in args.modes:
+    if len(labels) > 1:
+      print(f"  mode {label}", flush=True)
+    row = bench_jax(mode_config(config, mode, last_n), args, with_forward=with_forward)
+    row["mode"] = label
+    jax_rows.append(row)
 
   device = jax.devices()[0]
   peak, peak_source = common.peak_tflops(device.device_kind, args.peak)
-  flops = jax_row.pop("flops_per_image")
-  rows = [jax_row] + peer_rows
-  by_impl = {r["impl"]: r for r in rows if "step_s" in r}
+  by_mode = {r["mode"]: r for r in jax_rows}
+  full_flops = by_mode[full]["flops_per_image"] if full else None
+  rows = jax_rows + peer_rows
   for r in rows:
     r.update(arch=arch, batch=args.batch, size=args.size, dtype=compute_dtype)
     if "step_s" not in r:
@@ -176,14 +230,22 @@ def bench_arch(arch: str, args) -> list[dict]:
     r["img_s"] = args.batch / r["step_s"]
     r["step_ms"] = r["step_s"] * 1e3
     r["peak_gib"] = common.gib(r.get("peak_bytes"))
-    if flops:  # the same model FLOPs for every implementation: MFU is comparable
+    # Peers do the full step's work: its FLOPs from XLA, so their MFU compares.
+    flops = r.get("flops_per_image") or (full_flops if r["impl"] != "gender_jax" else None)
+    if flops:
       r["flops_per_image"] = flops
       r["tflops"] = flops * r["img_s"] / devices / 1e12
       r["mfu"] = r["tflops"] / peak if peak else None
-  for peer, key in (("torch eager", "x_eager"), ("torch.compile", "x_compile")):
-    if peer in by_impl:
-      jax_row[key] = jax_row["img_s"] / jax_row["devices"] / by_impl[peer]["img_s"]
-  jax_row.update(peak_tflops=peak, peak_source=peak_source)
+  by_impl = {r["impl"]: r for r in peer_rows if "step_s" in r}
+  for row in jax_rows:
+    if full and "img_s" in by_mode[full]:
+      row["x_all"] = row["img_s"] / by_mode[full]["img_s"]
+    row.update(peak_tflops=peak, peak_source=peak_source)
+  if full:
+    for peer, key in (("torch eager", "x_eager"), ("torch.compile", "x_compile")):
+      if peer in by_impl:
+        jax_row = by_mode[full]
+        jax_row[key] = jax_row["img_s"] / jax_row["devices"] / by_impl[peer]["img_s"]
   return rows
 
 
@@ -223,7 +285,7 @@ def main(argv=None) -> dict:
     rows = run_children(args, argv)
   else:
     print(f"{args.archs[0]}: batch {args.batch}, {args.size} px, on {info['device_kind']} "
-          f"({info['platform']}), {args.steps} timed steps", flush=True)
+          f"({info['platform']}), {args.steps} timed steps, mode {args.mode}", flush=True)
     rows = bench_arch(args.archs[0], args)
   return common.report("train_step", rows, COLUMNS, info, args)
 

@@ -29,6 +29,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.compute_dtype = "bfloat16"  # params stay float32
   config.model.variant = "torchvision"
   config.model.dropout = 0.5
+  # BatchNorm of the trainable stages: "train" (batch statistics, running averages updated)
+  # or "frozen" (the loaded statistics, never changed: the usual choice for small-batch
+  # fine-tuning). Frozen stages always use their loaded statistics.
+  config.model.bn = "train"
 
   # fine-tuning: scratch | all | head | last_n (head + the last `last_n` stages)
   config.init_from = ""    # a `gender_jax.convert` output or another run's bundle
@@ -50,6 +54,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_examples = placeholder(int)
   config.optimizer.end_lr_fraction = 0.0
   config.optimizer.lr_mult = ml_collections.ConfigDict()  # stage name → lr multiplier
+  # EMA of the weights (0: off; e.g. 0.999): validated, and written to the bundle, in place
+  # of the live weights. ema_warmup ramps the decay as min(decay, (1 + step) / (10 + step)).
+  config.optimizer.ema_decay = 0.0
+  config.optimizer.ema_warmup = False
   config.label_smoothing = 0.1
   config.total_steps = placeholder(int)
   config.total_epochs = placeholder(float)

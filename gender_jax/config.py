@@ -4,6 +4,7 @@ from __future__ import annotations
 import ml_collections
 
 FINETUNE_MODES = ("scratch", "all", "head", "last_n")
+BN_MODES = ("train", "frozen")
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -34,6 +35,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     errors.append("finetune.last_n must be ≥ 1 when finetune.mode='last_n'")
   if config.finetune.mode == "scratch" and config.init_from:
     errors.append("finetune.mode='scratch' with init_from set: pick one")
+  bn = config.model.get("bn", "train")
+  if bn not in BN_MODES:
+    errors.append(f"model.bn={bn!r}: choose 'train' (batch statistics) or 'frozen' (the "
+                  "loaded statistics, never updated)")
+  elif bn == "frozen" and config.finetune.mode == "scratch":
+    errors.append("model.bn='frozen' keeps the loaded statistics, and finetune.mode='scratch' "
+                  "loads none: set init_from and finetune.mode, or model.bn='train'")
+  ema_decay = config.optimizer.get("ema_decay", 0.0)
+  if not 0.0 <= ema_decay < 1.0:
+    errors.append(f"optimizer.ema_decay={ema_decay}: use 0 (off) or a decay in (0, 1), "
+                  "e.g. 0.999")
   if config.optimizer.name not in OPTIMIZERS:
     errors.append(f"optimizer.name={config.optimizer.name!r}: choose from {OPTIMIZERS}")
   if config.model.compute_dtype == "float16":

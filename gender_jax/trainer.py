@@ -1,12 +1,11 @@
 """train_and_evaluate(config, workdir): the training loop, in labelled sections.
 
-Order: logging → mesh → input → model, optimizer, state and steps (`create_train_setup`) →
-load checkpoint → evals → loop → bundle.
+Order: logging → mesh → input (train_input.py) → model, optimizer, state and steps
+(steps.create_train_setup) → load checkpoint → evals → loop → bundle.
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import hashlib
 import json
@@ -14,137 +13,30 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from gender_jax import checkpoint, config as config_lib, metrics as metrics_lib, parallel
-from gender_jax.data import pipeline, preprocess, sources
+from gender_jax.data import pipeline, preprocess
+from gender_jax.finetune import param_labels, trainable_stages
 from gender_jax.models import create_model, ports
+from gender_jax.steps import (TrainSetup, create_optimizer, create_train_setup,
+                              inference_weights, make_eval_step, make_train_step)
+from gender_jax.train_input import create_train_input
+
+# The step builders live in steps.py and finetune.py; their names stay importable from here.
+__all__ = ["MAX_STEPS_IN_FLIGHT", "StopRequest", "TrainSetup", "create_optimizer",
+           "create_train_setup", "make_eval_step", "make_train_step", "param_labels",
+           "train_and_evaluate", "trainable_stages", "validation_results"]
 
 # Steps dispatched ahead of the host before it waits. Unbounded async dispatch deadlocks
 # XLA:CPU collectives on many fake devices (DESIGN.md); 2 also keeps a GPU busy.
 MAX_STEPS_IN_FLIGHT = 2
-
-
-# ----------------------------------------------------------------------------- fine-tuning
-def _path_names(path) -> tuple:
-  names = tuple(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p))) for p in path)
-  return names[:-1] if names and names[-1] == "value" else names
-
-
-def trainable_stages(model, finetune: ml_collections.ConfigDict) -> set[str]:
-  """Stages whose parameters train: all, the head only, or the head plus the last N stages."""
-  stages = model.stages
-  if finetune.mode in ("scratch", "all"):
-    return set(stages)
-  if finetune.mode == "head":
-    return {stages[-1]}
-  return set(stages[-(finetune.last_n + 1):])
-
-
-def param_labels(model, params, config) -> Any:
-  """Optimizer group per parameter: "frozen", or "lr_x<multiplier>" from optimizer.lr_mult."""
-  trainable = trainable_stages(model, config.finetune)
-  lr_mult = dict(config.optimizer.lr_mult)
-
-  def label(path, _):
-    stage = model.stage_of(_path_names(path))
-    return f"lr_x{float(lr_mult.get(stage, 1.0))}" if stage in trainable else "frozen"
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-def create_optimizer(config, labels, total_steps: int) -> tuple[optax.GradientTransformation, Any]:
-  opt = config.optimizer
-  warmup = config_lib.get_steps("warmup", opt, 1, 1, default=0)
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, opt.lr, warmup_steps=min(warmup, total_steps - 1),
-      decay_steps=max(total_steps, 1), end_value=opt.lr * opt.end_lr_fraction)
-
-  def base(mult: float):
-    lr = lambda step: schedule(step) * mult  # noqa: E731
-    # Decay conv/dense kernels only, not BN scales or biases.
-    decay = optax.add_decayed_weights(opt.weight_decay, mask=lambda p: jax.tree.map(
-        lambda x: x.ndim > 1, p))
-    if opt.name == "sgd":
-      return optax.chain(decay, optax.sgd(lr, momentum=opt.momentum, nesterov=opt.nesterov))
-    return optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
-                       mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
-
-  groups = set(jax.tree.leaves(labels))
-  transforms = {g: optax.set_to_zero() if g == "frozen" else base(float(g[len("lr_x"):]))
-                for g in groups}
-  tx = optax.multi_transform(transforms, labels)
-  if opt.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
-  return tx, schedule
-
-
-# ----------------------------------------------------------------------------- steps
-def make_train_step(train_graphdef, tx, spec, config, frozen_stats, frozen_params=None):
-  """`frozen_params`: a tree of bools like the params; frozen ones are held out of the
-  gradient (zero there, so clipping and grad_norm see trainable parameters only, and XLA
-  drops the backward pass that only fed them)."""
-  compute_dtype = jnp.dtype(config.model.compute_dtype)
-  smoothing = config.label_smoothing
-  base_key = jax.random.key(config.seed)
-
-  def train_step(state, batch):
-    rng = jax.random.fold_in(base_key, state["step"])
-    labels = batch["label"]
-
-    def loss_fn(params):
-      if frozen_params is not None:
-        params = jax.tree.map(lambda frozen, p: jax.lax.stop_gradient(p) if frozen else p,
-                              frozen_params, params)
-      model = nnx.merge(train_graphdef, params, state["batch_stats"], copy=True)
-      logits = model(preprocess.normalize(batch["image"], spec, compute_dtype),
-                     rngs=nnx.Rngs(dropout=rng))
-      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
-      loss = optax.softmax_cross_entropy(logits, targets).mean()
-      return loss, (logits, nnx.state(model, nnx.BatchStat))
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    # Frozen stages keep their running statistics too, so a frozen backbone stays the
-    # network it was loaded as.
-    batch_stats = jax.tree.map(lambda frozen, old, new: old if frozen else new,
-                               frozen_stats, state["batch_stats"], batch_stats)
-    n = jnp.float32(labels.shape[0])
-    metrics = {"loss": (loss * n, n),
-               "accuracy": (jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32), n),
-               "grad_norm": (optax.global_norm(grads), jnp.float32(1))}
-    new_state = dict(step=state["step"] + 1, params=params, batch_stats=batch_stats,
-                     opt_state=opt_state)
-    return new_state, metrics
-
-  return train_step
-
-
-def make_eval_step(eval_graphdef, spec, config):
-  compute_dtype = jnp.dtype(config.model.compute_dtype)
-
-  def eval_step(params, batch_stats, batch):
-    model = nnx.merge(eval_graphdef, params, batch_stats)
-    logits = model(preprocess.normalize(batch["image"], spec, compute_dtype))
-    labels, mask = batch["label"], batch["mask"]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
-    out = {"loss": (jnp.sum(loss * mask), jnp.sum(mask)), "accuracy": (jnp.sum(correct), jnp.sum(mask))}
-    for c, name in enumerate(("female", "male")):
-      in_class = mask * (labels == c)
-      out[f"recall_{name}"] = (jnp.sum(correct * in_class), jnp.sum(in_class))
-    return out
-
-  return eval_step
 
 
 # ----------------------------------------------------------------------------- preemption
@@ -168,60 +60,6 @@ class StopRequest:
       return False
     flags = multihost_utils.process_allgather(np.int32(self.requested))
     return bool(np.any(flags))
-
-
-# ----------------------------------------------------------------------------- setup
-@dataclasses.dataclass(frozen=True)
-class TrainSetup:
-  """Model, optimizer, state shapes and the jitted steps, built once: the loop uses it and
-  benchmarks/train_step.py times exactly this `train_step`."""
-  train_step: Callable   # jitted (state, batch) → (state, metric sums); state donated
-  eval_step: Callable    # jitted (params, batch_stats, batch) → metric sums
-  init_state: Callable   # (model=None) → a fresh state (unsharded outside jit)
-  abstract_state: Any    # shapes with shardings: the Orbax restore target
-  state_sharding: Any
-  schedule: Callable
-  eval_graphdef: Any
-
-
-def create_train_setup(config, mesh, total_steps: int, spec: dict) -> TrainSetup:
-  def init_model():
-    return create_model(config.model, rngs=nnx.Rngs(config.seed))
-
-  # Shapes first: nothing is allocated until the state is created, already sharded.
-  abstract_model = nnx.eval_shape(init_model)
-  _, abstract_params, abstract_stats = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)
-  labels = param_labels(abstract_model, abstract_params, config)
-  tx, schedule = create_optimizer(config, labels, total_steps)
-  trainable = trainable_stages(abstract_model, config.finetune)
-  frozen_stats = jax.tree_util.tree_map_with_path(
-      lambda path, _: abstract_model.stage_of(_path_names(path)) not in trainable, abstract_stats)
-  frozen_params = jax.tree.map(lambda label: label == "frozen", labels)
-  abstract_model.train()
-  train_graphdef = nnx.graphdef(abstract_model)
-  abstract_model.eval()
-  eval_graphdef = nnx.graphdef(abstract_model)
-
-  replicated = parallel.replicated(mesh)
-
-  def init_state(model=None):
-    model = model or init_model()
-    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return dict(step=jnp.int32(0), params=params, batch_stats=batch_stats,
-                opt_state=tx.init(params))
-
-  abstract_state = jax.eval_shape(init_state)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
-      state_sharding)
-  train_step = jax.jit(make_train_step(train_graphdef, tx, spec, config, frozen_stats,
-                                       frozen_params),
-                       in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(eval_graphdef, spec, config), out_shardings=replicated)
-  return TrainSetup(train_step, eval_step, init_state, abstract_state, state_sharding,
-                    schedule, eval_graphdef)
 
 
 # ----------------------------------------------------------------------------- main
@@ -262,6 +100,105 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _input_spec(config) -> tuple[dict, dict | None]:
+  """The preprocessing spec, and init_from's metadata: ported weights expect their own input
+  scaling, and a port's variant (torchvision/keras) decides the layer conventions."""
+  spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
+  if not config.init_from:
+    return spec, None
+  init_meta = checkpoint.read_meta(config.init_from)
+  if "preprocessing" in init_meta:
+    spec = preprocess.make_spec(config.data.image_size, init_meta["preprocessing"]["preset"])
+  if init_meta.get("variant") and init_meta["variant"] != config.model.get("variant"):
+    with config.unlocked():
+      config.model.variant = init_meta["variant"]
+  return spec, init_meta
+
+
+def _load_state(config, setup, manager, fingerprint: str, init_meta):
+  """Init order:
+  1. this workdir's latest checkpoint (the same run, restarted)
+  2. config.resume_from: another run's checkpoint directory
+  3. config.init_from: pretrained weights (a converted port or a bundle)
+  4. scratch
+  """
+  if manager.latest_step() is not None:
+    state, meta = checkpoint.restore(manager, setup.abstract_state)
+    logging.info("resumed from %s at step %d", manager.directory, int(state["step"]))
+    if meta.get("data_fingerprint") != fingerprint:
+      logging.warning("data config changed since the checkpoint: the input stream differs")
+  elif config.resume_from:
+    state, _ = checkpoint.restore(config.resume_from, setup.abstract_state)
+    logging.info("resumed from %s at step %d", config.resume_from, int(state["step"]))
+  elif config.init_from:
+    model = create_model(config.model, rngs=nnx.Rngs(config.seed))
+    ports.load_pretrained(model, config.init_from, head=None)
+    state = jax.device_put(setup.init_state(model), setup.state_sharding)
+    logging.info("initialised from %s (%s)", config.init_from, init_meta.get("source", "weights"))
+  else:
+    state = jax.jit(setup.init_state, out_shardings=setup.state_sharding)()
+    logging.info("initialised from scratch")
+  return state
+
+
+def _evaluate(eval_step, state, val_sources, config, mesh) -> dict[str, float]:
+  """Validation of the weights the bundle will hold (the EMA ones when kept); with EMA the
+  live weights too, as `val_live_*`, on the same transferred batches (one more forward)."""
+  weights = {"": inference_weights(state)}
+  if "ema" in state:
+    weights["live"] = (state["params"], state["batch_stats"])
+  results = {}
+  per_source = {kind: {} for kind in weights}
+  for name, source in val_sources.items():
+    sums = dict.fromkeys(weights)
+    for batch in pipeline.eval_batches(source, config):
+      batch = parallel.put_batch(batch, mesh)
+      for kind, (params, batch_stats) in weights.items():
+        sums[kind] = metrics_lib.accumulate(sums[kind], eval_step(params, batch_stats, batch))
+    for kind in weights:
+      per_source[kind][name] = metrics_lib.summarize(sums[kind])
+  for kind in weights:
+    prefix = f"val_{kind}_" if kind else "val_"
+    results.update({prefix + k[len("val_"):]: v
+                    for k, v in validation_results(per_source[kind]).items()})
+  return results
+
+
+def _log_train(writer, step: int, total_steps: int, pending: list, rate: float, schedule,
+               config) -> None:
+  summary = metrics_lib.summarize(functools.reduce(metrics_lib.accumulate, pending))
+  summary.update(lr=float(schedule(step - 1)), img_per_sec=rate)  # the lr this step used
+  writer.write_scalars(step, {f"train_{k}" if k not in ("lr", "img_per_sec") else k: v
+                              for k, v in summary.items()})
+  if jax.process_index() == 0:
+    eta = (total_steps - step) * config.data.batch_size / max(rate, 1e-9)
+    logging.info("step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.0f img/s  ETA %s",
+                 step, total_steps, summary["loss"], summary["accuracy"], summary["lr"],
+                 rate, _format_eta(eta))
+
+
+def _write_bundle(config, workdir: str, setup, state, spec, step: int, last_eval: dict,
+                  val_sources: dict) -> None:
+  """The inference bundle from the weights validation scored (EMA when kept); calibrated
+  on the validation splits when config.calibrate."""
+  params, batch_stats = jax.device_get(inference_weights(state))
+  model = nnx.merge(setup.eval_graphdef, params, batch_stats)
+  directory = os.path.join(workdir, "bundle")
+  checkpoint.save_bundle(directory, model, model_config=config.model.to_dict(),
+                         preprocessing=spec, extra=dict(step=int(step), metrics=last_eval))
+  logging.info("wrote inference bundle to %s", directory)
+  if config.calibrate:
+    # Temperature (and the abstain threshold, if targeted) fitted on the validation splits.
+    # Every process fits (same data, same result; process 0 writes), so all reach the
+    # shutdown barrier together.
+    from gender_jax import calibrate, eval_data
+    fit = calibrate.calibrate_bundle(
+        directory, eval_data.Concat(list(val_sources.values())),
+        target_accuracy=config.abstain_target_accuracy or None,
+        batch_size=config.data.eval_batch_size, description="validation")
+    logging.info("calibration: %s", {k: v for k, v in fit.items() if not isinstance(v, dict)})
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains, evaluates, checkpoints and writes the inference bundle; returns final metrics."""
   config_lib.validate(config)
@@ -282,74 +219,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f"{mesh.size} devices")
 
   # ---- input
-  num_train = sum(len(sources.get_source(n, "train", config))
-                  for n in sources.configured_sources(config))
-  total_steps = config_lib.get_steps("total", config, num_train, config.data.batch_size)
-  if not total_steps:
-    raise ValueError("set one of total_steps, total_epochs, total_examples")
-  eval_every = config_lib.get_steps("eval_every", config, num_train, config.data.batch_size,
-                                    default=total_steps)
-  ckpt_every = config_lib.get_steps("checkpoint_every", config.checkpoint, num_train,
-                                    config.data.batch_size, default=eval_every)
-  val_sources = {n: sources.get_source(n, "validation", config)
-                 for n in sources.configured_sources(config)}
-  if jax.process_index() == 0:
-    sources.write_bad_file_report(config, workdir)  # WORKDIR/bad_files.json
-    sources.write_split_listing(config, workdir)    # WORKDIR/splits.csv
+  inp = create_train_input(config, workdir)
+  total_steps = inp.total_steps
 
   # ---- model & optimizer
-  spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
-  init_meta = None
-  if config.init_from:
-    init_meta = checkpoint.read_meta(config.init_from)
-    if "preprocessing" in init_meta:  # the ported weights expect their own input scaling
-      spec = preprocess.make_spec(config.data.image_size, init_meta["preprocessing"]["preset"])
-    if init_meta.get("variant") and init_meta["variant"] != config.model.get("variant"):
-      with config.unlocked():
-        config.model.variant = init_meta["variant"]
-
+  spec, init_meta = _input_spec(config)
   setup = create_train_setup(config, mesh, total_steps, spec)
-  train_step, eval_step, schedule = setup.train_step, setup.eval_step, setup.schedule
-  abstract_state, state_sharding = setup.abstract_state, setup.state_sharding
+  train_step, eval_step = setup.train_step, setup.eval_step
 
-  # ---- load checkpoint. Init order:
-  # 1. this workdir's latest checkpoint (the same run, restarted)
-  # 2. config.resume_from: another run's checkpoint directory
-  # 3. config.init_from: pretrained weights (a converted port or a bundle)
-  # 4. scratch
+  # ---- load checkpoint
   manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"),
                                       keep=config.checkpoint.keep,
                                       best_metric=config.checkpoint.best_metric or None,
                                       async_save=config.checkpoint.async_save)
   fingerprint = _fingerprint(config)
-  if manager.latest_step() is not None:
-    state, meta = checkpoint.restore(manager, abstract_state)
-    logging.info("resumed from %s at step %d", manager.directory, int(state["step"]))
-    if meta.get("data_fingerprint") != fingerprint:
-      logging.warning("data config changed since the checkpoint: the input stream differs")
-  elif config.resume_from:
-    state, _ = checkpoint.restore(config.resume_from, abstract_state)
-    logging.info("resumed from %s at step %d", config.resume_from, int(state["step"]))
-  elif config.init_from:
-    model = create_model(config.model, rngs=nnx.Rngs(config.seed))
-    ports.load_pretrained(model, config.init_from, head=None)
-    state = jax.device_put(setup.init_state(model), state_sharding)
-    logging.info("initialised from %s (%s)", config.init_from, init_meta.get("source", "weights"))
-  else:
-    state = jax.jit(setup.init_state, out_shardings=state_sharding)()
-    logging.info("initialised from scratch")
+  state = _load_state(config, setup, manager, fingerprint, init_meta)
   start_step = int(state["step"])
-
-  # ---- evals
-  def evaluate(state) -> dict[str, float]:
-    per_source = {}
-    for name, source in val_sources.items():
-      sums = None
-      for batch in pipeline.eval_batches(source, config):
-        sums = metrics_lib.accumulate(
-            sums, eval_step(state["params"], state["batch_stats"], parallel.put_batch(batch, mesh)))
-      per_source[name] = metrics_lib.summarize(sums)
-    return validation_results(per_source)
 
   def save(step, metrics=None, force=False):
     meta = dict(step=step, data_position=step, data_fingerprint=fingerprint)
@@ -363,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_eval: dict[str, float] = {}
   t0, step0 = time.perf_counter(), start_step
   logging.info("training steps %d→%d, global batch %d on %d devices, %d train examples",
-               start_step, total_steps, config.data.batch_size, mesh.size, num_train)
+               start_step, total_steps, config.data.batch_size, mesh.size, inp.num_train)
   next_batch = parallel.put_batch(next(train_iter), mesh) if start_step < total_steps else None
   step = start_step
   while step < total_steps:
@@ -381,28 +266,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       in_flight.popleft().block_until_ready()
 
     if step % config.log_every == 0 or step == total_steps:
-      summary = metrics_lib.summarize(functools.reduce(metrics_lib.accumulate, pending))
-      pending = []
       # Throughput over this log window only, so the first window's compile doesn't skew it.
       now = time.perf_counter()
       rate = (step - step0) * config.data.batch_size / (now - t0)
       t0, step0 = now, step
-      summary.update(lr=float(schedule(step - 1)), img_per_sec=rate)  # the lr this step used
-      writer.write_scalars(step, {f"train_{k}" if k not in ("lr", "img_per_sec") else k: v
-                                  for k, v in summary.items()})
-      if jax.process_index() == 0:
-        eta = (total_steps - step) * config.data.batch_size / max(rate, 1e-9)
-        logging.info("step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.0f img/s  ETA %s",
-                     step, total_steps, summary["loss"], summary["accuracy"], summary["lr"],
-                     rate, _format_eta(eta))
+      _log_train(writer, step, total_steps, pending, rate, setup.schedule, config)
+      pending = []
 
-    is_eval = step % eval_every == 0 or step == total_steps
+    is_eval = step % inp.eval_every == 0 or step == total_steps
     if is_eval:
-      last_eval = evaluate(state)
+      last_eval = _evaluate(eval_step, state, inp.val_sources, config, mesh)
       writer.write_scalars(step, last_eval)
       logging.info("eval at step %d: %s", step,
                    "  ".join(f"{k} {v:.4f}" for k, v in sorted(last_eval.items())))
-    if is_eval or step % ckpt_every == 0:
+    if is_eval or step % inp.ckpt_every == 0:
       save(step, metrics={k: float(v) for k, v in last_eval.items()} if is_eval else None)
     if stop.agreed(step, config.checkpoint.preemption_check_every) and step < total_steps:
       # This step may have just been saved (async): saving it again raises
@@ -419,23 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.flush()
 
   # ---- bundle
-  model = nnx.merge(setup.eval_graphdef, jax.device_get(state["params"]),
-                    jax.device_get(state["batch_stats"]))
-  checkpoint.save_bundle(
-      os.path.join(workdir, "bundle"), model, model_config=config.model.to_dict(),
-      preprocessing=spec, extra=dict(step=int(step), metrics=last_eval))
-  logging.info("wrote inference bundle to %s", os.path.join(workdir, "bundle"))
-  if config.calibrate:
-    # Temperature (and the abstain threshold, if targeted) fitted on the validation splits.
-    # Every process fits (same data, same result; process 0 writes), so all reach the
-    # shutdown barrier together.
-    from gender_jax import calibrate, eval_data
-    fit = calibrate.calibrate_bundle(
-        os.path.join(workdir, "bundle"), eval_data.Concat(list(val_sources.values())),
-        target_accuracy=config.abstain_target_accuracy or None,
-        batch_size=config.data.eval_batch_size, description="validation")
-    logging.info("calibration: %s", {k: v for k, v in fit.items() if not isinstance(v, dict)})
+  _write_bundle(config, workdir, setup, state, spec, step, last_eval, inp.val_sources)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("gender_jax: training done")
   return dict(preempted=False, step=step, **last_eval)
-

@@ -1,0 +1,206 @@
+"""The optimizer, the pure train/eval steps, and `create_train_setup`, which jits them over
+the mesh once: the loop in trainer.py and benchmarks/train_step.py use exactly these."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from gender_jax import config as config_lib, finetune, parallel
+from gender_jax.data import preprocess
+from gender_jax.models import create_model
+
+
+# ----------------------------------------------------------------------------- optimizer
+def create_optimizer(config, labels, total_steps: int) -> tuple[optax.GradientTransformation, Any]:
+  opt = config.optimizer
+  warmup = config_lib.get_steps("warmup", opt, 1, 1, default=0)
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, opt.lr, warmup_steps=min(warmup, total_steps - 1),
+      decay_steps=max(total_steps, 1), end_value=opt.lr * opt.end_lr_fraction)
+
+  def base(mult: float):
+    lr = lambda step: schedule(step) * mult  # noqa: E731
+    # Decay conv/dense kernels only, not BN scales or biases.
+    decay = optax.add_decayed_weights(opt.weight_decay, mask=lambda p: jax.tree.map(
+        lambda x: x.ndim > 1, p))
+    if opt.name == "sgd":
+      return optax.chain(decay, optax.sgd(lr, momentum=opt.momentum, nesterov=opt.nesterov))
+    return optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+                       mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+
+  groups = set(jax.tree.leaves(labels))
+  transforms = {g: optax.set_to_zero() if g == "frozen" else base(float(g[len("lr_x"):]))
+                for g in groups}
+  tx = optax.multi_transform(transforms, labels)
+  if opt.grad_clip_norm:
+    # Frozen gradients are exact zeros here (stop_gradient), and adding 0.0 to a sum of
+    # squares is exact, so this norm equals the trainable parameters' own bit for bit
+    # (tests/test_finetune.py checks it); the clip needs no mask.
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx, schedule
+
+
+# ----------------------------------------------------------------------------- EMA
+def ema_decay_at(config, step):
+  """The EMA decay for the update after `step` updates; with optimizer.ema_warmup, the
+  `min(decay, (1 + step) / (10 + step))` ramp (tf.train.ExponentialMovingAverage's
+  num_updates, timm's warmup), so early averages are not dominated by the initial weights."""
+  decay = jnp.float32(config.optimizer.ema_decay)
+  if config.optimizer.get("ema_warmup", False):
+    step = step.astype(jnp.float32)
+    decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return decay
+
+
+def ema_update(ema, live, keep, decay):
+  """decay·ema + (1 − decay)·live per leaf; leaves where `keep` is True (frozen parameters
+  and statistics) take the live value, which never changes, so they stay bit-identical."""
+  return jax.tree.map(lambda k, e, x: x if k else optax.incremental_update(x, e, 1.0 - decay),
+                      keep, ema, live)
+
+
+# ----------------------------------------------------------------------------- steps
+def make_train_step(train_graphdef, tx, spec, config, frozen_stats, frozen_params=None):
+  """The pure step (state, batch) → (state, metric sums).
+
+  `frozen_params` / `frozen_stats`: trees of bools like the params / batch stats. Frozen
+  parameters are held out of the gradient (stop_gradient), so with the frozen stages' BN on
+  running averages (finetune.set_train_mode) no backward pass runs through those stages.
+  `grad_norm` is over the trainable gradients only.
+  """
+  compute_dtype = jnp.dtype(config.model.compute_dtype)
+  smoothing = config.label_smoothing
+  base_key = jax.random.key(config.seed)
+  use_ema = bool(config.optimizer.get("ema_decay", 0.0))
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(base_key, state["step"])
+    labels = batch["label"]
+    frozen = (jax.tree.map(lambda _: False, state["params"]) if frozen_params is None
+              else frozen_params)
+    # The step's one image path: uint8 NHWC in, the model's input out. On-device
+    # augmentation goes here, before normalising:
+    #   images = augment(images, jax.random.fold_in(rng, 1), spec)
+    images = batch["image"]
+    inputs = preprocess.normalize(images, spec, compute_dtype)
+
+    def loss_fn(params):
+      params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p, frozen, params)
+      model = nnx.merge(train_graphdef, params, state["batch_stats"], copy=True)
+      logits = model(inputs, rngs=nnx.Rngs(dropout=rng))
+      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
+      return loss, (logits, nnx.state(model, nnx.BatchStat))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    # Frozen statistics are never recomputed (running averages in the graph); taking the old
+    # leaves also keeps them bit-identical, whatever a model does with them.
+    batch_stats = jax.tree.map(lambda f, old, new: old if f else new,
+                               frozen_stats, state["batch_stats"], batch_stats)
+    n = jnp.float32(labels.shape[0])
+    trainable_grads = [g for g, f in zip(jax.tree.leaves(grads), jax.tree.leaves(frozen))
+                       if not f]
+    metrics = {"loss": (loss * n, n),
+               "accuracy": (jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32), n),
+               "grad_norm": (optax.global_norm(trainable_grads), jnp.float32(1))}
+    new_state = dict(step=state["step"] + 1, params=params, batch_stats=batch_stats,
+                     opt_state=opt_state)
+    if use_ema:
+      decay = ema_decay_at(config, state["step"])
+      new_state["ema"] = dict(
+          params=ema_update(state["ema"]["params"], params, frozen, decay),
+          batch_stats=ema_update(state["ema"]["batch_stats"], batch_stats, frozen_stats, decay))
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(eval_graphdef, spec, config):
+  compute_dtype = jnp.dtype(config.model.compute_dtype)
+
+  def eval_step(params, batch_stats, batch):
+    model = nnx.merge(eval_graphdef, params, batch_stats)
+    logits = model(preprocess.normalize(batch["image"], spec, compute_dtype))
+    labels, mask = batch["label"], batch["mask"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
+    out = {"loss": (jnp.sum(loss * mask), jnp.sum(mask)), "accuracy": (jnp.sum(correct), jnp.sum(mask))}
+    for c, name in enumerate(("female", "male")):
+      in_class = mask * (labels == c)
+      out[f"recall_{name}"] = (jnp.sum(correct * in_class), jnp.sum(in_class))
+    return out
+
+  return eval_step
+
+
+# ----------------------------------------------------------------------------- setup
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """Model, optimizer, state shapes and the jitted steps, built once: the loop uses it and
+  benchmarks/train_step.py times exactly this `train_step`."""
+  train_step: Callable   # jitted (state, batch) → (state, metric sums); state donated
+  eval_step: Callable    # jitted (params, batch_stats, batch) → metric sums
+  init_state: Callable   # (model=None) → a fresh state (unsharded outside jit)
+  abstract_state: Any    # shapes with shardings: the Orbax restore target
+  state_sharding: Any
+  schedule: Callable
+  eval_graphdef: Any
+  train_graphdef: Any = None
+
+
+def inference_weights(state) -> tuple[Any, Any]:
+  """(params, batch_stats) that validation and the bundle use: the EMA ones when kept."""
+  if "ema" in state:
+    return state["ema"]["params"], state["ema"]["batch_stats"]
+  return state["params"], state["batch_stats"]
+
+
+def create_train_setup(config, mesh, total_steps: int, spec: dict) -> TrainSetup:
+  def init_model():
+    return create_model(config.model, rngs=nnx.Rngs(config.seed))
+
+  # Shapes first: nothing is allocated until the state is created, already sharded.
+  abstract_model = nnx.eval_shape(init_model)
+  _, abstract_params, abstract_stats = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)
+  labels = finetune.param_labels(abstract_model, abstract_params, config)
+  tx, schedule = create_optimizer(config, labels, total_steps)
+  frozen_stats = finetune.frozen_stats_mask(abstract_model, abstract_stats, config)
+  frozen_params = jax.tree.map(lambda label: label == "frozen", labels)
+  finetune.set_train_mode(abstract_model, config)
+  train_graphdef = nnx.graphdef(abstract_model)
+  abstract_model.eval()
+  eval_graphdef = nnx.graphdef(abstract_model)
+  use_ema = bool(config.optimizer.get("ema_decay", 0.0))
+
+  replicated = parallel.replicated(mesh)
+
+  def init_state(model=None):
+    model = model or init_model()
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = dict(step=jnp.int32(0), params=params, batch_stats=batch_stats,
+                 opt_state=tx.init(params))
+    if use_ema:  # starts at the initial (e.g. pretrained) weights, as timm's does
+      state["ema"] = dict(params=jax.tree.map(jnp.copy, params),
+                          batch_stats=jax.tree.map(jnp.copy, batch_stats))
+    return state
+
+  abstract_state = jax.eval_shape(init_state)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
+      state_sharding)
+  train_step = jax.jit(make_train_step(train_graphdef, tx, spec, config, frozen_stats,
+                                       frozen_params),
+                       in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(eval_graphdef, spec, config), out_shardings=replicated)
+  return TrainSetup(train_step, eval_step, init_state, abstract_state, state_sharding,
+                    schedule, eval_graphdef, train_graphdef)
