@@ -131,6 +131,13 @@ class Bundle:
     self.class_names = tuple(self.meta["class_names"])
     self.calibration = self.meta["calibration"]
 
+  @property
+  def face_template(self) -> dict[str, Any]:
+    """Where the eyes and mouth sit on the training crops (meta `face_template`), for
+    aligning detected faces; bundles without one were trained on UTKFace-style crops."""
+    from gender_jax.faces.align import UTKFACE_TEMPLATE, check_template
+    return check_template(self.meta.get("face_template") or UTKFACE_TEMPLATE)
+
   def logits_fn(self):
     """A pure function (state, uint8 NHWC) → float32 logits, for jit, export and serving."""
     from gender_jax.data.preprocess import normalize

@@ -36,7 +36,7 @@ def test_predict_folder_lists_bad_files_and_predicts_the_rest(bundle, tmp_path):
   out = tmp_path / "preds.csv"
   predict.main(["--bundle", bundle, str(tmp_path / "in"), str(tmp_path / "missing.jpg"),
                 "--out", str(out), "--batch-size", "4", "--quiet", "--sort-into",
-                str(tmp_path / "sorted")])
+                str(tmp_path / "sorted"), "--faces", "off"])
   rows = {os.path.basename(r["path"]): r for r in csv.DictReader(open(out))}
   assert list(csv.DictReader(open(out)).fieldnames) == list(predict.CSV_COLUMNS)
   assert len(rows) == 9  # 5 jpg + 1 grey png + truncated + text + missing
@@ -76,3 +76,41 @@ def test_abstention_and_tta_views(tmp_path):
   assert len(predict.views(img, 8, "flip")) == 2 and len(predict.views(img, 8, "flip+crops")) == 12
   v = predict.views(img, 16, "flip")
   assert (v[1] == v[0][:, ::-1]).all()
+
+
+@pytest.mark.slow
+def test_faces_one_row_per_face_no_face_rows_and_crops(bundle, tmp_path, utkface_2k):
+  """--faces detect on a photo with two pasted real faces, a tight crop, a blank image."""
+  import glob
+  from gender_jax.faces import synthetic
+  files = sorted(glob.glob(str(utkface_2k / "*" / "*.jpg")))[:3]
+  crops = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+  photo = synthetic.group_photo(np.random.default_rng(0), crops[:2], size=(480, 300),
+                                sides=(100, 130), kind="gradient")
+  os.makedirs(tmp_path / "in")
+  Image.fromarray(photo.image).save(tmp_path / "in" / "a_group.png")
+  Image.fromarray(crops[2]).save(tmp_path / "in" / "b_crop.jpg")
+  Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(tmp_path / "in" / "c_blank.png")
+  (tmp_path / "in" / "d_bad.jpg").write_bytes(b"not a jpeg")
+  out = tmp_path / "faces.csv"
+  for mode in ("detect", "auto"):
+    assert predict.main(["--bundle", bundle, str(tmp_path / "in"), "--out", str(out), "--quiet",
+                         "--faces", mode, "--detector", "short", "--max-faces", "4",
+                         "--save-crops", str(tmp_path / f"crops_{mode}")]) == 0
+    reader = csv.DictReader(open(out))
+    assert reader.fieldnames == list(predict.CSV_COLUMNS + predict.FACE_COLUMNS)
+    rows = list(reader)
+    by = {}
+    for r in rows:
+      by.setdefault(os.path.basename(r["path"]), []).append(r)
+    assert [len(by[k]) for k in sorted(by)] == [2, 1, 1, 1]
+    assert by["c_blank.png"][0]["label"] == "no_face" and by["d_bad.jpg"][0]["label"] == "error"
+    boxes = np.asarray([[float(r[f"box_{k}"]) for k in ("x0", "y0", "x1", "y1")]
+                        for r in by["a_group.png"]])
+    assert synthetic.match(photo.squares, boxes).all()  # boxes in the photo's own pixels
+    assert sorted(r["face"] for r in by["a_group.png"]) == ["0", "1"]
+    assert by["b_crop.jpg"][0]["aligned"] == ("1" if mode == "detect" else "0")
+    for r in by["a_group.png"] + by["b_crop.jpg"]:
+      assert r["label"] == "male" and float(r["face_score"]) > 0.5
+      assert float(r["box_y0"]) < float(r["right_eye_y"]) < float(r["mouth_y"])
+    assert len(os.listdir(tmp_path / f"crops_{mode}")) == 3

@@ -8,3 +8,11 @@ Modules: tflite.py (flatbuffer reader), convert.py (the offline .tflite → weig
 blazeface.py (the NNX networks), anchors.py (anchors, decoding, weighted NMS), align.py
 (similarity transform + bilinear warp, templates), pipeline.py (the fused program).
 """
+
+
+def __getattr__(name):
+  # Lazy, so `faces.align` (read by Bundle) does not pull the detector in.
+  if name in ("FacePipeline", "Detector"):
+    from gender_jax.faces import pipeline
+    return getattr(pipeline, name)
+  raise AttributeError(f"module 'gender_jax.faces' has no attribute {name!r}")

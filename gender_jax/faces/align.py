@@ -1,0 +1,128 @@
+"""Face alignment: a least-squares similarity transform onto a template, bilinear warp in JAX.
+
+A template is where the detector puts the eyes and the mouth on the training crops:
+`dict(size=[w, h], points=[[x, y] image-left eye, [x, y] image-right eye, [x, y] mouth])`,
+in pixels (pixel centres at +0.5). `measure_template` measures it on a folder of crops, so the
+trainer can store it in the bundle; warping a detected face onto it reproduces the framing the
+classifier was trained on.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Keypoints the transform is fitted on (anchors.py order): both eyes and the mouth centre.
+ALIGN_KEYPOINTS = (0, 1, 3)
+# UTKFace "aligned & cropped" 200x200: medians over utkface-2k with the short-range detector
+# as the pipeline runs it (`measure_template`; faces found in 1,998 of the 2,000 crops).
+UTKFACE_TEMPLATE = dict(size=[200, 200], points=[[59.3, 60.2], [137.5, 60.4], [98.3, 143.3]])
+
+
+def check_template(template: dict[str, Any]) -> dict[str, Any]:
+  size, points = template.get("size"), template.get("points")
+  if (not isinstance(size, (list, tuple)) or len(size) != 2 or not points or
+      np.asarray(points, np.float64).shape != (3, 2)):
+    raise ValueError(f"face template {template!r}: want dict(size=[w, h], points=[[x, y]] x 3)")
+  return dict(size=[float(s) for s in size], points=np.asarray(points, np.float64).tolist())
+
+
+def template_points(template: dict[str, Any], out_size: int | tuple[int, int]) -> np.ndarray:
+  """The template's points scaled to an (out_w, out_h) crop (the bundle squashes to square)."""
+  template = check_template(template)
+  out_w, out_h = (out_size, out_size) if isinstance(out_size, int) else out_size
+  w, h = template["size"]
+  return np.asarray(template["points"], np.float32) * np.asarray([out_w / w, out_h / h], np.float32)
+
+
+def similarity(src, dst):
+  """Least-squares similarity (rotation, uniform scale, shift) taking src (..., P, 2) to dst.
+
+  Returns (..., 2, 3) matrices M with dst ≈ M[:, :2] @ src + M[:, 2].
+  """
+  mu_s, mu_d = src.mean(-2, keepdims=True), dst.mean(-2, keepdims=True)
+  s, d = src - mu_s, dst - mu_d
+  denom = jnp.maximum(jnp.sum(s * s, axis=(-2, -1)), 1e-12)
+  a = jnp.sum(s * d, axis=(-2, -1)) / denom
+  b = jnp.sum(s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0], axis=-1) / denom
+  rot = jnp.stack([jnp.stack([a, -b], -1), jnp.stack([b, a], -1)], -2)
+  shift = mu_d[..., 0, :] - jnp.einsum("...ij,...j->...i", rot, mu_s[..., 0, :])
+  return jnp.concatenate([rot, shift[..., None]], axis=-1)
+
+
+def warp(image, matrix, out_hw: tuple[int, int]):
+  """Samples image (H, W, C) at matrix @ (x, y, 1) for each output pixel centre → (h, w, C).
+
+  `matrix` (2, 3) maps output pixel coordinates to source pixel coordinates; outside the
+  image the samples are black (zero), as the letterbox padding is.
+  """
+  h, w = out_hw
+  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5,
+                        jnp.arange(w, dtype=jnp.float32) + 0.5, indexing="ij")
+  sx = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2] - 0.5  # to index space
+  sy = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2] - 0.5
+  x0, y0 = jnp.floor(sx), jnp.floor(sy)
+  fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+  x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+  H, W = image.shape[:2]
+  img = image.astype(jnp.float32)
+
+  def tap(yi, xi):
+    inside = ((yi >= 0) & (yi < H) & (xi >= 0) & (xi < W))[..., None]
+    return jnp.where(inside, img[jnp.clip(yi, 0, H - 1), jnp.clip(xi, 0, W - 1)], 0.0)
+
+  out = ((1 - fy) * ((1 - fx) * tap(y0, x0) + fx * tap(y0, x0 + 1)) +
+         fy * ((1 - fx) * tap(y0 + 1, x0) + fx * tap(y0 + 1, x0 + 1)))
+  return out
+
+
+def align(image, keypoints, template_pts, out_hw: tuple[int, int]):
+  """One face: keypoints (6, 2) in `image` pixels → the aligned crop (h, w, C) as uint8."""
+  # Fit template → image directly: that is the map the warp samples with.
+  matrix = similarity(jnp.asarray(template_pts), keypoints[jnp.asarray(ALIGN_KEYPOINTS)])
+  out = warp(image, matrix, out_hw)
+  return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+
+
+def align_batch(images, keypoints, template_pts, out_hw):
+  """images (N, H, W, C), keypoints (N, F, 6, 2) → crops (N, F, h, w, C)."""
+  per_face = jax.vmap(lambda img, kp: align(img, kp, template_pts, out_hw), in_axes=(None, 0))
+  return jax.vmap(per_face)(images, keypoints)
+
+
+def measure_template(folder: str, *, detector: str = "short", limit: int | None = None,
+                     batch_size: int = 64) -> dict[str, Any]:
+  """The template of a folder of training crops: the median eye and mouth positions.
+
+  Each crop is run through the detector as the pipeline runs it (letterboxed with a margin);
+  crops with no face found are left out. The size is the median crop size; points of crops of
+  other sizes are scaled to it first.
+  """
+  from gender_jax.data.preprocess import decode
+  from gender_jax.faces.pipeline import Detector
+  paths = []
+  for dirpath, dirnames, filenames in os.walk(folder):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    paths += [os.path.join(dirpath, f) for f in sorted(filenames)
+              if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".webp"))]
+  paths = paths[:limit] if limit else paths
+  if not paths:
+    raise FileNotFoundError(f"no images under {folder}")
+  det = Detector(detector, max_faces=1, batch_size=batch_size)
+  sizes, points = [], []
+  for start in range(0, len(paths), batch_size):
+    images = [decode(open(p, "rb").read()) for p in paths[start:start + batch_size]]
+    for image, faces in zip(images, det(images)):
+      if faces:
+        h, w = image.shape[:2]
+        sizes.append((w, h))
+        points.append(faces[0]["keypoints"][list(ALIGN_KEYPOINTS)] / np.asarray([w, h]))
+  if not points:
+    raise ValueError(f"no face found in any of the {len(paths)} images under {folder}")
+  size = np.median(np.asarray(sizes, np.float64), axis=0)
+  pts = np.median(np.stack(points), axis=0) * size
+  return dict(size=[int(round(s)) for s in size], points=np.round(pts, 1).tolist(),
+              measured_on=len(points), of=len(paths))

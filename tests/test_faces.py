@@ -1,0 +1,142 @@
+"""Faces: alignment maths, detection on photos made from real faces, the fused program."""
+import glob
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from gender_jax import checkpoint
+from gender_jax.faces import align, synthetic
+from gender_jax.faces.pipeline import Detector, FacePipeline, letterbox, unbox
+from tests.helpers import constant_bundle, random_bundle
+
+
+def _crops(utkface_2k, n, seed=0):
+  files = sorted(glob.glob(str(utkface_2k / "*" / "*.jpg")))
+  pick = np.random.default_rng(seed).choice(len(files), n, replace=False)
+  return [np.asarray(Image.open(files[i]).convert("RGB")) for i in pick]
+
+
+@pytest.fixture(scope="module")
+def short():
+  return Detector("short", max_faces=8, batch_size=8)
+
+
+def test_similarity_recovers_a_known_transform_and_warp_is_exact_on_shifts():
+  rng = np.random.default_rng(0)
+  src = rng.uniform(0, 100, (3, 2)).astype(np.float32)
+  angle, scale, shift = 0.3, 1.7, np.asarray([12.0, -5.0])
+  rot = scale * np.asarray([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  m = np.asarray(align.similarity(jnp.asarray(src), jnp.asarray(src @ rot.T + shift)))
+  np.testing.assert_allclose(m[:, :2], rot, atol=1e-4)
+  np.testing.assert_allclose(m[:, 2], shift, atol=1e-3)
+  image = rng.integers(0, 256, (20, 30, 3)).astype(np.uint8)
+  warp = jax.jit(align.warp, static_argnums=2)
+  moved = np.asarray(warp(jnp.asarray(image), jnp.asarray([[1.0, 0, 3], [0, 1.0, 2]]), (10, 12)))
+  np.testing.assert_array_equal(moved, image[2:12, 3:15])  # integer shift: exact pixels
+  outside = np.asarray(warp(jnp.asarray(image), jnp.asarray([[1.0, 0, 100], [0, 1, 0]]),
+                            (10, 12)))
+  assert not outside.any()  # sampling outside the image gives black, like the letterbox
+
+
+def test_templates_are_checked_and_scaled():
+  pts = align.template_points(align.UTKFACE_TEMPLATE, 100)
+  np.testing.assert_allclose(pts, np.asarray(align.UTKFACE_TEMPLATE["points"]) / 2, rtol=1e-6)
+  with pytest.raises(ValueError, match="face template"):
+    align.check_template(dict(size=[200, 200], points=[[1, 2]]))
+
+
+def test_bundle_face_template_from_meta_or_utkface(tmp_path):
+  plain = checkpoint.Bundle(constant_bundle(tmp_path / "a"))
+  assert plain.face_template["points"] == align.UTKFACE_TEMPLATE["points"]
+  b = checkpoint.Bundle(constant_bundle(tmp_path / "b"))
+  b.meta["face_template"] = dict(size=[100, 120], points=[[30, 40], [70, 40], [50, 90]])
+  assert b.face_template["size"] == [100.0, 120.0]
+
+
+def test_letterbox_maps_points_back():
+  image = np.zeros((90, 300, 3), np.uint8)
+  lb = letterbox(image, 128)
+  assert lb.image.shape == (128, 128, 3)
+  pts = np.asarray([[0.0, 0.0], [300.0, 90.0]])
+  back = unbox(pts * np.asarray(lb.scale) + np.asarray(lb.offset), lb)
+  np.testing.assert_allclose(back, pts, atol=1e-6)
+  square = letterbox(np.zeros((200, 200, 3), np.uint8), 128)
+  assert square.offset == (32.0, 32.0)  # a near-square image (a crop) gets a quarter margin
+
+
+@pytest.mark.slow
+def test_utkface_crops_come_out_as_one_face_and_align_onto_themselves(utkface_2k, short):
+  crops = _crops(utkface_2k, 200)
+  faces = short(crops)
+  counts = np.asarray([len(f) for f in faces])
+  assert (counts == 1).mean() >= 0.99
+  # A crop's own keypoints fit onto the UTKFace template by nearly the identity: the
+  # template, the keypoint order and the letterbox margin agree.
+  kps = np.stack([f[0]["keypoints"] for f in faces if len(f) == 1]).astype(np.float32)
+  tpl = np.broadcast_to(align.template_points(align.UTKFACE_TEMPLATE, 200), (len(kps), 3, 2))
+  m = np.asarray(align.similarity(jnp.asarray(tpl), jnp.asarray(kps[:, list(align.ALIGN_KEYPOINTS)])))
+  scale = np.hypot(m[:, 0, 0], m[:, 1, 0])
+  angle = np.degrees(np.arctan2(m[:, 1, 0], m[:, 0, 0]))
+  assert abs(np.median(scale) - 1) < 0.03 and np.quantile(abs(scale - 1), 0.9) < 0.12
+  assert abs(np.median(angle)) < 1.5 and np.quantile(abs(angle), 0.9) < 8
+  centre = np.einsum("nij,j->ni", m, [100.0, 100.0, 1.0])  # where the crop centre comes from
+  assert np.abs(np.median(centre, 0) - 100).max() < 2
+
+
+def test_pasted_faces_found_where_they_are_and_blank_images_have_none(utkface_2k, short):
+  rng = np.random.default_rng(3)
+  crops = _crops(utkface_2k, 12, seed=1)
+  photos = [synthetic.group_photo(rng, crops[3 * k:3 * k + 3], size=(400, 300), sides=(80, 120),
+                                  kind=synthetic.BACKGROUNDS[k], others=crops) for k in range(4)]
+  faces = short([p.image for p in photos])
+  found = np.concatenate([synthetic.match(p.squares, np.asarray([f["box"] for f in fs]).reshape(-1, 4))
+                          for p, fs in zip(photos, faces)])
+  assert found.mean() >= 0.8, found
+  assert sum(len(fs) for fs in faces) <= len(found) + 1  # hardly any false alarms
+  for p, fs in zip(photos, faces):  # keypoints inside their boxes, eyes above the mouth
+    for f in fs:
+      (x0, _, x1, _), kp = f["box"], f["keypoints"]
+      assert (x0 - 5 <= kp[:4, 0]).all() and (kp[:4, 0] <= x1 + 5).all()
+      assert kp[3, 1] > kp[:2, 1].max()
+  blanks = [np.full((240, 320, 3), 128, np.uint8), np.zeros((64, 64, 3), np.uint8)] + [
+      synthetic.background(rng, (320, 240), k, crops) for k in synthetic.BACKGROUNDS]
+  assert [len(f) for f in short(blanks)] == [0] * len(blanks)
+
+
+@pytest.mark.slow
+def test_pipeline_classifies_the_crops_it_aligns_in_one_compile(utkface_2k, tmp_path):
+  from gender_jax.predict import Predictor
+  bundle = checkpoint.Bundle(random_bundle(tmp_path / "bundle", size=32))
+  pipe = FacePipeline(bundle, detector="short", max_faces=4, batch_size=4, canvas=320)
+  rng = np.random.default_rng(5)
+  crops = _crops(utkface_2k, 6, seed=2)
+  photo = synthetic.group_photo(rng, crops[:2], size=(420, 280), sides=(120, 135), kind="gradient")
+  images = [photo.image, crops[2], np.zeros((50, 70, 3), np.uint8), crops[3], crops[4]]
+  out = pipe(images, crops=True)
+  assert pipe.traces == 1  # 5 images = one full batch + one padded one, a single compile
+  assert [len(f) for f in out] == [2, 1, 0, 1, 1]
+  assert synthetic.match(photo.squares, np.stack([f["box"] for f in out[0]])).all()
+  faces = [f for fs in out for f in fs]
+  direct = Predictor(bundle, batch_size=8).predict([f["crop"] for f in faces])
+  for f, d in zip(faces, direct):
+    assert f["crop"].shape == (32, 32, 3)
+    assert f["p_male"] == pytest.approx(d["p_male"], abs=1e-5)
+    assert f["label"] == d["label"] and f["index"] in (0, 1)
+  pipe([crops[5]])
+  assert pipe.traces == 1
+
+
+def test_auto_classifies_a_tight_crop_whole(utkface_2k, tmp_path):
+  from gender_jax.predict import Predictor
+  bundle = checkpoint.Bundle(random_bundle(tmp_path / "bundle", size=32))
+  pipe = FacePipeline(bundle, detector="short", max_faces=2, batch_size=2, canvas=320,
+                      faces="auto")
+  crop = _crops(utkface_2k, 1, seed=4)[0]
+  photo = synthetic.in_the_wild(np.random.default_rng(0), crop, [], side=300, scale=(0.5, 0.5))
+  [[whole], [small]] = pipe([crop, photo.image])
+  assert not whole["aligned"] and small["aligned"]
+  [direct] = Predictor(bundle).predict([crop])
+  assert whole["p_male"] == pytest.approx(direct["p_male"], abs=1e-5)
