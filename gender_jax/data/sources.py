@@ -53,15 +53,15 @@ def store_size(options, config) -> int:
   `config.data.store_size`; 0 keeps the images as they are, -1 (or "auto") is ~1.15x
   data.image_size (prepare.store_size_for)."""
   from gender_jax.data import prepare
-  value = options.get("store_size", config.data.get("store_size", 0)) if options is not None \
-      else config.data.get("store_size", 0)
+  default = config.data.get("store_size", 0)
+  value = options.get("store_size", default) if options is not None else default
   if value == "auto" or value == -1:
     return prepare.store_size_for(config.data.image_size)
   try:
     return int(value or 0)
   except (TypeError, ValueError):
     raise ValueError(f"store_size={value!r}: give pixels (0 keeps the images as they are) "
-                     "or 'auto'") from None
+                     "or -1 for ~1.15x data.image_size") from None
 
 
 _BUILDERS: dict[str, Any] = {}  # preparing checks the folder's listing: once per process
