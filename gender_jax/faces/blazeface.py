@@ -37,11 +37,45 @@ class Conv(nnx.Module):
     self.dilation, self.activation = tuple(dilation), activation
 
   def __call__(self, x):
-    y = jax.lax.conv_general_dilated(
-        x, self.kernel[...], self.stride, self.padding, rhs_dilation=self.dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=x.shape[-1] if self.depthwise else 1)
+    kernel = self.kernel[...]
+    if self.depthwise and kernel.shape[2] == 1 and kernel.shape[3] == x.shape[-1] and \
+        self.dilation == (1, 1):
+      y = depthwise(x, kernel[:, :, 0], self.stride, self.padding)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, self.stride, self.padding, rhs_dilation=self.dilation,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+          feature_group_count=x.shape[-1] if self.depthwise else 1)
     return _activate(y + self.bias[...], self.activation)
+
+
+def _same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
+  """TensorFlow's SAME padding: the odd pixel goes after."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + k - size, 0)
+  return total // 2, total - total // 2
+
+
+def depthwise(x, kernel, stride, padding: str):
+  """A depthwise convolution (kernel (kh, kw, C)) as kh*kw shifted multiply-adds.
+
+  XLA:CPU runs `feature_group_count=C` convolutions as C tiny ones: 30x slower than this for
+  BlazeFace's 3x3 layers (2.1 ms vs 0.06 ms at 64x64x24), and they are half the network.
+  """
+  n, h, w, c = x.shape
+  kh, kw = kernel.shape[:2]
+  sh, sw = stride
+  if padding == "SAME":
+    (t, b), (left, r) = _same_pads(h, kh, sh), _same_pads(w, kw, sw)
+    x = jnp.pad(x, ((0, 0), (t, b), (left, r), (0, 0)))
+  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  y = 0.0
+  for i in range(kh):
+    for j in range(kw):
+      tap = jax.lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, c),
+                          (1, sh, sw, 1))
+      y = y + tap * kernel[i, j]
+  return y
 
 
 def _activate(x, activation):

@@ -1,0 +1,223 @@
+"""Faces: BlazeFace recall and speed, the fused detect→align→classify program, in-the-wild accuracy.
+
+  python benchmarks/faces.py --parts recall,fused               # synthetic group photos
+  python benchmarks/faces.py --parts speed --one-core           # ms per photo, one CPU core
+  python benchmarks/faces.py --parts accuracy --bundle runs/utk/bundle \
+      --data UTKFACE_DIR --splits runs/utk/splits.csv           # --faces off vs detect
+
+recall: group photos (640x480, 2–5 UTKFace crops pasted with 40–80 px sides, ±10°, on
+noise / gradient / stripes / blurred-photo backgrounds): the share of pasted faces found
+(a box centred on the crop, 0.3–1.2 of its side wide) and false detections per photo.
+speed: one photo (batch 1, already letterboxed on the device) through detector + decoding +
+NMS; median ms. `--one-core` pins the process to CPU 0 (sched_setaffinity, as `taskset -c 0`)
+and gives XLA one thread (--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1).
+fused: the whole program (detector, NMS, warp of 8 face slots per photo from a 640 px
+canvas, classifier, softmax) at batch 32: device img/s on prepared batches, and end to end
+with the host's letterboxing. accuracy: each TEST-split crop pasted as a person in a 250x250
+photo (0.3–0.6 of the side, random place, ±8°, a texture or a blurred corner of another test
+image behind): balanced accuracy with the photo classified whole (--faces off) and with the
+best-scoring detected face aligned and classified (--faces detect; no face found counts as
+wrong), beside the crops themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+
+if "--one-core" in sys.argv:  # before JAX starts: XLA reads its flags once
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                             "false intra_op_parallelism_threads=1").strip()
+  os.sched_setaffinity(0, {0})
+
+import common  # noqa: E402,I001 — sets the environment before JAX starts
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from gender_jax.faces import synthetic  # noqa: E402
+from gender_jax.faces.pipeline import Detector, FacePipeline, letterbox  # noqa: E402
+
+COLUMNS = [("part", "part", ""), ("detector", "detector", ""), ("metric", "metric", ""),
+           ("value", "value", ".4g"), ("n", "n", ""), ("note", "note", "")]
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--parts", default="recall,speed,fused",
+                 help="comma-separated: recall, speed, fused, accuracy")
+  p.add_argument("--detectors", default="short,full")
+  p.add_argument("--data", default=str(common.DEFAULT_FOLDER),
+                 help="UTKFace folder (male/, female/, labels.csv)")
+  p.add_argument("--splits", help="splits.csv of the bundle's run (accuracy: its test rows)")
+  p.add_argument("--bundle", help="inference bundle (fused: random resnet18/16 at 64 px if none)")
+  p.add_argument("--photos", type=int, default=40, help="group photos for recall")
+  p.add_argument("--limit", type=int, help="at most this many test images (accuracy)")
+  p.add_argument("--steps", type=int, default=30, help="timed calls (speed, fused)")
+  p.add_argument("--batch-size", type=int, default=32, help="fused program batch")
+  p.add_argument("--one-core", action="store_true", help="pin to CPU 0, one XLA thread")
+  p.add_argument("--json", help="write the results here")
+  return p.parse_args(argv)
+
+
+def load_crops(folder, n=None, seed=0):
+  files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
+                 if f.lower().endswith((".jpg", ".jpeg", ".png")))
+  if n is not None:
+    files = [files[i] for i in np.random.default_rng(seed).choice(len(files), n, replace=False)]
+  return [np.asarray(Image.open(f).convert("RGB")) for f in files]
+
+
+def recall(args, kinds):
+  rng = np.random.default_rng(0)
+  crops = load_crops(args.data, 6 * args.photos)
+  photos = [synthetic.group_photo(rng, crops[6 * k:6 * k + int(rng.integers(2, 6))],
+                                  size=(640, 480), sides=(40, 80), others=crops)
+            for k in range(args.photos)]
+  rows = []
+  for kind in kinds:
+    found = Detector(kind, max_faces=8, batch_size=8)([p.image for p in photos])
+    hits = [synthetic.match(p.squares, np.asarray([f["box"] for f in fs]).reshape(-1, 4))
+            for p, fs in zip(photos, found)]
+    n_faces = sum(len(h) for h in hits)
+    false = sum(max(0, len(fs) - int(h.sum())) for fs, h in zip(found, hits))
+    rows.append(dict(part="recall", detector=kind, metric="recall 40-80 px",
+                     value=sum(h.sum() for h in hits) / n_faces, n=n_faces,
+                     note=f"{args.photos} photos 640x480"))
+    rows.append(dict(part="recall", detector=kind, metric="false per photo",
+                     value=false / len(photos), n=len(photos), note=""))
+  return rows
+
+
+def speed(args, kinds):
+  rng = np.random.default_rng(1)
+  crops = load_crops(args.data, 8)
+  photo = synthetic.group_photo(rng, crops[:3], size=(640, 480), sides=(60, 100), others=crops)
+  rows = []
+  for kind in kinds:
+    det = Detector(kind, max_faces=8, batch_size=1)
+    batch = jax.device_put(letterbox(photo.image, det.size).image[None])
+    jax.block_until_ready(det._run(det._state, batch))
+    times = []
+    for _ in range(args.steps):
+      start = time.perf_counter()
+      jax.block_until_ready(det._run(det._state, batch))
+      times.append(time.perf_counter() - start)
+    host = []
+    for _ in range(10):
+      start = time.perf_counter()
+      letterbox(photo.image, det.size)
+      host.append(time.perf_counter() - start)
+    note = "1 core, 1 XLA thread" if args.one_core else f"{len(os.sched_getaffinity(0))} cores"
+    rows.append(dict(part="speed", detector=kind, metric="ms / photo (device)",
+                     value=1e3 * float(np.median(times)), n=args.steps, note=note))
+    rows.append(dict(part="speed", detector=kind, metric="ms / photo (host letterbox)",
+                     value=1e3 * float(np.median(host)), n=10, note="640x480 → side"))
+  return rows
+
+
+def random_bundle(directory):
+  import ml_collections
+  from flax import nnx
+  from gender_jax import checkpoint
+  from gender_jax.data.preprocess import make_spec
+  from gender_jax.models import create_model
+  cfg = dict(arch="resnet18", width=16, num_classes=2, compute_dtype="float32", dropout=0.0)
+  model = create_model(ml_collections.ConfigDict(cfg), rngs=nnx.Rngs(0))
+  checkpoint.save_bundle(directory, model, model_config=cfg, preprocessing=make_spec(64))
+  return directory
+
+
+def fused(args, kinds, bundle):
+  rng = np.random.default_rng(2)
+  crops = load_crops(args.data, 6 * args.batch_size)
+  photos = [synthetic.group_photo(rng, crops[6 * k:6 * k + 3], size=(640, 480), sides=(60, 120),
+                                  others=crops).image for k in range(args.batch_size)]
+  rows = []
+  for kind in kinds:
+    pipe = FacePipeline(bundle, detector=kind, max_faces=8, batch_size=args.batch_size)
+    prepared = [pipe.prepare(p) for p in photos]
+    arrays = [jax.device_put(np.stack([p[i].image if i < 2 else p[i] for p in prepared]))
+              for i in range(3)]
+    start = time.perf_counter()
+    jax.block_until_ready(pipe.run_batch(*arrays))
+    compile_s = time.perf_counter() - start
+    steps = max(3, args.steps // 10)
+    start = time.perf_counter()
+    for _ in range(steps):
+      jax.block_until_ready(pipe.run_batch(*arrays))
+    device = steps * args.batch_size / (time.perf_counter() - start)
+    start = time.perf_counter()
+    pipe(photos)
+    end_to_end = args.batch_size / (time.perf_counter() - start)
+    note = f"batch {args.batch_size}, 8 face slots, {pipe.crop_size} px classifier"
+    rows.append(dict(part="fused", detector=kind, metric="img/s (device)", value=device,
+                     n=steps, note=note + f", compile {compile_s:.0f} s"))
+    rows.append(dict(part="fused", detector=kind, metric="img/s (with host letterbox)",
+                     value=end_to_end, n=1, note=note))
+  return rows
+
+
+def balanced_accuracy(labels, predicted):
+  labels, predicted = np.asarray(labels), np.asarray(predicted)
+  return float(np.mean([(predicted[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
+def accuracy(args, kinds, bundle):
+  from gender_jax.checkpoint import Bundle
+  from gender_jax.predict import Predictor
+  if not args.splits:
+    raise SystemExit("--parts accuracy needs --splits SPLITS_CSV (and --bundle, --data)")
+  with open(args.splits) as f:
+    test = [r for r in csv.DictReader(f) if r["split"] == "test"]
+  test = test[:args.limit] if args.limit else test
+  bundle = Bundle(bundle)
+  names = list(bundle.class_names)
+  crops = [np.asarray(Image.open(os.path.join(args.data, r["path"])).convert("RGB")) for r in test]
+  labels = [names.index(os.path.dirname(r["path"])) if r["label"] not in ("0", "1")
+            else int(r["label"]) for r in test]
+  rng = np.random.default_rng(3)
+  photos = [synthetic.in_the_wild(rng, c, crops).image for c in crops]
+  predictor = Predictor(bundle, batch_size=64)
+  off = [names.index(a["label"]) if a["label"] in names else -1 for a in predictor.predict(photos)]
+  ref = [names.index(a["label"]) if a["label"] in names else -1 for a in predictor.predict(crops)]
+  rows = [dict(part="accuracy", detector="—", metric="balanced acc, crops", n=len(test),
+               value=balanced_accuracy(labels, ref), note="the test crops themselves"),
+          dict(part="accuracy", detector="—", metric="balanced acc, --faces off", n=len(test),
+               value=balanced_accuracy(labels, off), note="250x250 photo, face 0.3-0.6")]
+  for kind in kinds:
+    pipe = FacePipeline(bundle, detector=kind, max_faces=4, batch_size=16)
+    got, found = [], 0
+    for faces in pipe(photos):
+      best = max(faces, key=lambda f: f["score"]) if faces else None
+      found += best is not None
+      got.append(names.index(best["label"]) if best and best["label"] in names else -1)
+    rows.append(dict(part="accuracy", detector=kind, metric="balanced acc, --faces detect",
+                     value=balanced_accuracy(labels, got), n=len(test),
+                     note=f"face found in {found / len(test):.1%}; none = wrong"))
+  return rows
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  parts, kinds = args.parts.split(","), args.detectors.split(",")
+  info = common.device_info(with_torch=False)
+  info["cpu_affinity"] = sorted(os.sched_getaffinity(0))
+  bundle = args.bundle
+  if not bundle and ("fused" in parts):
+    import tempfile
+    bundle = random_bundle(os.path.join(tempfile.mkdtemp(), "bundle"))
+  rows = []
+  for part, fn in (("recall", lambda: recall(args, kinds)), ("speed", lambda: speed(args, kinds)),
+                   ("fused", lambda: fused(args, kinds, bundle)),
+                   ("accuracy", lambda: accuracy(args, kinds, bundle))):
+    if part in parts:
+      rows += fn()
+      print(common.format_table(rows[-2:], COLUMNS).split("\n", 2)[-1], flush=True)
+  common.report("faces", rows, COLUMNS, info, args)
+
+
+if __name__ == "__main__":
+  main()
