@@ -230,3 +230,23 @@ def test_jpeg_decoder_choice():
                for d in ("pil", "simplejpeg"))
     assert pil.shape == sj.shape == (size, size, 3)
     assert np.abs(pil.astype(int) - sj).mean() < 3
+
+
+@pytest.mark.slow
+def test_batches_do_not_depend_on_threads_or_worker_processes(folder_source):
+  """Examples are decoded one by one by threads or worker processes and batched after:
+  the batches are the same for any count of either."""
+  config = _config({"folder": dict(folder_source, balance_by="race", rotate=10.0),
+                    "synthetic": dict(weight=1.0, train_size=64, image_size=40)},
+                   color_jitter=0.3, batch_size=8)
+  reference = _take(pipeline.train_dataset(config, start_step=3), 4)
+  for threads, workers in ((4, 0), (1, 2)):
+    with config.unlocked():
+      config.data.update(dict(read_threads=threads, num_workers=workers))
+    it = iter(pipeline.train_dataset(config, start_step=3))
+    got = [next(it) for _ in range(4)]
+    it.close()  # stops the worker processes
+    for a, b in zip(reference, got):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{k}, {threads} threads, "
+                                                          f"{workers} workers")
