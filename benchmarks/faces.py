@@ -48,7 +48,8 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--parts", default="recall,speed,fused",
                  help="comma-separated: recall, speed, fused, accuracy")
-  p.add_argument("--detectors", default="short,full")
+  p.add_argument("--detectors", default="short,full,full@384",
+                 help="KIND or KIND@SIDE: full range at a larger input side finds smaller faces")
   p.add_argument("--data", default=str(common.DEFAULT_FOLDER),
                  help="UTKFace folder (male/, female/, labels.csv)")
   p.add_argument("--splits", help="splits.csv of the bundle's run (accuracy: its test rows)")
@@ -70,6 +71,11 @@ def load_crops(folder, n=None, seed=0):
   return [np.asarray(Image.open(f).convert("RGB")) for f in files]
 
 
+def split_kind(name):
+  kind, _, side = name.partition("@")
+  return kind, int(side) if side else None
+
+
 def recall(args, kinds):
   rng = np.random.default_rng(0)
   crops = load_crops(args.data, 6 * args.photos)
@@ -78,7 +84,8 @@ def recall(args, kinds):
             for k in range(args.photos)]
   rows = []
   for kind in kinds:
-    found = Detector(kind, max_faces=8, batch_size=8)([p.image for p in photos])
+    found = Detector(*split_kind(kind)[:1], side=split_kind(kind)[1], max_faces=8,
+                     batch_size=8)([p.image for p in photos])
     hits = [synthetic.match(p.squares, np.asarray([f["box"] for f in fs]).reshape(-1, 4))
             for p, fs in zip(photos, found)]
     n_faces = sum(len(h) for h in hits)
@@ -97,7 +104,7 @@ def speed(args, kinds):
   photo = synthetic.group_photo(rng, crops[:3], size=(640, 480), sides=(60, 100), others=crops)
   rows = []
   for kind in kinds:
-    det = Detector(kind, max_faces=8, batch_size=1)
+    det = Detector(split_kind(kind)[0], side=split_kind(kind)[1], max_faces=8, batch_size=1)
     batch = jax.device_put(letterbox(photo.image, det.size).image[None])
     jax.block_until_ready(det._run(det._state, batch))
     times = []
@@ -137,7 +144,8 @@ def fused(args, kinds, bundle):
                                   others=crops).image for k in range(args.batch_size)]
   rows = []
   for kind in kinds:
-    pipe = FacePipeline(bundle, detector=kind, max_faces=8, batch_size=args.batch_size)
+    pipe = FacePipeline(bundle, detector=split_kind(kind)[0], detector_side=split_kind(kind)[1],
+                        max_faces=8, batch_size=args.batch_size)
     prepared = [pipe.prepare(p) for p in photos]
     arrays = [jax.device_put(np.stack([p[i].image if i < 2 else p[i] for p in prepared]))
               for i in range(3)]
@@ -188,7 +196,8 @@ def accuracy(args, kinds, bundle):
           dict(part="accuracy", detector="—", metric="balanced acc, --faces off", n=len(test),
                value=balanced_accuracy(labels, off), note="250x250 photo, face 0.3-0.6")]
   for kind in kinds:
-    pipe = FacePipeline(bundle, detector=kind, max_faces=4, batch_size=16)
+    pipe = FacePipeline(bundle, detector=split_kind(kind)[0], detector_side=split_kind(kind)[1],
+                        max_faces=4, batch_size=16)
     got, found = [], 0
     for faces in pipe(photos):
       best = max(faces, key=lambda f: f["score"]) if faces else None

@@ -336,6 +336,10 @@ def main(argv=None):
   parser.add_argument("--detector", default="full", choices=("full", "short"),
                       help="BlazeFace model: full range (faces up to ~5 m, default) or short "
                            "range (~2 m, faster) (example: --detector short)")
+  parser.add_argument("--detector-side", type=int,
+                      help="run the full-range detector at this input side, a multiple of 32, "
+                           "instead of 192: finds faces half as large at 384, at 4x the cost "
+                           "(example: --detector-side 384)")
   parser.add_argument("--max-faces", type=int, default=8,
                       help="most faces reported per photo (default 8; example: --max-faces 16)")
   parser.add_argument("--save-crops", help="write each aligned face as DIR/<n>_<name>_face<i>.png "
@@ -352,6 +356,13 @@ def main(argv=None):
     raise errors.UsageError(f"--batch-size {args.batch_size}: must be ≥ 1")
   if args.max_faces < 1:
     raise errors.UsageError(f"--max-faces {args.max_faces}: must be ≥ 1")
+  side = None
+  if args.detector_side:
+    from gender_jax.faces.pipeline import check_side
+    try:
+      side = check_side(args.detector, args.detector_side)
+    except ValueError as e:
+      raise errors.UsageError(f"--detector-side: {e}") from None
   if args.save_crops:
     if args.faces == "off":
       raise errors.UsageError("--save-crops needs faces: drop --faces off")
@@ -381,6 +392,7 @@ def main(argv=None):
     from gender_jax.faces import FacePipeline
     # Faces multiply the classifier's batch: images per call is batch_size / max_faces.
     pipeline = FacePipeline(bundle, detector=args.detector, max_faces=args.max_faces,
+                            detector_side=side,
                             batch_size=max(1, args.batch_size // args.max_faces),
                             faces=args.faces)
     columns = CSV_COLUMNS + FACE_COLUMNS

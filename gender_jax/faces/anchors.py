@@ -28,10 +28,12 @@ IOU_THRESHOLD = 0.3        # min_suppression_threshold
 RAW_SCORE_LIMIT = 100.0    # score_clipping_thresh
 
 
-def ssd_anchors(kind: str) -> np.ndarray:
-  """(A, 2) anchor centres (x, y) in MediaPipe's order: layer groups, rows, columns, anchors."""
+def ssd_anchors(kind: str, size: int | None = None) -> np.ndarray:
+  """(A, 2) anchor centres (x, y) in MediaPipe's order: layer groups, rows, columns, anchors.
+
+  `size` is the detector input side (default the model's own)."""
   config = CONFIGS[kind]
-  size, strides = config["size"], config["strides"]
+  size, strides = size or config["size"], config["strides"]
   out, layer = [], 0
   while layer < len(strides):
     per_cell, last = 0, layer
@@ -107,10 +109,14 @@ def weighted_nms(boxes, keypoints, scores, *, max_faces: int, min_score: float =
 
 
 def detect(raw_boxes, raw_scores, kind: str, *, max_faces: int, min_score: float = MIN_SCORE,
-           iou_threshold: float = IOU_THRESHOLD, top_k: int = 256) -> Detections:
-  """A batch of raw detector outputs (N, A, 16), (N, A) → N x max_faces detections."""
-  anchors = jnp.asarray(ssd_anchors(kind))
-  boxes, keypoints, scores = decode(raw_boxes, raw_scores, anchors, CONFIGS[kind]["size"])
+           iou_threshold: float = IOU_THRESHOLD, top_k: int = 256,
+           size: int | None = None) -> Detections:
+  """A batch of raw detector outputs (N, A, 16), (N, A) → N x max_faces detections.
+
+  `size`: the side the detector ran at; regressors are in its pixels."""
+  size = size or CONFIGS[kind]["size"]
+  anchors = jnp.asarray(ssd_anchors(kind, size))
+  boxes, keypoints, scores = decode(raw_boxes, raw_scores, anchors, size)
   nms = lambda b, k, s: weighted_nms(b, k, s, max_faces=max_faces, min_score=min_score,  # noqa: E731
                                      iou_threshold=iou_threshold, top_k=top_k)
   return jax.vmap(nms)(boxes, keypoints, scores)

@@ -133,6 +133,9 @@ class BlazeFace(nnx.Module):
     self.convs = nnx.List(convs)
 
   def __call__(self, x):
+    """x: (N, S, S, 3) in [-1, 1]. S is the model's side, or a multiple of 32 for the full
+    range: the network is convolutional, and a larger side finds smaller faces."""
+    scale = x.shape[1] / self.input_size  # the upsampling sizes of the full range follow S
     values = {self.spec["input"]: x}
     for entry in self.spec["ops"]:
       ins = [values[i] for i in entry["inputs"]]
@@ -149,11 +152,11 @@ class BlazeFace(nnx.Module):
         y = _activate(max_pool(ins[0], entry["window"], entry["stride"], entry["padding"]),
                       entry["activation"])
       elif op == "RESHAPE":
-        y = ins[0].reshape(entry["shape"])
+        y = ins[0].reshape(ins[0].shape[0], -1, entry["shape"][-1])
       elif op == "CONCATENATION":
         y = _activate(jnp.concatenate(ins, axis=entry["axis"]), entry["activation"])
       elif op == "RESIZE_BILINEAR":
-        y = resize_bilinear(ins[0], entry["size"], entry["align_corners"],
+        y = resize_bilinear(ins[0], [round(v * scale) for v in entry["size"]], entry["align_corners"],
                             entry["half_pixel_centers"])
       else:
         raise ValueError(f"unsupported layer {op}")
