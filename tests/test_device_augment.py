@@ -61,6 +61,9 @@ def test_output_is_float_in_range_and_identity_when_off():
   assert float(out.min()) >= 0.0 and float(out.max()) <= 255.0
   off = AUG(_images(), keys[:8], device_augment.make_params(flip=False))
   np.testing.assert_array_equal(off, _images().astype(np.float32))
+  # One key for the whole batch is split per example.
+  one = AUG(_images(), keys[0], device_augment.make_params(color_jitter=0.5))
+  assert one.shape == (8, 24, 24, 3) and not np.array_equal(one[0], one[1])
   # Float input (already 0..255) is accepted too.
   np.testing.assert_array_equal(
       AUG(_images().astype(np.float32), keys[:8], device_augment.make_params(flip=False)), off)
@@ -101,7 +104,10 @@ def test_each_source_gets_its_own_settings():
                                         flip=False, color_jitter=0.0)},
                    color_jitter=0.5, grayscale=0.0)
   params = device_augment.params_for(config)
-  np.testing.assert_allclose(params.color_jitter, [0.5, 0.0])
+  np.testing.assert_allclose(params.color_jitter, [0.5, 0.0])  # a config stands for these:
+  keys = device_augment.example_keys(device_augment.base_key(0), 0, np.arange(8))
+  np.testing.assert_array_equal(device_augment.augment(_images(8), keys, config),
+                                device_augment.augment(_images(8), keys, params))
   np.testing.assert_allclose(params.flip, [0.5, 0.0])
   images = _images(8)
   sid = np.array([0, 1] * 4)

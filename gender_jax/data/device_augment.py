@@ -96,15 +96,18 @@ def _one(image, key, flip_p, s, gray_p):
 def augment(images, keys, params: AugmentParams, source_id=None) -> jax.Array:
   """uint8 (or float 0..255) NHWC images → float32 NHWC in [0, 255], flipped and jittered.
 
-  Pure and jittable. `keys`: one key per example (`example_keys`); `params`: AugmentParams
-  (or a config, read with `params_for`); `source_id`: int (B,) selecting each example's
-  source entry in `params` (default: entry 0).
+  Pure and jittable. `keys`: one key per example (`example_keys`), or a single key split
+  into one per example (then the result depends on the batch's layout, not on each
+  example's index); `params`: AugmentParams (or a config, read with `params_for`);
+  `source_id`: int (B,) selecting each example's source entry in `params` (default: 0).
   """
   if not isinstance(params, AugmentParams):
     params = params_for(params)
   images = jnp.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"augment expects NHWC RGB images, got shape {images.shape}")
+  if jnp.ndim(keys) == 0:
+    keys = jax.random.split(keys, images.shape[0])
   sid = (jnp.zeros(images.shape[0], jnp.int32) if source_id is None
          else jnp.asarray(source_id, jnp.int32))
   return jax.vmap(_one)(images, keys, params.flip[sid], params.color_jitter[sid],
