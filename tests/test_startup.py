@@ -96,3 +96,18 @@ def test_an_index_is_made_once_for_data_prepared_without_one(tmp_path, record_re
   record_reads.clear()
   _start(config, str(tmp_path))
   assert not record_reads
+
+
+def test_metadata_columns_match_the_records(tmp_path):
+  """What balancing and the listing read from the index is what the records hold."""
+  truth = fixtures.folder(str(tmp_path / "f"), per_class=10)
+  config, _ = _config(tmp_path, truth)
+  _fresh_process()
+  for split in ("train", "validation", "test"):
+    source = sources.get_source("folder", split, config)  # exclude list applied
+    meta = sources.Metadata(source)
+    assert len(meta) == len(source)
+    for i in range(len(source)):
+      record = source[i]
+      assert meta[i] == {k: record[k] for k in sources.METADATA_FIELDS}
+      assert meta[i]["subgroups"]["race"] == truth["images"][record["path"]][1]["race"]

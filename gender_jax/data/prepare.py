@@ -160,7 +160,7 @@ def bad_files(b) -> list[dict[str, str]]:
 
 
 INDEX_FILE = "gender_index-{split}.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: subgroups as JSON text
 
 
 def _split_files(data_path: str, builder_name: str, split: str) -> list[list]:
@@ -251,7 +251,8 @@ class RecordSource:
         "_ds": None, "_columns": None}
 
   def columns(self) -> dict[str, list]:
-    """{label, path, identity, subgroups} → one list each, in record order (no image read)."""
+    """{label, path, identity, subgroups (JSON text)} → one list each, in record order (no
+    image read)."""
     if self._columns is None:
       self._columns = read_index(self.data_path, self.builder_name, self.split, self.name)
     return self._columns

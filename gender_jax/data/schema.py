@@ -153,8 +153,13 @@ def from_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def index_fields(record: dict[str, Any]) -> dict[str, Any]:
-  """A raw record read back from array_record → its INDEX_FIELDS (the image is dropped)."""
+  """A raw record read back from array_record → its INDEX_FIELDS (the image is dropped).
+
+  `subgroups` stays JSON text: 40 CelebA attributes as a dict per record would make the
+  index of 200k records take a gigabyte in every process; it is decoded where it is used.
+  """
   r = from_record(dict(record, image=b""))
+  r["subgroups"] = json.dumps(r["subgroups"], sort_keys=True)
   return {k: r[k] for k in INDEX_FIELDS}
 
 

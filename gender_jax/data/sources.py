@@ -147,7 +147,8 @@ METADATA_FIELDS = ("label", "path", "identity", "subgroups")
 
 
 def columns(source) -> dict[str, list]:
-  """{label, path, identity, subgroups} → a list each, in record order.
+  """{label, path, identity, subgroups} → a list each, in record order; subgroups as JSON
+  text (`Metadata` decodes them one record at a time).
 
   From the source's own `columns()` where it has them (prepared splits: no image is read);
   otherwise by reading its records (generated and in-memory sources).
@@ -155,7 +156,9 @@ def columns(source) -> dict[str, list]:
   if hasattr(source, "columns"):
     return source.columns()
   records = [source[i] for i in range(len(source))]
-  return {k: [r.get(k) for r in records] for k in METADATA_FIELDS}
+  out = {k: [r.get(k) for r in records] for k in METADATA_FIELDS}
+  out["subgroups"] = [json.dumps(g or {}, sort_keys=True) for g in out["subgroups"]]
+  return out
 
 
 class Subset:
@@ -201,7 +204,9 @@ class Metadata:
     return self._len
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return {k: v[index] for k, v in self._columns.items()}
+    record = {k: v[index] for k, v in self._columns.items()}
+    record["subgroups"] = json.loads(record["subgroups"] or "{}")
+    return record
 
 
 def configured_sources(config: ml_collections.ConfigDict) -> dict[str, float]:
