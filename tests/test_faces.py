@@ -140,3 +140,22 @@ def test_auto_classifies_a_tight_crop_whole(utkface_2k, tmp_path):
   assert not whole["aligned"] and small["aligned"]
   [direct] = Predictor(bundle).predict([crop])
   assert whole["p_male"] == pytest.approx(direct["p_male"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_full_range_at_a_larger_side_finds_the_same_faces_and_smaller_ones(utkface_2k):
+  rng = np.random.default_rng(8)
+  crops = _crops(utkface_2k, 8, seed=6)
+  big = synthetic.group_photo(rng, crops[:3], size=(480, 320), sides=(110, 140), kind="noise")
+  small = synthetic.group_photo(rng, crops[3:8], size=(640, 480), sides=(50, 70), kind="gradient")
+  native, wide = Detector("full", batch_size=2), Detector("full", batch_size=2, side=384)
+  [a, a_small], [b, b_small] = native([big.image, small.image]), wide([big.image, small.image])
+  assert len(a) >= 2 and len(b) >= len(a)
+  for fa in a:  # each face of the native run is found at 384 too, at the same place
+    side = fa["box"][2] - fa["box"][0]
+    fb = min(b, key=lambda f: np.abs(f["box"] - fa["box"]).max())
+    np.testing.assert_allclose(fa["box"], fb["box"], atol=0.08 * side)
+    np.testing.assert_allclose(fa["keypoints"][:4], fb["keypoints"][:4], atol=0.08 * side)
+  found = lambda faces: synthetic.match(small.squares, np.asarray(  # noqa: E731
+      [f["box"] for f in faces]).reshape(-1, 4)).sum()
+  assert found(b_small) >= 4 and found(b_small) > found(a_small)
