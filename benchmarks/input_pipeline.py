@@ -18,6 +18,12 @@ each size, runs:
 Prints images/s of wall time and images per CPU-second (CPU time of the process and of its
 worker processes: the per-core figure, fair on a machine shared with other jobs), as a
 Markdown table; --json writes every row with the machine's load.
+
+  python benchmarks/input_pipeline.py --startup FOLDER [--data_dir DIR] [--config configs/utkface.py]
+
+times instead the data work of a training launch on FOLDER, in a fresh process (prepared
+first if needed): the sanity counts, the train and validation sizes, the bad-file report and
+split listing, the training stream and its first batch.
 """
 from __future__ import annotations
 
@@ -148,6 +154,51 @@ def _has_simplejpeg() -> bool:
   return True
 
 
+STARTUP = """
+import importlib.util, os, sys, tempfile, time
+sys.path.insert(0, {repo!r})
+spec = importlib.util.spec_from_file_location("bench_config", {config!r})
+module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+from gender_jax import train
+from gender_jax.data import pipeline, sources
+config = module.get_config()
+with config.unlocked():
+  config.data.folder, config.data.data_dir = {folder!r}, {data_dir!r}
+marks, t = {{}}, time.perf_counter()
+def mark(name):
+  global t
+  marks[name] = time.perf_counter() - t
+  t = time.perf_counter()
+train.log_data_sanity(config); mark("sanity counts")
+names = sources.configured_sources(config)
+sum(len(sources.get_source(n, "train", config)) for n in names)
+[sources.get_source(n, "validation", config) for n in names]; mark("sizes")
+workdir = tempfile.mkdtemp()
+sources.write_bad_file_report(config, workdir)
+sources.write_split_listing(config, workdir); mark("reports + listing")
+it = iter(pipeline.train_dataset(config, process_index=0, process_count=1)); mark("stream")
+next(it); mark("first batch")
+print("|".join(f"{{k}}={{v:.2f}}" for k, v in marks.items()))
+"""
+
+
+def startup(args) -> dict:
+  import subprocess
+  from gender_jax.data import prepare
+  prepare.prepare("folder", args.startup, args.data_dir)  # not part of a start: done once
+  repo = str(pathlib.Path(__file__).resolve().parents[1])
+  code = STARTUP.format(repo=repo, config=os.path.abspath(args.config), folder=args.startup,
+                        data_dir=args.data_dir)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  marks = dict(item.split("=") for item in out.stdout.strip().splitlines()[-1].split("|"))
+  marks = {k: float(v) for k, v in marks.items()}
+  print("data work of a launch, fresh process: " + "; ".join(
+      f"{k} {v:.2f} s" for k, v in marks.items()) + f"; total {sum(marks.values()):.2f} s "
+      f"(load average {os.getloadavg()[0]:.1f})")
+  return marks
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument("--folder", default=str(DEFAULT_FOLDER))
@@ -156,7 +207,13 @@ def main(argv=None):
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--batches", type=int, default=12)
   parser.add_argument("--json", default="", help="write every row here")
+  parser.add_argument("--startup", default="", help="time a launch's data work on this folder")
+  parser.add_argument("--config", default=str(pathlib.Path(__file__).resolve().parents[1] /
+                                             "configs" / "utkface.py"),
+                      help="the config whose data section --startup uses")
   args = parser.parse_args(argv)
+  if args.startup:
+    return startup(args)
   sizes = [int(s) for s in args.sizes.split(",")]
 
   from absl import flags
