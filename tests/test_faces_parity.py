@@ -147,3 +147,24 @@ def test_detector_matches_litert(kind, utkface_2k):
       np.testing.assert_allclose(det.keypoints[i, f].ravel() * side, data[4:] * side, atol=0.25)
     total += len(ref)
   assert total >= 9  # the photos have 12 faces; the parity is checked on real detections
+
+
+def test_committed_weights_are_what_convert_makes(tmp_path):
+  sources = []
+  for kind in ("short", "full"):
+    path = tmp_path / NAMES[kind]
+    path.write_bytes(_model_bytes(kind))
+    sources.append(str(path))
+  from gender_jax.faces import convert
+  written = convert.convert(sources, str(tmp_path / "weights"))
+  assert sorted(os.path.basename(p) for p in written) == ["full.npz", "short.npz"]
+  for kind in ("short", "full"):
+    spec, weights = blazeface.read_weights(str(tmp_path / "weights" / f"{kind}.npz"))
+    ref_spec, ref_weights = blazeface.read_weights(os.path.join(blazeface.WEIGHTS_DIR,
+                                                                f"{kind}.npz"))
+    assert spec == ref_spec and sorted(weights) == sorted(ref_weights)
+    for key, value in weights.items():
+      assert value.dtype == np.float16
+      np.testing.assert_array_equal(value, ref_weights[key])
+  with pytest.raises(ValueError, match="not a TFLite model"):
+    tflite.parse(b"\0" * 16)
