@@ -250,3 +250,14 @@ def test_batches_do_not_depend_on_threads_or_worker_processes(folder_source):
       for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=f"{k}, {threads} threads, "
                                                           f"{workers} workers")
+
+
+def test_input_parallelism_defaults():
+  """-1 is auto: on a CPU backend the step needs the cores, so 2 threads; workers auto to 0
+  (threads); auto threads are shared among worker processes; explicit values are kept."""
+  def parallelism(threads, workers):
+    return pipeline.input_parallelism(_config({}, read_threads=threads, num_workers=workers))
+  assert parallelism(-1, 0) == (pipeline.CPU_BACKEND_THREADS, 0)
+  assert parallelism(-1, 2) == (1, 2)
+  assert parallelism(3, -1) == (3, 0)
+  assert parallelism(4, 1) == (4, 1)

@@ -76,11 +76,11 @@ def input_parallelism(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """
   threads = config.data.get("read_threads", 2)
   workers = config.data.get("num_workers", 0)
-  if threads == "auto" or threads < 0:
-    threads = (CPU_BACKEND_THREADS if jax.default_backend() == "cpu"
-               else max(1, _usable_cores() - 1))
   if workers == "auto" or workers < 0:
     workers = 0
+  if threads == "auto" or threads < 0:
+    cores = CPU_BACKEND_THREADS if jax.default_backend() == "cpu" else _usable_cores() - 1
+    threads = max(1, cores // max(1, workers))  # each worker process runs its own threads
   return int(threads), int(workers)
 
 
@@ -156,7 +156,8 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
   ds = _ProcessExamples(train_examples(config), per_process, process_index, process_count,
                         start_step)
   threads, workers = input_parallelism(config)
-  # prefetch counts batches; the threads work ahead over that many examples.
+  # prefetch counts batches; the threads work ahead over that many examples (prefetch 0:
+  # none, each example decoded on the caller's thread when asked for).
   buffer = max(config.data.prefetch * per_process, threads) if config.data.prefetch else 0
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer))
   if workers > 0:
