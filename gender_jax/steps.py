@@ -83,9 +83,10 @@ def make_train_step(train_graphdef, tx, spec, config, frozen_stats, frozen_param
     labels = batch["label"]
     frozen = (jax.tree.map(lambda _: False, state["params"]) if frozen_params is None
               else frozen_params)
-    # The step's one image path: uint8 NHWC in, the model's input out. On-device
-    # augmentation goes here, before normalising:
-    #   images = augment(images, jax.random.fold_in(rng, 1), spec)
+    # The step's one image path: uint8 NHWC in, the model's input out. Device augmentation
+    # (data/device_augment.py) is one line here, before normalising:
+    #   images = device_augment.augment_batch(batch, aug_key, state["step"], aug_params)
+    # with aug_key = device_augment.base_key(config.seed) and aug_params made once above.
     images = batch["image"]
     inputs = preprocess.normalize(images, spec, compute_dtype)
 
