@@ -363,6 +363,8 @@ def main(argv=None):
       side = check_side(args.detector, args.detector_side)
     except ValueError as e:
       raise errors.UsageError(f"--detector-side: {e}") from None
+  if args.tta != "none" and args.faces != "off":
+    raise errors.UsageError(f"--tta {args.tta} works with --faces off only")
   if args.save_crops:
     if args.faces == "off":
       raise errors.UsageError("--save-crops needs faces: drop --faces off")
@@ -387,8 +389,6 @@ def main(argv=None):
     predictor = Predictor(bundle, batch_size=args.batch_size, tta=args.tta)
     columns, source = CSV_COLUMNS, predictor.predict_paths(paths, progress=not args.quiet)
   else:
-    if args.tta != "none":
-      raise errors.UsageError("--tta works with --faces off only")
     from gender_jax.faces import FacePipeline
     # Faces multiply the classifier's batch: images per call is batch_size / max_faces.
     pipeline = FacePipeline(bundle, detector=args.detector, max_faces=args.max_faces,
@@ -407,7 +407,7 @@ def main(argv=None):
       rows.append(row)
   counts = collections.Counter(r["label"] for r in rows)
   inputs = len({r["path"] for r in rows}) if args.faces != "off" else len(rows)
-  faces = f" ({len(rows) - counts['error']} rows: a row per face)" if args.faces != "off" else ""
+  faces = f" ({len(rows)} rows, one per face)" if args.faces != "off" else ""
   print(f"read {inputs} inputs → {args.out}{faces}: " +
         ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr)
   for r in rows:
