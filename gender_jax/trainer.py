@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -115,6 +116,29 @@ def _input_spec(config) -> tuple[dict, dict | None]:
   return spec, init_meta
 
 
+def _restore(source, setup):
+  """checkpoint.restore into this run's target. A run keeping an EMA that resumes a checkpoint
+  without one (optimizer.ema_decay set on a resumed run) starts the EMA at the restored
+  weights; a checkpoint with an EMA resumed without one is refused in one line."""
+  target = setup.abstract_state
+  try:
+    return checkpoint.restore(source, target)
+  except ValueError as e:
+    if "ema" in target and "ema" in str(e):
+      pass  # the checkpoint has no EMA: restore the rest, then start one
+    elif "ema" in str(e):
+      raise ValueError("the checkpoint keeps an EMA of the weights: resume it with "
+                       "optimizer.ema_decay > 0") from None
+    else:
+      raise
+  state, meta = checkpoint.restore(source, {k: v for k, v in target.items() if k != "ema"})
+  copy = jax.jit(lambda *trees: dict(zip(("params", "batch_stats"), jax.tree.map(
+      jnp.copy, trees))), out_shardings=setup.state_sharding["ema"])
+  state["ema"] = copy(state["params"], state["batch_stats"])
+  logging.info("the checkpoint has no EMA of the weights: starting it from the restored ones")
+  return state, meta
+
+
 def _load_state(config, setup, manager, fingerprint: str, init_meta):
   """Init order:
   1. this workdir's latest checkpoint (the same run, restarted)
@@ -123,12 +147,12 @@ def _load_state(config, setup, manager, fingerprint: str, init_meta):
   4. scratch
   """
   if manager.latest_step() is not None:
-    state, meta = checkpoint.restore(manager, setup.abstract_state)
+    state, meta = _restore(manager, setup)
     logging.info("resumed from %s at step %d", manager.directory, int(state["step"]))
     if meta.get("data_fingerprint") != fingerprint:
       logging.warning("data config changed since the checkpoint: the input stream differs")
   elif config.resume_from:
-    state, _ = checkpoint.restore(config.resume_from, setup.abstract_state)
+    state, _ = _restore(config.resume_from, setup)
     logging.info("resumed from %s at step %d", config.resume_from, int(state["step"]))
   elif config.init_from:
     model = create_model(config.model, rngs=nnx.Rngs(config.seed))

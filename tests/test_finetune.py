@@ -291,3 +291,26 @@ def test_resume_with_ema_is_bit_exact(ema_run):
   for k in w_ref:
     np.testing.assert_array_equal(w_ref[k], w[k], err_msg=k)
   assert resumed_result["val_accuracy"] == result["val_accuracy"]
+
+
+@pytest.mark.slow
+def test_ema_switched_on_or_off_at_resume(ema_run, mesh, tmp_path):
+  """A checkpoint without an EMA resumed by a run keeping one starts it at the restored
+  weights; one with an EMA resumed without is refused clearly."""
+  config, ref, *_ = ema_run
+  spec = preprocess.make_spec(16)
+  plain = trainer.create_train_setup(tiny_config(), mesh, 6, spec)
+  with pytest.raises(ValueError, match="checkpoint keeps an EMA"):
+    trainer._restore(os.path.join(ref, "checkpoints"), plain)
+  manager = checkpoint.create_manager(str(tmp_path / "plain"), keep=1, best_metric=None,
+                                      async_save=False)
+  checkpoint.save(manager, 1, jax.jit(plain.init_state, out_shardings=plain.state_sharding)(),
+                  {})
+  manager.wait_until_finished()
+  with_ema = trainer.create_train_setup(config(), mesh, 6, spec)
+  state, _ = trainer._restore(manager, with_ema)
+  assert jax.tree.structure(state) == jax.tree.structure(with_ema.abstract_state)
+  for part in ("params", "batch_stats"):
+    live, ema = checkpoint.to_flat(state[part]), checkpoint.to_flat(state["ema"][part])
+    for key in live:
+      np.testing.assert_array_equal(live[key], ema[key], err_msg=key)
