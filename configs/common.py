@@ -18,8 +18,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.eval_batch_size = 256
   config.data.crop_scale = (0.6, 1.0)
   config.data.flip = True
-  config.data.num_workers = 0            # grain worker processes (0: threads only)
-  config.data.read_threads = 2
+  config.data.num_workers = 0            # grain worker processes; threads cost less per image
+  config.data.read_threads = -1          # decode threads per process (-1: cores-1 on an accelerator, 2 on CPU)
+  # Flip, colour jitter and grayscale in the jitted train step (keyed per example), so the
+  # host only decodes, crops and resizes; off, the host does them.
+  config.data.device_augment = False
+  config.data.store_size = 0             # stored shorter side of prepared sources (0: as is; -1: ~1.15x image_size)
+  config.data.jpeg_decoder = "pil"       # or "simplejpeg" (pip install simplejpeg)
   config.data.prefetch = 4
 
   # model

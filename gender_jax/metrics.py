@@ -8,10 +8,9 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-from clu import metric_writers
 
 
-class JsonlWriter(metric_writers.MetricWriter):
+class JsonlWriter:
   """One JSON object per write: {"step": s, "name": value, …}; easy to grep and plot."""
 
   def __init__(self, path: str):
@@ -23,30 +22,6 @@ class JsonlWriter(metric_writers.MetricWriter):
     row.update({k: float(v) for k, v in scalars.items()})
     self._file.write(json.dumps(row) + "\n")
 
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None):
-    pass
-
-  def write_hparams(self, hparams):
-    pass
-
   def flush(self):
     self._file.flush()
 
@@ -54,15 +29,56 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._file.close()
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard + JSONL on process 0; nothing on the others. No clu LoggingWriter: the
-  trainer's progress line is the one place a metric is printed."""
+class TensorBoardWriter:
+  """Scalars as TensorBoard event files, written with tensorboard's own protos and event
+  writer: no TensorFlow import (seconds at start-up, and absent from GPU images)."""
+
+  def __init__(self, logdir: str):
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    self._writer = EventFileWriter(logdir)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                                         for k, v in scalars.items()])
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                           summary=summary))
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+class MultiWriter:
+  def __init__(self, writers):
+    self.writers = list(writers)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    for w in self.writers:
+      w.write_scalars(step, scalars)
+
+  def flush(self):
+    for w in self.writers:
+      w.flush()
+
+  def close(self):
+    for w in self.writers:
+      w.close()
+
+
+def create_writer(workdir: str) -> MultiWriter:
+  """TensorBoard + JSONL on process 0; nothing on the others. The trainer's progress line is
+  the one place a metric is printed."""
   if jax.process_index() != 0:
-    return metric_writers.MultiWriter([])
-  return metric_writers.MultiWriter([
-      metric_writers.SummaryWriter(workdir),
-      JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
-  ])
+    return MultiWriter([])
+  writers = [JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
+  try:
+    writers.append(TensorBoardWriter(workdir))
+  except ImportError:  # tensorboard not installed: metrics.jsonl still has every scalar
+    pass
+  return MultiWriter(writers)
 
 
 def summarize(sums: Mapping[str, Any]) -> dict[str, float]:

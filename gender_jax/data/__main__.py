@@ -49,6 +49,12 @@ def main(argv=None) -> int:
                       "example: --data_dir /data/prepared)")
   p.add_argument("--version", default=None,
                  help="RAP only: v1 or v2 (default v2; example: --version v1)")
+  p.add_argument("--store_size", type=int, default=None,
+                 help="cap the stored images' shorter side in pixels, aspect kept (0: as they "
+                      "are; default ~1.15x the largest --image_size, else 0; example: "
+                      "--store_size 258). Train with the same --config.data.store_size")
+  p.add_argument("--image_size", default="",
+                 help="training sizes this copy is for (example: --image_size 112,224)")
   p.add_argument("--overwrite", action="store_true",
                  help="prepare again even if prepared (example: --overwrite)")
   p.add_argument("--json", action="store_true",
@@ -62,6 +68,17 @@ def main(argv=None) -> int:
       errors.require_class_folders(args.manual_dir, "--manual_dir")
     if args.data_dir:
       errors.require_writable(args.data_dir, "--data_dir")
+    store = args.store_size
+    if store is None:
+      try:
+        sizes = [int(s) for s in args.image_size.split(",") if s.strip()]
+      except ValueError:
+        raise errors.UsageError(f"--image_size {args.image_size!r}: expected pixel sizes "
+                                "separated by commas (example: --image_size 112,224)") from None
+      store = prepare.store_size_for(sizes) if sizes else 0
+    if store < 0:
+      raise errors.UsageError(f"--store_size {store}: expected 0 (keep the images as they are) "
+                              "or a side in pixels")
   except errors.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return errors.EXIT_USAGE
@@ -71,7 +88,7 @@ def main(argv=None) -> int:
   t0 = time.perf_counter()
   try:
     b = prepare.prepare(args.source, args.manual_dir, args.data_dir, version=args.version,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, store_size=store)
   except (errors.UsageError, schema.AnnotationError, OSError, ValueError) as e:
     if args.debug or errors.debug_requested():
       raise

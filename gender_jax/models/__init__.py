@@ -36,5 +36,6 @@ def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
   if name == "inception_v3":
     return inception.InceptionV3(dropout=model_config.get("dropout", 0.5),
                                  transform_input=model_config.get("transform_input", False),
+                                 variant=model_config.get("variant", "torchvision"),
                                  **kwargs)
   raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")
