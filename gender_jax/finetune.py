@@ -55,8 +55,8 @@ def set_train_mode(model, config) -> None:
   BatchNorm under model.bn='frozen') on running averages, dropout of frozen stages off.
 
   Done on the abstract model before its graphdef is taken: the modes are static attributes,
-  so the train step's graph never computes batch statistics for those layers, and with their
-  parameters held out of the gradient XLA emits no backward pass through them.
+  so the train step's graph never computes batch statistics for those layers (nor, on a
+  mesh, all-reduces them); their parameters are held out of the gradient in the step.
   """
   model.train()
   trainable = trainable_stages(model, config.finetune)
