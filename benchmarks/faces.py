@@ -13,11 +13,11 @@ NMS; median ms. `--one-core` pins the process to CPU 0 (sched_setaffinity, as `t
 and gives XLA one thread (--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1).
 fused: the whole program (detector, NMS, warp of 8 face slots per photo from a 640 px
 canvas, classifier, softmax) at batch 32: device img/s on prepared batches, and end to end
-with the host's letterboxing. accuracy: each TEST-split crop pasted as a person in a 250x250
-photo (0.3–0.6 of the side, random place, ±8°, a texture or a blurred corner of another test
-image behind): balanced accuracy with the photo classified whole (--faces off) and with the
-best-scoring detected face aligned and classified (--faces detect; no face found counts as
-wrong), beside the crops themselves.
+with the host's letterboxing. accuracy: each TEST-split crop pasted whole (feathered border)
+as a person in a 250x250 photo (0.3–0.6 of the side, random place, ±8°, a texture or a
+blurred corner of another test image behind): balanced accuracy with the photo classified
+whole (--faces off) and with the best-scoring detected face aligned and classified (--faces
+detect; no face found counts as wrong), beside the crops themselves.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import numpy as np
 
 # Keypoints the transform is fitted on (anchors.py order): both eyes and the mouth centre.
 ALIGN_KEYPOINTS = (0, 1, 3)
+SUPERSAMPLE = 3  # samples per output pixel and axis (a box filter against aliasing)
 # UTKFace "aligned & cropped" 200x200: medians over utkface-2k with the short-range detector
 # as the pipeline runs it (`measure_template`; faces found in 1,998 of the 2,000 crops).
 UTKFACE_TEMPLATE = dict(size=[200, 200], points=[[59.3, 60.2], [137.5, 60.4], [98.3, 143.3]])
@@ -79,17 +80,27 @@ def warp(image, matrix, out_hw: tuple[int, int]):
   return out
 
 
-def align(image, keypoints, template_pts, out_hw: tuple[int, int]):
-  """One face: keypoints (6, 2) in `image` pixels → the aligned crop (h, w, C) as uint8."""
+def align(image, keypoints, template_pts, out_hw: tuple[int, int], supersample: int = SUPERSAMPLE):
+  """One face: keypoints (6, 2) in `image` pixels → the aligned crop (h, w, C) as uint8.
+
+  The warp samples `supersample`² points per output pixel and averages them: shrinking a
+  face several times with one bilinear tap aliases, unlike the (antialiased) resize the
+  training crops went through (UTKFace test crops, 400, aligned: balanced accuracy 0.855 with
+  one tap, 0.863 with 3x3).
+  """
   # Fit template → image directly: that is the map the warp samples with.
-  matrix = similarity(jnp.asarray(template_pts), keypoints[jnp.asarray(ALIGN_KEYPOINTS)])
-  out = warp(image, matrix, out_hw)
+  k = supersample
+  matrix = similarity(jnp.asarray(template_pts) * k, keypoints[jnp.asarray(ALIGN_KEYPOINTS)])
+  h, w = out_hw
+  out = warp(image, matrix, (h * k, w * k))
+  out = out.reshape(h, k, w, k, out.shape[-1]).mean(axis=(1, 3))
   return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
 
 
-def align_batch(images, keypoints, template_pts, out_hw):
+def align_batch(images, keypoints, template_pts, out_hw, supersample: int = SUPERSAMPLE):
   """images (N, H, W, C), keypoints (N, F, 6, 2) → crops (N, F, h, w, C)."""
-  per_face = jax.vmap(lambda img, kp: align(img, kp, template_pts, out_hw), in_axes=(None, 0))
+  per_face = jax.vmap(lambda img, kp: align(img, kp, template_pts, out_hw, supersample),
+                      in_axes=(None, 0))
   return jax.vmap(per_face)(images, keypoints)
 
 

@@ -1,8 +1,10 @@
 """Photos with faces at known places, made from tight face crops, for tests and benchmarks.
 
-Each face crop (e.g. a UTKFace 200x200 image) is scaled, slightly rotated and pasted with a
-soft elliptical edge onto a larger background — noise, a gradient, stripes, or a blurred patch
-of another crop — so the ground truth (where each crop went) is exact.
+Each face crop (e.g. a UTKFace 200x200 image) is scaled, slightly rotated and pasted onto a
+larger background — noise, a gradient, stripes, or a blurred patch of another crop — so the
+ground truth (where each crop went) is exact. Group photos paste the crops with a soft
+elliptical edge (the face and hair, for detection); `in_the_wild` keeps the whole crop with a
+feathered border, as a person in a photo keeps the hair and shoulders a crop shows.
 """
 from __future__ import annotations
 
@@ -47,17 +49,23 @@ def background(rng: np.random.Generator, size: tuple[int, int], kind: str,
   raise ValueError(f"background {kind!r}: choose from {BACKGROUNDS}")
 
 
-def _mask(side: int) -> Image.Image:
-  """A soft ellipse just inside the square: the face and hair, not the crop's corners."""
+def _mask(side: int, shape: str = "ellipse") -> Image.Image:
+  """A soft ellipse just inside the square (the face and hair, not the crop's corners), or
+  the whole square with a feathered border."""
   m = Image.new("L", (side * 4, side * 4), 0)
   inset = side * 4 * 0.04
-  ImageDraw.Draw(m).ellipse([inset, inset, side * 4 - inset, side * 4 - inset], fill=255)
+  box = [inset, inset, side * 4 - inset, side * 4 - inset]
+  if shape == "ellipse":
+    ImageDraw.Draw(m).ellipse(box, fill=255)
+  else:
+    ImageDraw.Draw(m).rectangle(box, fill=255)
   return m.resize((side, side), Image.BILINEAR).filter(ImageFilter.GaussianBlur(max(1, side / 40)))
 
 
-def paste(canvas: Image.Image, crop: np.ndarray, x0: int, y0: int, side: int, angle: float):
+def paste(canvas: Image.Image, crop: np.ndarray, x0: int, y0: int, side: int, angle: float,
+          shape: str = "ellipse"):
   face = Image.fromarray(crop).resize((side, side), Image.BILINEAR)
-  mask = _mask(side)
+  mask = _mask(side, shape)
   if angle:
     face = face.rotate(angle, Image.BILINEAR)
     mask = mask.rotate(angle, Image.BILINEAR)
@@ -98,7 +106,7 @@ def in_the_wild(rng: np.random.Generator, crop: np.ndarray, others: Sequence[np.
   s = int(round(side * rng.uniform(*scale)))
   x0, y0 = int(rng.integers(0, side - s + 1)), int(rng.integers(0, side - s + 1))
   angle = float(rng.uniform(-8, 8))
-  paste(canvas, crop, x0, y0, s, angle)
+  paste(canvas, crop, x0, y0, s, angle, shape="square")
   return Photo(np.asarray(canvas), np.asarray([[x0, y0, x0 + s, y0 + s]], np.float32),
                np.asarray([angle], np.float32))
 
