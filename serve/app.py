@@ -41,6 +41,15 @@ def _bundle_digest(directory: str) -> str:
   return h.hexdigest()[:16]
 
 
+def _face_json(face: dict[str, Any]) -> dict[str, Any]:
+  """A pipeline face → JSON: box [x0, y0, x1, y1] and keypoints in the photo's pixels."""
+  out = {k: v for k, v in face.items() if k not in ("box", "keypoints", "crop")}
+  out["box"] = [round(float(v), 1) for v in np.asarray(face["box"]).ravel()]
+  out["keypoints"] = [[round(float(x), 1), round(float(y), 1)]
+                      for x, y in np.asarray(face["keypoints"]).reshape(-1, 2)]
+  return out
+
+
 # ----------------------------------------------------------------------------- HTTP app
 api = FastAPI(title="gender_jax", description="Perceived-gender classification of face or "
               "person crops; labels are the training data's binary labels.")
@@ -60,7 +69,8 @@ class GenderClassifier:
   def __init__(self, bundle: str | None = None, batch_sizes=(1, 8, 32),
                batch_wait_timeout_s: float = 0.002, compute_dtype: str = "float32",
                max_body_bytes: int = 16 * 2**20, max_images: int = 32,
-               max_image_pixels: int = 40_000_000):
+               max_image_pixels: int = 40_000_000, faces_detector: str = "full",
+               faces_batch_size: int = 8, max_faces: int = 8):
     import jax
     from gender_jax.checkpoint import Bundle
 
@@ -84,6 +94,17 @@ class GenderClassifier:
     t0 = time.perf_counter()
     for n in self.batch_sizes:  # every shape the request path will ever see
       np.asarray(self.probs(np.zeros((n, size, size, 3), np.uint8)))
+    # Photos of people (`?faces=detect|auto`): detector, alignment and classifier as one
+    # program, compiled here for its one padded batch size.
+    self.face_pipeline = None
+    if faces_detector:
+      from gender_jax.faces.pipeline import FacePipeline
+      self.face_pipeline = FacePipeline(self.bundle, detector=faces_detector,
+                                        max_faces=int(max_faces),
+                                        batch_size=int(faces_batch_size), faces="auto")
+      self.face_pipeline([np.zeros((size, size, 3), np.uint8)])
+      self._infer_faces.set_max_batch_size(int(faces_batch_size))
+      self._infer_faces.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
     self.warmup_s = time.perf_counter() - t0
     self.compiles_at_warmup = compiles.count()
     # One thread runs the model; decoding runs on its own threads (PIL releases the GIL while
@@ -103,6 +124,8 @@ class GenderClassifier:
         class_names=list(self.bundle.class_names), calibration=dict(self.bundle.calibration),
         preprocessing=self.bundle.preprocessing, batch_sizes=list(self.batch_sizes),
         backend=jax.default_backend(),
+        faces=dict(detector=faces_detector or None, max_faces=int(max_faces),
+                   batch_size=int(faces_batch_size)) if faces_detector else None,
         limits=dict(max_body_bytes=self.limits.max_body_bytes, max_images=self.limits.max_images,
                     max_image_pixels=self.limits.max_image_pixels))
     self.page = PAGE.read_text()
@@ -146,6 +169,24 @@ class GenderClassifier:
     self._record(items, answers, start, time.perf_counter() - start, padded)
     return answers
 
+  @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+  async def _infer_faces(self, items: list[tuple[np.ndarray, str, float]]) -> list[list[dict]]:
+    """Photos → their faces; the pipeline pads the batch to its one compiled size."""
+    start = time.perf_counter()
+
+    def run():
+      out = [None] * len(items)
+      for mode in {m for _, m, _ in items}:  # at most two calls: detect and auto
+        idx = [i for i, (_, m, _) in enumerate(items) if m == mode]
+        for i, found in zip(idx, self.face_pipeline([items[i][0] for i in idx], faces=mode)):
+          out[i] = [_face_json(f) for f in found]
+      return out
+    found = await asyncio.get_running_loop().run_in_executor(self.executor, run)
+    answers = [f for faces in found for f in faces]
+    self._record([(None, t) for _, _, t in items], answers, start,
+                 time.perf_counter() - start, self.face_pipeline.batch_size)
+    return found
+
   def _record(self, items, answers, start, model_s, padded):
     n, s = len(items), self.stats
     s["batches"] += 1
@@ -170,9 +211,14 @@ class GenderClassifier:
   # --------------------------------------------------------------------------- routes
   @api.post("/v1/predict")
   async def predict(self, request: Request):
+    """`?faces=off` (default): each image is one face or person crop → one answer.
+    `?faces=detect`: every face of each photo, found, aligned and classified, with its box
+    and keypoints; `?faces=auto`: a photo that is already one tight face crop whole."""
     try:
+      faces = inputs.faces_mode(request.query_params.get("faces", "off"),
+                                enabled=self.face_pipeline is not None)
       encoded = await inputs.encoded_images(request, self.limits)
-      size = self.bundle.image_size
+      size = None if faces != "off" else self.bundle.image_size  # photos keep their pixels
       loop = asyncio.get_running_loop()
       images = await asyncio.gather(*(
           loop.run_in_executor(self.decoder, inputs.decode_image, name, data, size,
@@ -182,6 +228,12 @@ class GenderClassifier:
       self.m_bad.inc(tags={"status": str(e.status)})
       raise
     now = time.perf_counter()
+    if faces != "off":
+      found = await asyncio.gather(*(self._infer_faces((image, faces, now)) for image in images))
+      return {"predictions": [
+          {"input": name, "faces": f, "label": None if f else "no_face",
+           "image_size": [int(image.shape[1]), int(image.shape[0])]}
+          for (name, _), f, image in zip(encoded, found, images)]}
     answers = await asyncio.gather(*(self._infer((image, now)) for image in images))
     for (name, _), answer in zip(encoded, answers):
       answer["input"] = name
@@ -217,7 +269,7 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
   """Application builder for `serve run serve/config.yaml` (`import_path: serve.app:app`)."""
   args = dict(args or {})
   known = {"bundle", "batch_sizes", "batch_wait_timeout_s", "compute_dtype", "max_body_bytes",
-           "max_images", "max_image_pixels"}
+           "max_images", "max_image_pixels", "faces_detector", "faces_batch_size", "max_faces"}
   unknown = sorted(set(args) - known)
   if unknown:
     raise ValueError(f"unknown serve args {unknown}; known: {sorted(known)}")

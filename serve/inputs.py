@@ -127,10 +127,26 @@ def _json_images(body: bytes, limits: Limits) -> list[tuple[str, bytes]]:
   return images
 
 
-def decode_image(name: str, data: bytes, size: int, max_pixels: int) -> np.ndarray:
-  """Encoded bytes → uint8 (size, size, 3) through the eval path, or a BadRequest naming `name`."""
+FACES_MODES = ("off", "detect", "auto")
+
+
+def faces_mode(value: str, enabled: bool) -> str:
+  """The `faces` query parameter, checked before the body is read."""
+  if value not in FACES_MODES:
+    raise BadRequest(400, f"faces={value!r}: choose one of {', '.join(FACES_MODES)}")
+  if value != "off" and not enabled:
+    raise BadRequest(400, f"faces={value}: face detection is off on this deployment "
+                     "(set faces_detector in serve/config.yaml)")
+  return value
+
+
+def decode_image(name: str, data: bytes, size: int | None, max_pixels: int) -> np.ndarray:
+  """Encoded bytes → uint8 (size, size, 3) through the eval path (`size` None: the photo's own
+  size, for face detection), or a BadRequest naming `name`."""
   try:
     # The header is checked against max_pixels before any pixel is decoded.
+    if size is None:
+      return preprocess.decode(data, max_pixels=max_pixels)
     return preprocess.eval_image(data, size, max_pixels=max_pixels)
   except preprocess.ImageTooLarge as e:
     raise BadRequest(413, f"{name}: {e}") from None

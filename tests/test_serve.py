@@ -141,6 +141,8 @@ def start_serve(tmp_path_factory) -> Served:
   port = free_port()
   config = load_config()
   config["http_options"].update(host="127.0.0.1", port=port)
+  # The short-range detector compiles faster; the faces path is the same program either way.
+  config["applications"][0]["args"]["faces_detector"] = "short"
   deployment = config["applications"][0]["deployments"][0]
   # One replica, so /v1/stats always reaches the replica that served the requests.
   deployment.pop("autoscaling_config")
@@ -151,9 +153,11 @@ def start_serve(tmp_path_factory) -> Served:
     # What `serve run serve/config.yaml` does (ray/serve/scripts.py), minus the CLI.
     client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
                                    proxy_location=schema.proxy_location)
-    client.deploy_apps(schema, _blocking=True)
+    # Not Serve's own blocking wait (60 s): a replica compiling its classifier and its face
+    # pipeline on two busy cores can take longer; /healthz answers once it is up.
+    client.deploy_apps(schema)
     url = f"http://127.0.0.1:{port}"
-    wait_until_ok(url, timeout=180)
+    wait_until_ok(url, timeout=240)
   except BaseException:
     stop_serve()
     raise
@@ -281,6 +285,50 @@ def test_predict_equals_offline_on_real_photos(served, utkface_2k):
   r = served.post(None, None, files=[("file", (p.name, b)) for p, b in zip(paths, images)])
   assert r.status_code == 200, r.text
   assert_same(r.json()["predictions"], offline(served.bundle, images))
+
+
+def group_photo(utkface_2k, seed=0):
+  """Two real UTKFace crops pasted onto a 480x360 background: (JPEG bytes, true boxes)."""
+  rng = np.random.default_rng(seed)
+  canvas = rng.integers(90, 160, (360, 480, 3)).astype(np.uint8)
+  boxes = []
+  for (x, y, side), label in zip(((40, 80, 150), (280, 120, 120)), ("female", "male")):
+    crop = sorted((utkface_2k / label).glob("*.jpg"))[seed]
+    canvas[y:y + side, x:x + side] = np.asarray(Image.open(crop).convert("RGB").resize((side, side)))
+    boxes.append((x, y, x + side, y + side))
+  buf = io.BytesIO()
+  Image.fromarray(canvas).save(buf, "JPEG", quality=92)
+  return buf.getvalue(), boxes
+
+
+def test_faces_detect_returns_every_face_with_its_box(served, utkface_2k):
+  from gender_jax.faces.pipeline import FacePipeline
+  photo, truth = group_photo(utkface_2k)
+  blank = io.BytesIO()
+  Image.fromarray(np.full((200, 260, 3), 127, np.uint8)).save(blank, "PNG")
+  r = served.post(None, None, files=[("file", ("group.jpg", photo)),
+                                     ("file", ("blank.png", blank.getvalue()))],
+                  params={"faces": "detect"})
+  assert r.status_code == 200, r.text
+  group, empty = r.json()["predictions"]
+  assert empty["faces"] == [] and empty["label"] == "no_face"
+  assert group["image_size"] == [480, 360] and len(group["faces"]) == 2
+  for face, (x0, y0, x1, y1) in zip(sorted(group["faces"], key=lambda f: f["box"][0]), truth):
+    # BlazeFace's box is the inner face, inside the pasted crop (which has hair and margin).
+    bx0, by0, bx1, by1 = face["box"]
+    assert x0 - 5 <= bx0 < bx1 <= x1 + 5 and y0 - 5 <= by0 < by1 <= y1 + 5, (face["box"], truth)
+    assert len(face["keypoints"]) == 6 and 0.5 <= face["score"] <= 1
+    assert face["label"] in ("female", "male", "uncertain")
+  # The same answers as the pipeline run offline on the same bundle.
+  offline_faces = FacePipeline(served.bundle, detector="short", faces="auto")(
+      [preprocess.decode(photo)], faces="detect")[0]
+  got = sorted(f["p_male"] for f in group["faces"])
+  np.testing.assert_allclose(got, sorted(f["p_male"] for f in offline_faces), atol=1e-4)
+
+
+def test_faces_bad_mode_is_a_400(served):
+  r = served.post(written_images(1)[0], "image/png", params={"faces": "yes"})
+  assert r.status_code == 400 and "faces='yes'" in r.json()["error"]
 
 
 def test_model_health_and_page(served):

@@ -59,7 +59,7 @@ def upload_and_read(driver, path) -> dict:
               p_male=driver.find_element(By.ID, "p_male").text)
 
 
-def test_page_uploads_a_photo_and_shows_the_label(served, browser, tmp_path):
+def test_page_uploads_a_photo_and_shows_the_label(browser, served, tmp_path):
   from selenium.webdriver.common.by import By
   real = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-2k" / "female"
   photos = sorted(real.glob("*.jpg"))[:1] if real.exists() else []

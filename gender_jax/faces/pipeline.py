@@ -192,9 +192,16 @@ class FacePipeline:
     whole = resize(image, self.crop_size) if self.faces == "auto" else None
     return small, big, to_canvas.astype(np.float32), whole
 
-  def __call__(self, images: Sequence[np.ndarray], crops: bool = False
+  def __call__(self, images: Sequence[np.ndarray], crops: bool = False, faces: str | None = None
                ) -> list[list[dict[str, Any]]]:
-    """Decoded uint8 images → per image its faces {box, keypoints, score, index, label, p_*}."""
+    """Decoded uint8 images → per image its faces {box, keypoints, score, index, label, p_*}.
+
+    `faces` overrides the mode for this call: a pipeline built with faces="auto" computes
+    the whole-image answers too, so one compiled program serves both modes (as serve does)."""
+    mode = faces or self.faces
+    if mode not in ("auto", "detect") or (mode == "auto" and self.faces != "auto"):
+      raise ValueError(f"faces={mode!r}: this pipeline answers "
+                       f"{'auto or detect' if self.faces == 'auto' else 'detect'}")
     out = []
     for start in range(0, len(images), self.batch_size):
       chunk = images[start:start + self.batch_size]
@@ -207,7 +214,7 @@ class FacePipeline:
       for i, (image, (small, *_)) in enumerate(zip(chunk, prepared)):
         faces = _faces(det, i, small)
         h, w = image.shape[:2]
-        whole = (self.faces == "auto" and len(faces) == 1 and
+        whole = (mode == "auto" and len(faces) == 1 and
                  faces[0]["box"][2] - faces[0]["box"][0] >= CROP_FACE_FRACTION * w)
         for face in faces:
           p = whole_probs[i] if whole else probs[i, face["slot"]]
