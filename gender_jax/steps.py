@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 
 from gender_jax import config as config_lib, finetune, parallel
-from gender_jax.data import preprocess
+from gender_jax.data import device_augment, preprocess
 from gender_jax.models import create_model
 
 
@@ -79,17 +79,20 @@ def make_train_step(train_graphdef, tx, spec, config, frozen_stats, frozen_param
   smoothing = config.label_smoothing
   base_key = jax.random.key(config.seed)
   use_ema = bool(config.optimizer.get("ema_decay", 0.0))
+  on_device = bool(config.data.get("device_augment", False))
+  if on_device:  # flip, colour jitter, grayscale here; the host only decodes, crops, resizes
+    aug_key, aug_params = device_augment.base_key(config.seed), device_augment.params_for(config)
 
   def train_step(state, batch):
     rng = jax.random.fold_in(base_key, state["step"])
     labels = batch["label"]
     frozen = (jax.tree.map(lambda _: False, state["params"]) if frozen_params is None
               else frozen_params)
-    # The step's one image path: uint8 NHWC in, the model's input out. Device augmentation
-    # (data/device_augment.py) is one line here, before normalising:
-    #   images = device_augment.augment_batch(batch, aug_key, state["step"], aug_params)
-    # with aug_key = device_augment.base_key(config.seed) and aug_params made once above.
+    # The step's one image path: uint8 NHWC in, the model's input out; each example's
+    # augmentation is keyed by (seed, step, its index in the global batch).
     images = batch["image"]
+    if on_device:
+      images = device_augment.augment_batch(batch, aug_key, state["step"], aug_params)
     inputs = preprocess.normalize(images, spec, compute_dtype)
 
     def loss_fn(params):

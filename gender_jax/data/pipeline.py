@@ -192,7 +192,7 @@ def eval_batches(source, config: ml_collections.ConfigDict, *, process_index: in
     return _padded([source[i] for i in range(lo, min(lo + per_process, n))], per_process, size)
 
   ds = grain.MapDataset.range(num_batches).map(load)
-  yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.read_threads))
+  yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=input_parallelism(config)[0]))
 
 
 def _padded(records, per_process, size):
