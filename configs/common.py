@@ -76,6 +76,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # At the end: temperature scaling on the validation split, stored in the bundle; and an
   # abstain threshold reaching this accuracy on the answered images (0: never abstain).
   config.calibrate = True
+  # "measure": the detector's eye and mouth positions on validation crops go into the bundle,
+  # so photos' faces are aligned like this data's crops; "off": the UTKFace framing.
+  config.face_template = "measure"
   config.abstain_target_accuracy = 0.0
 
   # checkpoint

@@ -29,6 +29,8 @@ def get_steps(name: str, config: ml_collections.ConfigDict, num_train_examples: 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails early, with the key named, on settings the trainer would only trip over later."""
   errors = []
+  if config.get("face_template", "off") not in ("measure", "off"):
+    errors.append(f"face_template={config.face_template!r}: choose measure or off")
   if config.finetune.mode not in FINETUNE_MODES:
     errors.append(f"finetune.mode={config.finetune.mode!r}: choose from {FINETUNE_MODES}")
   if config.finetune.mode == "last_n" and config.finetune.last_n < 1:

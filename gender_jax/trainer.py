@@ -201,6 +201,19 @@ def _log_train(writer, step: int, total_steps: int, pending: list, rate: float, 
                  rate, _format_eta(eta))
 
 
+def _face_template(config, val_sources: dict) -> dict | None:
+  """Where the detector puts eyes and mouth on this run's crops (`config.face_template`
+  "measure"), so predict and serve align photos' faces the way this model saw faces. None
+  (the bundle then uses the UTKFace framing) when off or when the crops hold too few faces
+  (pedestrian or synthetic data)."""
+  if config.get("face_template", "off") != "measure":
+    return None
+  from gender_jax.faces import template
+  found = template.measure_records(next(iter(val_sources.values())))
+  logging.info("face template: %s", found or "too few faces in the validation crops; none")
+  return found
+
+
 def _write_bundle(config, workdir: str, setup, state, spec, step: int, last_eval: dict,
                   val_sources: dict) -> None:
   """The inference bundle from the weights validation scored (EMA when kept); calibrated
@@ -208,8 +221,12 @@ def _write_bundle(config, workdir: str, setup, state, spec, step: int, last_eval
   params, batch_stats = jax.device_get(inference_weights(state))
   model = nnx.merge(setup.eval_graphdef, params, batch_stats)
   directory = os.path.join(workdir, "bundle")
+  extra = dict(step=int(step), metrics=last_eval)
+  template = _face_template(config, val_sources)
+  if template:
+    extra["face_template"] = template
   checkpoint.save_bundle(directory, model, model_config=config.model.to_dict(),
-                         preprocessing=spec, extra=dict(step=int(step), metrics=last_eval))
+                         preprocessing=spec, extra=extra)
   logging.info("wrote inference bundle to %s", directory)
   if config.calibrate:
     # Temperature (and the abstain threshold, if targeted) fitted on the validation splits.

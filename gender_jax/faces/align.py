@@ -2,13 +2,12 @@
 
 A template is where the detector puts the eyes and the mouth on the training crops:
 `dict(size=[w, h], points=[[x, y] image-left eye, [x, y] image-right eye, [x, y] mouth])`,
-in pixels (pixel centres at +0.5). `measure_template` measures it on a folder of crops, so the
+in pixels (pixel centres at +0.5). `faces.template` measures it on training crops, so the
 trainer can store it in the bundle; warping a detected face onto it reproduces the framing the
 classifier was trained on.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -19,7 +18,7 @@ import numpy as np
 ALIGN_KEYPOINTS = (0, 1, 3)
 SUPERSAMPLE = 3  # samples per output pixel and axis (a box filter against aliasing)
 # UTKFace "aligned & cropped" 200x200: medians over utkface-2k with the short-range detector
-# as the pipeline runs it (`measure_template`; faces found in 1,998 of the 2,000 crops).
+# as the pipeline runs it (`faces.template`; faces found in 1,998 of the 2,000 crops).
 UTKFACE_TEMPLATE = dict(size=[200, 200], points=[[59.3, 60.2], [137.5, 60.4], [98.3, 143.3]])
 
 
@@ -102,38 +101,3 @@ def align_batch(images, keypoints, template_pts, out_hw, supersample: int = SUPE
   per_face = jax.vmap(lambda img, kp: align(img, kp, template_pts, out_hw, supersample),
                       in_axes=(None, 0))
   return jax.vmap(per_face)(images, keypoints)
-
-
-def measure_template(folder: str, *, detector: str = "short", limit: int | None = None,
-                     batch_size: int = 64) -> dict[str, Any]:
-  """The template of a folder of training crops: the median eye and mouth positions.
-
-  Each crop is run through the detector as the pipeline runs it (letterboxed with a margin);
-  crops with no face found are left out. The size is the median crop size; points of crops of
-  other sizes are scaled to it first.
-  """
-  from gender_jax.data.preprocess import decode
-  from gender_jax.faces.pipeline import Detector
-  paths = []
-  for dirpath, dirnames, filenames in os.walk(folder):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    paths += [os.path.join(dirpath, f) for f in sorted(filenames)
-              if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".webp"))]
-  paths = paths[:limit] if limit else paths
-  if not paths:
-    raise FileNotFoundError(f"no images under {folder}")
-  det = Detector(detector, max_faces=1, batch_size=batch_size)
-  sizes, points = [], []
-  for start in range(0, len(paths), batch_size):
-    images = [decode(open(p, "rb").read()) for p in paths[start:start + batch_size]]
-    for image, faces in zip(images, det(images)):
-      if faces:
-        h, w = image.shape[:2]
-        sizes.append((w, h))
-        points.append(faces[0]["keypoints"][list(ALIGN_KEYPOINTS)] / np.asarray([w, h]))
-  if not points:
-    raise ValueError(f"no face found in any of the {len(paths)} images under {folder}")
-  size = np.median(np.asarray(sizes, np.float64), axis=0)
-  pts = np.median(np.stack(points), axis=0) * size
-  return dict(size=[int(round(s)) for s in size], points=np.round(pts, 1).tolist(),
-              measured_on=len(points), of=len(paths))
