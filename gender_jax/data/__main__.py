@@ -1,4 +1,10 @@
 """python -m gender_jax.data prepare --source NAME --manual_dir PATH [--data_dir DIR]
+   python -m gender_jax.data align --manual_dir PHOTOS --out CROPS [--detector full]
+
+`align` turns a male/ female/ folder of photos of people into aligned face crops (each
+photo's most confident face on the UTKFace framing), a folder source of its own, listing in
+CROPS/no_face.txt the photos where no face was found; `prepare --source folder
+--align-faces CROPS` does that first and prepares the crops.
 
 Prepares a source (reads its own files, writes array_record with the one schema) and prints
 the counts per split and label, the split method and every skipped file with its reason.
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -31,6 +38,28 @@ def _print_summary(summary: dict, seconds: float) -> None:
   print(f"skipped files: {len(bad)}")
   for b in bad:
     print(f"  {b['path']}: {b['reason']}")
+
+
+def _align(args) -> int:
+  from gender_jax import errors
+  out = args.out if args.command == "align" else args.align_faces
+  try:
+    errors.require_dir(args.manual_dir, "--manual_dir")
+    errors.require_class_folders(args.manual_dir, "--manual_dir")
+    errors.require_writable(out, "--out" if args.command == "align" else "--align-faces")
+    if args.command == "prepare" and args.source != "folder":
+      raise errors.UsageError(f"--align-faces works on --source folder, not {args.source!r}")
+  except errors.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return errors.EXIT_USAGE
+  from gender_jax.faces import crops
+  t0 = time.perf_counter()
+  found = crops.align_folder(args.manual_dir, out, detector=getattr(args, "detector", "full"),
+                             size=getattr(args, "size", None))
+  print(f"aligned {found['aligned']} of {found['of']} photos in {time.perf_counter() - t0:.1f} s "
+        f"→ {found['out']} ({found['size']} px); {found['missed']} left out, listed in "
+        f"{os.path.join(found['out'], crops.NO_FACE_LIST)}")
+  return 0
 
 
 def main(argv=None) -> int:
@@ -59,8 +88,25 @@ def main(argv=None) -> int:
                  help="prepare again even if prepared (example: --overwrite)")
   p.add_argument("--json", action="store_true",
                  help="print the summary as JSON (example: --json)")
+  p.add_argument("--align-faces", dest="align_faces", metavar="DIR",
+                 help="--source folder of photos of people: align each photo's face into DIR "
+                      "first, then prepare DIR (example: --align-faces ~/photos_aligned)")
   p.add_argument("--debug", action="store_true", help="show tracebacks (example: --debug)")
+  a = sub.add_parser("align", help="photos of people → aligned face crops (a folder source)")
+  a.add_argument("--manual_dir", required=True,
+                 help="male/ + female/ folder of photos (example: --manual_dir ~/photos)")
+  a.add_argument("--out", required=True, help="where the crops go (example: --out ~/crops)")
+  a.add_argument("--detector", default="full", choices=("full", "short"),
+                 help="BlazeFace model (default full: small faces too)")
+  a.add_argument("--size", type=int, default=None,
+                 help="side of the crops in pixels (default 200, UTKFace's; example: --size 128)")
+  a.add_argument("--debug", action="store_true", help="show tracebacks (example: --debug)")
   args = parser.parse_args(argv)
+  if args.command == "align" or getattr(args, "align_faces", None):
+    code = _align(args)
+    if args.command == "align" or code:
+      return code
+    args.manual_dir = args.align_faces
   try:  # before any work: the files are there, the output can be written
     if args.manual_dir:
       errors.require_dir(args.manual_dir, "--manual_dir")

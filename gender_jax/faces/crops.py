@@ -1,0 +1,71 @@
+"""Raw photos → aligned training crops: each photo's most confident face, warped onto a
+template (by default the UTKFace framing), written as a male/ female/ folder with its
+labels.csv, plus a list of the photos where no face was found. The result is a folder source
+like any other (`python -m gender_jax.data align`, or `prepare --align-faces DIR`)."""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from PIL import Image
+
+from gender_jax.faces import align as align_lib
+from gender_jax.faces.pipeline import CANVAS, Detector, letterbox
+
+NO_FACE_LIST = "no_face.txt"
+
+
+def align_folder(src: str, dst: str, *, detector: str = "full", template: dict | None = None,
+                 size: int | None = None, batch_size: int = 16, quality: int = 95) -> dict[str, Any]:
+  """Aligns every image of the class folder `src` into `dst`; returns counts and misses.
+
+  `size`: the side of the written crops (default: the template's width). Subgroup columns of
+  `src/labels.csv` are carried over; a photo with no face, or unreadable, is listed in
+  `dst/no_face.txt` with the reason and left out.
+  """
+  from gender_jax.data import folder, schema
+  from gender_jax.data.preprocess import ImageError, decode
+  template = align_lib.check_template(template or align_lib.UTKFACE_TEMPLATE)
+  side = int(size or template["size"][0])
+  points = align_lib.template_points(template, side)
+  entries, _ = folder.read_entries(src)
+  det = Detector(detector, max_faces=1, batch_size=batch_size)
+  warp = jax.jit(lambda canvas, kp: align_lib.align(canvas, kp, points, (side, side)))
+  os.makedirs(dst, exist_ok=True)
+  rows, missed = [], []
+  columns = sorted({k for e in entries for k in e.subgroups})
+  for start in range(0, len(entries), batch_size):
+    chunk, images = [], []
+    for e in entries[start:start + batch_size]:
+      try:
+        with open(e.path, "rb") as f:
+          images.append(decode(f.read()))
+        chunk.append(e)
+      except (OSError, ImageError) as err:
+        missed.append((e.key, f"unreadable: {err}"))
+    for e, image, faces in zip(chunk, images, det(images) if images else []):
+      if not faces:
+        missed.append((e.key, "no face found"))
+        continue
+      # Warp from a fixed-size canvas (one compiled program), not from each photo's own size.
+      lb = letterbox(image, CANVAS)
+      keypoints = np.asarray(faces[0]["keypoints"]) * np.asarray(lb.scale) + np.asarray(lb.offset)
+      crop = np.asarray(warp(lb.image, keypoints.astype(np.float32)))
+      label = schema.CLASS_NAMES[e.label]
+      rel = os.path.join(label, os.path.splitext(e.key.replace(os.sep, "_"))[0] + ".jpg")
+      os.makedirs(os.path.join(dst, label), exist_ok=True)
+      Image.fromarray(crop).save(os.path.join(dst, rel), quality=quality)
+      rows.append([rel, label] + [e.subgroups.get(c, "") for c in columns] +
+                  [f"{faces[0]['score']:.3f}"])
+  with open(os.path.join(dst, "labels.csv"), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", "label", *columns, "face_score"])
+    writer.writerows(rows)
+  with open(os.path.join(dst, NO_FACE_LIST), "w") as f:
+    f.write("# photos left out: path<TAB>reason\n")
+    f.writelines(f"{k}\t{r}\n" for k, r in missed)
+  return dict(aligned=len(rows), missed=len(missed), of=len(entries), out=os.path.abspath(dst),
+              size=side)
