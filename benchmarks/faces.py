@@ -37,8 +37,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gender_jax.faces import synthetic  # noqa: E402
-from gender_jax.faces.pipeline import Detector, FacePipeline, letterbox  # noqa: E402
+from gender_jax.faces import scenes  # noqa: E402
+from gender_jax.faces.fused import Detector, FacePipeline, letterbox  # noqa: E402
 
 COLUMNS = [("part", "part", ""), ("detector", "detector", ""), ("metric", "metric", ""),
            ("value", "value", ".4g"), ("n", "n", ""), ("note", "note", "")]
@@ -79,14 +79,14 @@ def split_kind(name):
 def recall(args, kinds):
   rng = np.random.default_rng(0)
   crops = load_crops(args.data, 6 * args.photos)
-  photos = [synthetic.group_photo(rng, crops[6 * k:6 * k + int(rng.integers(2, 6))],
+  photos = [scenes.group_photo(rng, crops[6 * k:6 * k + int(rng.integers(2, 6))],
                                   size=(640, 480), sides=(40, 80), others=crops)
             for k in range(args.photos)]
   rows = []
   for kind in kinds:
     found = Detector(*split_kind(kind)[:1], side=split_kind(kind)[1], max_faces=8,
                      batch_size=8)([p.image for p in photos])
-    hits = [synthetic.match(p.squares, np.asarray([f["box"] for f in fs]).reshape(-1, 4))
+    hits = [scenes.match(p.squares, np.asarray([f["box"] for f in fs]).reshape(-1, 4))
             for p, fs in zip(photos, found)]
     n_faces = sum(len(h) for h in hits)
     false = sum(max(0, len(fs) - int(h.sum())) for fs, h in zip(found, hits))
@@ -101,7 +101,7 @@ def recall(args, kinds):
 def speed(args, kinds):
   rng = np.random.default_rng(1)
   crops = load_crops(args.data, 8)
-  photo = synthetic.group_photo(rng, crops[:3], size=(640, 480), sides=(60, 100), others=crops)
+  photo = scenes.group_photo(rng, crops[:3], size=(640, 480), sides=(60, 100), others=crops)
   rows = []
   for kind in kinds:
     det = Detector(split_kind(kind)[0], side=split_kind(kind)[1], max_faces=8, batch_size=1)
@@ -140,7 +140,7 @@ def random_bundle(directory):
 def fused(args, kinds, bundle):
   rng = np.random.default_rng(2)
   crops = load_crops(args.data, 6 * args.batch_size)
-  photos = [synthetic.group_photo(rng, crops[6 * k:6 * k + 3], size=(640, 480), sides=(60, 120),
+  photos = [scenes.group_photo(rng, crops[6 * k:6 * k + 3], size=(640, 480), sides=(60, 120),
                                   others=crops).image for k in range(args.batch_size)]
   rows = []
   for kind in kinds:
@@ -187,7 +187,7 @@ def accuracy(args, kinds, bundle):
   labels = [names.index(os.path.dirname(r["path"])) if r["label"] not in ("0", "1")
             else int(r["label"]) for r in test]
   rng = np.random.default_rng(3)
-  photos = [synthetic.in_the_wild(rng, c, crops).image for c in crops]
+  photos = [scenes.in_the_wild(rng, c, crops).image for c in crops]
   predictor = Predictor(bundle, batch_size=64)
   off = [names.index(a["label"]) if a["label"] in names else -1 for a in predictor.predict(photos)]
   ref = [names.index(a["label"]) if a["label"] in names else -1 for a in predictor.predict(crops)]

@@ -161,7 +161,7 @@ def evaluate_bundle(bundle_dir: str, datasets: Sequence[eval_data.Dataset], out_
   logits, labels, metas, errors = [], [], [], []
   face_pipeline = None
   if faces != "off":
-    from gender_jax.faces.pipeline import FacePipeline
+    from gender_jax.faces.fused import FacePipeline
     face_pipeline = FacePipeline(bundle, detector=detector, faces=faces)
   no_face: list[dict[str, str]] = []
   for ds in datasets:
@@ -409,7 +409,8 @@ def main(argv=None):
                            "crops already; example: --faces detect for photos of people)")
   parser.add_argument("--detector", default="full", choices=("full", "short"),
                       help="BlazeFace model for --faces (default full: small faces too; "
-                           "short: faces filling much of the photo, faster)")
+                           "short: faces filling much of the photo, faster; example: "
+                           "--detector short)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar (example: --quiet)")
   args = parser.parse_args(argv)
   runs = [(b, None) for b in args.bundle] + [(os.path.join(w, "bundle"), w) for w in args.workdir]

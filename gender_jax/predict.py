@@ -358,7 +358,7 @@ def main(argv=None):
     raise errors.UsageError(f"--max-faces {args.max_faces}: must be ≥ 1")
   side = None
   if args.detector_side:
-    from gender_jax.faces.pipeline import check_side
+    from gender_jax.faces.fused import check_side
     try:
       side = check_side(args.detector, args.detector_side)
     except ValueError as e:
@@ -389,7 +389,7 @@ def main(argv=None):
     predictor = Predictor(bundle, batch_size=args.batch_size, tta=args.tta)
     columns, source = CSV_COLUMNS, predictor.predict_paths(paths, progress=not args.quiet)
   else:
-    from gender_jax.faces import FacePipeline
+    from gender_jax.faces.fused import FacePipeline
     # Faces multiply the classifier's batch: images per call is batch_size / max_faces.
     pipeline = FacePipeline(bundle, detector=args.detector, max_faces=args.max_faces,
                             detector_side=side,

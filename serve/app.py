@@ -98,7 +98,7 @@ class GenderClassifier:
     # program, compiled here for its one padded batch size.
     self.face_pipeline = None
     if faces_detector:
-      from gender_jax.faces.pipeline import FacePipeline
+      from gender_jax.faces.fused import FacePipeline
       self.face_pipeline = FacePipeline(self.bundle, detector=faces_detector,
                                         max_faces=int(max_faces),
                                         batch_size=int(faces_batch_size), faces="auto")

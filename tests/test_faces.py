@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from gender_jax import checkpoint
-from gender_jax.faces import align, synthetic
-from gender_jax.faces.pipeline import Detector, FacePipeline, letterbox, unbox
+from gender_jax.faces import align, scenes
+from gender_jax.faces.fused import Detector, FacePipeline, letterbox, unbox
 from tests.helpers import constant_bundle, random_bundle
 
 
@@ -89,10 +89,10 @@ def test_utkface_crops_come_out_as_one_face_and_align_onto_themselves(utkface_2k
 def test_pasted_faces_found_where_they_are_and_blank_images_have_none(utkface_2k, short):
   rng = np.random.default_rng(3)
   crops = _crops(utkface_2k, 12, seed=1)
-  photos = [synthetic.group_photo(rng, crops[3 * k:3 * k + 3], size=(400, 300), sides=(80, 120),
-                                  kind=synthetic.BACKGROUNDS[k], others=crops) for k in range(4)]
+  photos = [scenes.group_photo(rng, crops[3 * k:3 * k + 3], size=(400, 300), sides=(80, 120),
+                                  kind=scenes.BACKGROUNDS[k], others=crops) for k in range(4)]
   faces = short([p.image for p in photos])
-  found = np.concatenate([synthetic.match(p.squares, np.asarray([f["box"] for f in fs]).reshape(-1, 4))
+  found = np.concatenate([scenes.match(p.squares, np.asarray([f["box"] for f in fs]).reshape(-1, 4))
                           for p, fs in zip(photos, faces)])
   assert found.mean() >= 0.8, found
   assert sum(len(fs) for fs in faces) <= len(found) + 1  # hardly any false alarms
@@ -102,7 +102,7 @@ def test_pasted_faces_found_where_they_are_and_blank_images_have_none(utkface_2k
       assert (x0 - 5 <= kp[:4, 0]).all() and (kp[:4, 0] <= x1 + 5).all()
       assert kp[3, 1] > kp[:2, 1].max()
   blanks = [np.full((240, 320, 3), 128, np.uint8), np.zeros((64, 64, 3), np.uint8)] + [
-      synthetic.background(rng, (320, 240), k, crops) for k in synthetic.BACKGROUNDS]
+      scenes.background(rng, (320, 240), k, crops) for k in scenes.BACKGROUNDS]
   assert [len(f) for f in short(blanks)] == [0] * len(blanks)
 
 
@@ -113,12 +113,12 @@ def test_pipeline_classifies_the_crops_it_aligns_in_one_compile(utkface_2k, tmp_
   pipe = FacePipeline(bundle, detector="short", max_faces=4, batch_size=4, canvas=320)
   rng = np.random.default_rng(5)
   crops = _crops(utkface_2k, 6, seed=2)
-  photo = synthetic.group_photo(rng, crops[:2], size=(420, 280), sides=(120, 135), kind="gradient")
+  photo = scenes.group_photo(rng, crops[:2], size=(420, 280), sides=(120, 135), kind="gradient")
   images = [photo.image, crops[2], np.zeros((50, 70, 3), np.uint8), crops[3], crops[4]]
   out = pipe(images, crops=True)
   assert pipe.traces == 1  # 5 images = one full batch + one padded one, a single compile
   assert [len(f) for f in out] == [2, 1, 0, 1, 1]
-  assert synthetic.match(photo.squares, np.stack([f["box"] for f in out[0]])).all()
+  assert scenes.match(photo.squares, np.stack([f["box"] for f in out[0]])).all()
   faces = [f for fs in out for f in fs]
   direct = Predictor(bundle, batch_size=8).predict([f["crop"] for f in faces])
   for f, d in zip(faces, direct):
@@ -135,7 +135,7 @@ def test_auto_classifies_a_tight_crop_whole(utkface_2k, tmp_path):
   pipe = FacePipeline(bundle, detector="short", max_faces=2, batch_size=2, canvas=320,
                       faces="auto")
   crop = _crops(utkface_2k, 1, seed=4)[0]
-  photo = synthetic.in_the_wild(np.random.default_rng(0), crop, [], side=300, scale=(0.5, 0.5))
+  photo = scenes.in_the_wild(np.random.default_rng(0), crop, [], side=300, scale=(0.5, 0.5))
   [[whole], [small]] = pipe([crop, photo.image])
   assert not whole["aligned"] and small["aligned"]
   [direct] = Predictor(bundle).predict([crop])
@@ -146,8 +146,8 @@ def test_auto_classifies_a_tight_crop_whole(utkface_2k, tmp_path):
 def test_full_range_at_a_larger_side_finds_the_same_faces_and_smaller_ones(utkface_2k):
   rng = np.random.default_rng(8)
   crops = _crops(utkface_2k, 8, seed=6)
-  big = synthetic.group_photo(rng, crops[:3], size=(480, 320), sides=(110, 140), kind="noise")
-  small = synthetic.group_photo(rng, crops[3:8], size=(640, 480), sides=(50, 70), kind="gradient")
+  big = scenes.group_photo(rng, crops[:3], size=(480, 320), sides=(110, 140), kind="noise")
+  small = scenes.group_photo(rng, crops[3:8], size=(640, 480), sides=(50, 70), kind="gradient")
   native, wide = Detector("full", batch_size=2), Detector("full", batch_size=2, side=384)
   [a, a_small], [b, b_small] = native([big.image, small.image]), wide([big.image, small.image])
   assert len(a) >= 2 and len(b) >= len(a)
@@ -156,6 +156,6 @@ def test_full_range_at_a_larger_side_finds_the_same_faces_and_smaller_ones(utkfa
     fb = min(b, key=lambda f: np.abs(f["box"] - fa["box"]).max())
     np.testing.assert_allclose(fa["box"], fb["box"], atol=0.08 * side)
     np.testing.assert_allclose(fa["keypoints"][:4], fb["keypoints"][:4], atol=0.08 * side)
-  found = lambda faces: synthetic.match(small.squares, np.asarray(  # noqa: E731
+  found = lambda faces: scenes.match(small.squares, np.asarray(  # noqa: E731
       [f["box"] for f in faces]).reshape(-1, 4)).sum()
   assert found(b_small) >= 4 and found(b_small) > found(a_small)

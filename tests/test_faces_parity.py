@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_jax.faces import anchors, blazeface, synthetic, tflite
-from gender_jax.faces.pipeline import letterbox
+from gender_jax.faces import anchors, blazeface, scenes, tflite
+from gender_jax.faces.fused import letterbox
 
 NAMES = {"short": "face_detection_short_range.tflite", "full": "face_detection_full_range.tflite"}
 
@@ -112,8 +112,8 @@ def _photos(utkface_2k, n, side):
   files = sorted(glob.glob(str(utkface_2k / "*" / "*.jpg")))
   crops = [np.asarray(Image.open(files[i]).convert("RGB"))
            for i in rng.choice(len(files), 4 * n, replace=False)]
-  photos = [synthetic.group_photo(rng, crops[4 * k:4 * k + 4], size=(480, 360), sides=(70, 130),
-                                  kind=synthetic.BACKGROUNDS[k % 4], others=crops)
+  photos = [scenes.group_photo(rng, crops[4 * k:4 * k + 4], size=(480, 360), sides=(70, 130),
+                                  kind=scenes.BACKGROUNDS[k % 4], others=crops)
             for k in range(n)]
   return [letterbox(p.image, side) for p in photos]
 
@@ -155,8 +155,8 @@ def test_committed_weights_are_what_convert_makes(tmp_path):
     path = tmp_path / NAMES[kind]
     path.write_bytes(_model_bytes(kind))
     sources.append(str(path))
-  from gender_jax.faces import convert
-  written = convert.convert(sources, str(tmp_path / "weights"))
+  from gender_jax.faces import from_tflite
+  written = from_tflite.convert(sources, str(tmp_path / "weights"))
   assert sorted(os.path.basename(p) for p in written) == ["full.npz", "short.npz"]
   for kind in ("short", "full"):
     spec, weights = blazeface.read_weights(str(tmp_path / "weights" / f"{kind}.npz"))

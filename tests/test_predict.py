@@ -82,10 +82,10 @@ def test_abstention_and_tta_views(tmp_path):
 def test_faces_one_row_per_face_no_face_rows_and_crops(bundle, tmp_path, utkface_2k):
   """--faces detect on a photo with two pasted real faces, a tight crop, a blank image."""
   import glob
-  from gender_jax.faces import synthetic
+  from gender_jax.faces import scenes
   files = sorted(glob.glob(str(utkface_2k / "*" / "*.jpg")))[:3]
   crops = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-  photo = synthetic.group_photo(np.random.default_rng(0), crops[:2], size=(480, 300),
+  photo = scenes.group_photo(np.random.default_rng(0), crops[:2], size=(480, 300),
                                 sides=(100, 130), kind="gradient")
   os.makedirs(tmp_path / "in")
   Image.fromarray(photo.image).save(tmp_path / "in" / "a_group.png")
@@ -107,7 +107,7 @@ def test_faces_one_row_per_face_no_face_rows_and_crops(bundle, tmp_path, utkface
     assert by["c_blank.png"][0]["label"] == "no_face" and by["d_bad.jpg"][0]["label"] == "error"
     boxes = np.asarray([[float(r[f"box_{k}"]) for k in ("x0", "y0", "x1", "y1")]
                         for r in by["a_group.png"]])
-    assert synthetic.match(photo.squares, boxes).all()  # boxes in the photo's own pixels
+    assert scenes.match(photo.squares, boxes).all()  # boxes in the photo's own pixels
     assert sorted(r["face"] for r in by["a_group.png"]) == ["0", "1"]
     assert by["b_crop.jpg"][0]["aligned"] == ("1" if mode == "detect" else "0")
     for r in by["a_group.png"] + by["b_crop.jpg"]:

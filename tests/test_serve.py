@@ -302,7 +302,7 @@ def group_photo(utkface_2k, seed=0):
 
 
 def test_faces_detect_returns_every_face_with_its_box(served, utkface_2k):
-  from gender_jax.faces.pipeline import FacePipeline
+  from gender_jax.faces.fused import FacePipeline
   photo, truth = group_photo(utkface_2k)
   blank = io.BytesIO()
   Image.fromarray(np.full((200, 260, 3), 127, np.uint8)).save(blank, "PNG")

