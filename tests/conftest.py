@@ -30,13 +30,3 @@ def utkface_2k():
   if not (UTKFACE_2K / "labels.csv").exists():
     pytest.skip(f"real data not found at {UTKFACE_2K}")
   return UTKFACE_2K
-
-
-def pytest_collection_modifyitems(config, items):
-  """Under pytest-xdist (`-n 2 --dist loadgroup`) a module's tests stay on one worker, so
-  module-scoped trained fixtures are built once; the two Serve modules share one worker and
-  one Serve instance."""
-  for item in items:
-    module = item.module.__name__.rsplit(".", 1)[-1]
-    group = "serve" if module in ("test_serve", "test_serve_page") else module
-    item.add_marker(pytest.mark.xdist_group(group))
