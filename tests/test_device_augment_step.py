@@ -2,6 +2,7 @@
 by each example's index, and the identity when every operation is off."""
 import jax
 import numpy as np
+import pytest
 
 from gender_jax import parallel, steps
 from gender_jax.data import preprocess
@@ -22,6 +23,7 @@ def _batch(index):
           "label": rng.integers(0, 2, 32).astype(np.int32), "index": np.asarray(index, np.int32)}
 
 
+@pytest.mark.slow
 def test_device_augmentation_is_in_the_step_and_keyed_by_index():
   on = tiny_config(**{"data.device_augment": True, "data.color_jitter": 0.4,
                       "data.grayscale": 0.2, "mesh.num_devices": 1})
