@@ -24,7 +24,6 @@ import contextlib
 import io
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
