@@ -75,9 +75,13 @@ def constant_bundle(directory, bias=(0.0, 1.0), size=16, abstain_threshold=0.0):
   return str(directory)
 
 
-def random_bundle(directory, size=16, preset="scratch", temperature=1.0, seed=0):
+def random_bundle(directory, size=16, preset="scratch", temperature=1.0, seed=0,
+                  abstain_threshold=0.0, probe=None):
   """resnet_tiny with random conv and head weights, centred so both classes get answers: a
-  channel-order, normalisation or padding mistake anywhere changes its outputs."""
+  channel-order, normalisation or padding mistake anywhere changes its outputs. The head
+  bias cancels the median margin over `probe` (uint8 NHWC at `size`; default random pixels):
+  random head weights alone push all images one way (pooled ReLU features share a
+  direction)."""
   import ml_collections
   from flax import nnx
   from gender_jax import checkpoint
@@ -101,12 +105,14 @@ def random_bundle(directory, size=16, preset="scratch", temperature=1.0, seed=0)
   checkpoint.load_flat(model, {k: value(k, v.shape, v.dtype) for k, v in flat.items()})
   model.eval()
   spec = make_spec(size, preset)
-  probe = np.random.default_rng(seed + 1).integers(0, 256, (16, size, size, 3), np.uint8)
+  if probe is None:
+    probe = np.random.default_rng(seed + 1).integers(0, 256, (16, size, size, 3), np.uint8)
   logits = reference_logits(model, spec, probe)
   margin = float(np.median(logits[:, 0] - logits[:, 1]))
   model.fc.bias.set_value(np.asarray([-margin / 2, margin / 2], np.float32))
   checkpoint.save_bundle(str(directory), model, model_config=cfg, preprocessing=spec,
-                         calibration=dict(temperature=temperature, abstain_threshold=0.0))
+                         calibration=dict(temperature=temperature,
+                                          abstain_threshold=abstain_threshold))
   return str(directory)
 
 

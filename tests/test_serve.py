@@ -29,6 +29,7 @@ yaml = pytest.importorskip("yaml")
 from gender_jax import checkpoint  # noqa: E402
 from gender_jax.data import preprocess  # noqa: E402
 from serve import inputs  # noqa: E402
+from tests.helpers import random_bundle  # noqa: E402
 
 IMAGE_SIZE = 64
 # The proxy mode serve/README.md recommends (measured there); Ray reads it when it starts.
@@ -37,26 +38,10 @@ SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 
 # ----------------------------------------------------------------------------- helpers
 def make_bundle(directory) -> str:
-  """resnet_tiny with a random head, centred so different images get different answers."""
-  import ml_collections
-  from flax import nnx
-  from gender_jax.models import create_model
-  config = dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32")
-  model = create_model(ml_collections.ConfigDict(config), rngs=nnx.Rngs(0))
-  model.eval()
-  # The head is zero at init (every answer 0.5). Random head weights alone push all images
-  # one way (pooled ReLU features share a direction), so the bias cancels the median margin.
-  kernel = np.asarray(model.fc.kernel.get_value())
-  model.fc.kernel.set_value(3.0 * np.random.default_rng(0).standard_normal(kernel.shape)
-                            .astype(np.float32))
-  spec = preprocess.make_spec(IMAGE_SIZE)
-  batch = np.stack([preprocess.eval_image(b, IMAGE_SIZE) for b in written_images(32, seed=99)])
-  logits = np.asarray(model(preprocess.normalize(batch, spec)))
-  margin = float(np.median(logits[:, 0] - logits[:, 1]))
-  model.fc.bias.set_value(np.asarray([-margin / 2, margin / 2], np.float32))
-  checkpoint.save_bundle(str(directory), model, model_config=config,
-                         preprocessing=spec, calibration=dict(temperature=1.0, abstain_threshold=0.55))
-  return str(directory)
+  """A random-weight resnet_tiny (helpers.random_bundle), centred on images like the requests'
+  so different images get different answers."""
+  probe = np.stack([preprocess.eval_image(b, IMAGE_SIZE) for b in written_images(32, seed=99)])
+  return random_bundle(directory, size=IMAGE_SIZE, abstain_threshold=0.55, probe=probe)
 
 
 def written_images(count: int, seed: int = 0) -> list[bytes]:
