@@ -18,13 +18,22 @@ from gender_jax.faces.fused import CANVAS, Detector, letterbox
 NO_FACE_LIST = "no_face.txt"
 
 
+def crop_path(key: str, label: int) -> str:
+  """Where the crop of source file `key` goes in the aligned folder: `LABEL/KEY_FLAT.jpg`."""
+  from gender_jax.data import schema
+  return os.path.join(schema.CLASS_NAMES[label],
+                      os.path.splitext(key.replace(os.sep, "_"))[0] + ".jpg")
+
+
 def align_folder(src: str, dst: str, *, detector: str = "full", template: dict | None = None,
-                 size: int | None = None, batch_size: int = 16, quality: int = 95) -> dict[str, Any]:
+                 size: int | None = None, batch_size: int = 16, quality: int = 95,
+                 keep_missed: bool = False) -> dict[str, Any]:
   """Aligns every image of the class folder `src` into `dst`; returns counts and misses.
 
   `size`: the side of the written crops (default: the template's width). Subgroup columns of
   `src/labels.csv` are carried over; a photo with no face, or unreadable, is listed in
-  `dst/no_face.txt` with the reason and left out.
+  `dst/no_face.txt` with the reason and left out; with `keep_missed` (`src` already tight
+  face crops, as UTKFace) a readable one is written as it is instead (`keep_missed_photos`).
   """
   from gender_jax.data import folder, schema
   from gender_jax.data.preprocess import ImageError, decode
@@ -55,7 +64,7 @@ def align_folder(src: str, dst: str, *, detector: str = "full", template: dict |
       keypoints = np.asarray(faces[0]["keypoints"]) * np.asarray(lb.scale) + np.asarray(lb.offset)
       crop = np.asarray(warp(lb.image, keypoints.astype(np.float32)))
       label = schema.CLASS_NAMES[e.label]
-      rel = os.path.join(label, os.path.splitext(e.key.replace(os.sep, "_"))[0] + ".jpg")
+      rel = crop_path(e.key, e.label)
       os.makedirs(os.path.join(dst, label), exist_ok=True)
       Image.fromarray(crop).save(os.path.join(dst, rel), quality=quality)
       rows.append([rel, label] + [e.subgroups.get(c, "") for c in columns] +
@@ -67,5 +76,44 @@ def align_folder(src: str, dst: str, *, detector: str = "full", template: dict |
   with open(os.path.join(dst, NO_FACE_LIST), "w") as f:
     f.write("# photos left out: path<TAB>reason\n")
     f.writelines(f"{k}\t{r}\n" for k, r in missed)
+  kept = keep_missed_photos(src, dst, size=side, quality=quality) if keep_missed else 0
   return dict(aligned=len(rows), missed=len(missed), of=len(entries), out=os.path.abspath(dst),
-              size=side)
+              size=side, kept=kept)
+
+
+def keep_missed_photos(src: str, dst: str, *, size: int | None = None, quality: int = 95) -> int:
+  """Writes the photos `dst/no_face.txt` lists as found without a face, each as it is
+  (squash-resized to the crops' side), into `dst` and its labels.csv (empty face_score);
+  returns how many were added. For a source of tight face crops (UTKFace): the aligned folder
+  then lists the same photos as `src`, so the folder source's seeded split deals both alike
+  (the split depends on the whole listing: one photo left out moves others between splits)
+  and its test split holds the same photos. Photos already in labels.csv are skipped."""
+  from gender_jax.data import folder
+  from gender_jax.data.preprocess import ImageError, decode, resize
+  with open(os.path.join(dst, NO_FACE_LIST)) as f:
+    missed = {line.split("\t")[0] for line in f
+              if not line.startswith("#") and "\tno face found" in line}
+  with open(os.path.join(dst, "labels.csv"), newline="") as f:
+    reader = csv.reader(f)
+    header = next(reader)
+    have = {row[0] for row in reader}
+  entries, _ = folder.read_entries(src)
+  added = []
+  for e in entries:
+    if e.key not in missed or crop_path(e.key, e.label) in have:
+      continue
+    try:
+      with open(e.path, "rb") as f:
+        image = decode(f.read())
+    except (OSError, ImageError):
+      continue
+    if size is None:
+      size = Image.open(os.path.join(dst, next(iter(have)))).size[0] if have else image.shape[0]
+    rel = crop_path(e.key, e.label)
+    os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+    Image.fromarray(resize(image, size)).save(os.path.join(dst, rel), quality=quality)
+    fields = dict(e.subgroups, path=rel, label=rel.split(os.sep)[0], face_score="")
+    added.append([fields.get(h, "") for h in header])
+  with open(os.path.join(dst, "labels.csv"), "a", newline="") as f:
+    csv.writer(f).writerows(added)
+  return len(added)
