@@ -46,7 +46,7 @@ VARIANTS = (
 
 def make_bundle(directory, arch: str, size: int) -> str:
   import ml_collections
-  from gender_jax import checkpoint
+  from gender_jax.bundle import save_bundle
   from gender_jax.data import preprocess
   from gender_jax.models import create_model
   model_config = dict(arch=arch, num_classes=2, compute_dtype="float32")
@@ -56,7 +56,7 @@ def make_bundle(directory, arch: str, size: int) -> str:
   rng = np.random.default_rng(0)
   model.fc.kernel[...] = rng.normal(0, 0.05, model.fc.kernel.shape).astype(np.float32)
   model.eval()
-  checkpoint.save_bundle(directory, model, model_config=model_config,
+  save_bundle(directory, model, model_config=model_config,
                          preprocessing=preprocess.make_spec(size))
   return directory
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
   import jax
   import tensorflow as tf
   from gender_jax import export
-  from gender_jax.checkpoint import Bundle
+  from gender_jax.bundle import Bundle
   tf.config.threading.set_intra_op_parallelism_threads(args.threads)
   tf.config.threading.set_inter_op_parallelism_threads(1)
 

@@ -128,12 +128,12 @@ def speed(args, kinds):
 def random_bundle(directory):
   import ml_collections
   from flax import nnx
-  from gender_jax import checkpoint
+  from gender_jax.bundle import save_bundle
   from gender_jax.data.preprocess import make_spec
   from gender_jax.models import create_model
   cfg = dict(arch="resnet18", width=16, num_classes=2, compute_dtype="float32", dropout=0.0)
   model = create_model(ml_collections.ConfigDict(cfg), rngs=nnx.Rngs(0))
-  checkpoint.save_bundle(directory, model, model_config=cfg, preprocessing=make_spec(64))
+  save_bundle(directory, model, model_config=cfg, preprocessing=make_spec(64))
   return directory
 
 
@@ -174,8 +174,8 @@ def balanced_accuracy(labels, predicted):
 
 
 def accuracy(args, kinds, bundle):
-  from gender_jax.checkpoint import Bundle
-  from gender_jax.predict import Predictor
+  from gender_jax.bundle import Bundle
+  from gender_jax.predictor import Predictor
   if not args.splits:
     raise SystemExit("--parts accuracy needs --splits SPLITS_CSV (and --bundle, --data)")
   with open(args.splits) as f:

@@ -96,7 +96,7 @@ def fmt(m) -> str:
 def main(argv=None):
   args = parse_args(argv)
   from gender_jax import evaluate
-  from gender_jax.predict import Predictor
+  from gender_jax.predictor import Predictor
   rows = split_rows(args.data, args.splits, args.split)
   labels = np.array([r["label"] for r in rows])
   metas = [{k: r[k] for k in ("age", "race", "source")} for r in rows]

@@ -87,23 +87,29 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- gender_jax
-def forward_flops(setup, mesh, batch) -> float | None:
+def forward_flops(setup, mesh, batch, spec: dict, compute_dtype: str) -> float | None:
   """XLA's FLOPs for the eval graph's forward pass on this batch (whole step, all devices)."""
-  import jax.numpy as jnp
+  from flax import nnx
+  from gender_jax.data.preprocess import normalize
   params, batch_stats = setup.abstract_state["params"], setup.abstract_state["batch_stats"]
-  eval_batch = dict(batch, mask=jnp.ones(batch["label"].shape, jnp.float32))
-  cost = common.compiled_cost(setup.eval_step.lower(params, batch_stats, eval_batch).compile())
+
+  def forward(params, batch_stats, images):
+    return nnx.merge(setup.eval_graphdef, params, batch_stats)(
+        normalize(images, spec, compute_dtype))
+  cost = common.compiled_cost(jax.jit(forward).lower(params, batch_stats, batch["image"]).compile())
   return cost["flops"] * mesh.size if cost["flops"] else None
 
 
 def bench_jax(config, args, with_forward: bool = False) -> dict:
   from gender_jax import parallel, trainer
+  from gender_jax.data import preprocess
   mesh = parallel.create_mesh(args.devices or None)
   parallel.local_batch_size(args.batch, mesh)  # a clear error when it does not divide
   setup = common.create_train_setup(config, mesh, total_steps=10**6)
   state = jax.jit(setup.init_state, out_shardings=setup.state_sharding)()
   batch = common.synthetic_batch(mesh, args.batch, args.size)
-  fwd = forward_flops(setup, mesh, batch) if with_forward else None
+  spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
+  fwd = forward_flops(setup, mesh, batch, spec, config.model.compute_dtype) if with_forward else None
 
   start = time.perf_counter()
   compiled = setup.train_step.lower(state, batch).compile()

@@ -12,10 +12,11 @@ import argparse
 import json
 from typing import Any
 
-from gender_jax import eval_data, predict, stats
+from gender_jax import eval_data, stats
+from gender_jax.predictor import Predictor
 from gender_jax.calibration import (fit_temperature, nll, softmax, threshold_for_accuracy,
                                     write_calibration)
-from gender_jax.checkpoint import Bundle
+from gender_jax.bundle import Bundle
 
 
 def calibrate_bundle(bundle_dir: str, records, *, target_accuracy: float | None = None,
@@ -28,7 +29,7 @@ def calibrate_bundle(bundle_dir: str, records, *, target_accuracy: float | None 
   the same records, else the bundle's current one is kept. Returns the fit summary.
   """
   bundle = Bundle(bundle_dir)
-  predictor = predict.Predictor(bundle, batch_size=batch_size)
+  predictor = Predictor(bundle, batch_size=batch_size)
   logits, labels, _, _ = predictor.logits_for_records(records)
   if len(labels) == 0:
     raise ValueError(f"no readable images to calibrate {bundle_dir} on")

@@ -297,7 +297,7 @@ def main(argv=None):
   scanned = scan(records)
   features, kind = None, f"{THUMB}x{THUMB} RGB thumbnails"
   if args.bundle:
-    from gender_jax.predict import Predictor
+    from gender_jax.predictor import Predictor
     predictor = Predictor(args.bundle, batch_size=args.batch_size)
 
     class _Readable:  # only the records that decoded, in scan order

@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  from gender_jax import checkpoint, errors
+  from gender_jax import errors
+  from gender_jax.weights import save_weights
   try:  # before reading a multi-GB file: the input exists, the output can be written
     errors.require_exists(args.src, "--src")
     errors.require_writable(args.out, "--out")
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {errors.one_line(e)}", file=sys.stderr)
     return 1  # the file does not hold what --from/--arch say (tests/test_convert.py)
-  checkpoint.save_weights(args.out, flat, meta)
+  save_weights(args.out, flat, meta)
   count = sum(int(np.prod(v.shape)) for v in flat.values())
   print(f"wrote {args.out}: {len(flat)} tensors, {count:,} values from {args.src}")
   print(f"  dropped: {', '.join(meta['dropped']) or 'nothing'}; "

@@ -140,9 +140,9 @@ def _checkpoint_complete(weights: str) -> bool:
 
 
 def load_bundle(path: str, compute_dtype: str | None = None, what: str = "bundle"):
-  """checkpoint.Bundle(path), with an incomplete copy answered in one line, not by tensorstore."""
+  """Bundle(path), with an incomplete copy answered in one line, not by tensorstore."""
   require_weights_dir(path, what)
-  from gender_jax.checkpoint import Bundle
+  from gender_jax.bundle import Bundle
   if debug_requested():
     return Bundle(path, compute_dtype)
   # A damaged checkpoint makes tensorstore's callbacks into Orbax's closed event loop print

@@ -16,9 +16,7 @@ the training crops were; `detect` always classifies the aligned face; `off` clas
 image whole, one row each, with the columns above only. `--save-crops DIR` writes the aligned
 faces as PNG.
 
-Library use:
-  predictor = Predictor("RUN/bundle")
-  predictor.predict([pil_image, uint8_array, jpeg_bytes])  # → [{"label", "p_female", …}]
+Library use: gender_jax.predictor.Predictor.
 """
 from __future__ import annotations
 
@@ -29,194 +27,17 @@ import csv
 import os
 import shutil
 import sys
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, Sequence
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-
-from gender_jax.checkpoint import Bundle
-from gender_jax.data import preprocess
 from gender_jax.data.preprocess import ImageError
+from gender_jax.predictor import TTA_MODES, Predictor, to_array
 
-TTA_MODES = ("none", "flip", "crops", "flip+crops")
-CROP_FRACTION = 0.875  # side of each multi-crop view, relative to the image
 CSV_COLUMNS = ("path", "label", "p_female", "p_male", "abstained", "error")
 FACE_MODES = ("auto", "detect", "off")
 # Keypoints in the detector's order; right/left are the subject's (the right eye is image-left).
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose", "mouth", "right_ear", "left_ear")
 FACE_COLUMNS = ("face", "face_score", "aligned", "box_x0", "box_y0", "box_x1", "box_y1",
                 *(f"{k}_{a}" for k in KEYPOINT_NAMES for a in "xy"))
-
-
-def views(image: np.ndarray, size: int, tta: str = "none") -> list[np.ndarray]:
-  """One decoded image → its test-time views at size x size (the first is the plain eval view)."""
-  if tta not in TTA_MODES:
-    raise ValueError(f"tta={tta!r}: choose from {TTA_MODES}")
-  out = [preprocess.resize(image, size)]
-  if "crops" in tta:  # centre and four corners, each 87.5% of the side
-    h, w = image.shape[:2]
-    ch, cw = max(1, round(h * CROP_FRACTION)), max(1, round(w * CROP_FRACTION))
-    for y, x in ((h - ch) // 2, (w - cw) // 2), (0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw):
-      out.append(preprocess.resize(np.ascontiguousarray(image[y:y + ch, x:x + cw]), size))
-  if "flip" in tta:
-    out += [np.ascontiguousarray(v[:, ::-1]) for v in out]
-  return out
-
-
-def to_array(item) -> np.ndarray:
-  """A PIL image, uint8 array, encoded bytes or a file path → decoded uint8 RGB HxWx3."""
-  if isinstance(item, (str, os.PathLike)):
-    try:
-      with open(item, "rb") as f:
-        item = f.read()
-    except OSError as e:
-      raise ImageError(f"cannot read file: {e.strerror or e}") from None
-  elif hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
-    item = np.asarray(item.convert("RGB"))
-  return preprocess.decode(item)
-
-
-class Outputs(NamedTuple):
-  values: np.ndarray          # (n_ok, …): logits or features of the readable inputs
-  labels: np.ndarray          # (n_ok,) given labels where the inputs have them, else -1
-  metas: list[dict[str, Any]]  # per readable input: everything but the image
-  errors: list[tuple[str, str]]  # (key, reason) per unreadable input
-
-
-class Predictor:
-  """A bundle's model jitted for fixed-size batches, with test-time augmentation."""
-
-  def __init__(self, bundle: Bundle | str, *, batch_size: int = 64, tta: str = "none",
-               compute_dtype: str | None = None, threads: int = 4):
-    self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, compute_dtype)
-    if tta not in TTA_MODES:
-      raise ValueError(f"tta={tta!r}: choose from {TTA_MODES}")
-    self.batch_size, self.tta, self.threads = int(batch_size), tta, threads
-    self.size = self.bundle.image_size
-    self.num_views = len(views(np.zeros((8, 8, 3), np.uint8), self.size, tta))
-    self.temperature = float(self.bundle.calibration.get("temperature", 1.0))
-    self.traces = 0  # how often jit traced: 1 per distinct batch size
-    logits, state = self.bundle.logits_fn()
-    self._state = state
-    num_views = self.num_views
-
-    def batch_logits(state, images):
-      self.traces += 1
-      out = logits(state, images)
-      # Averaging logits (not probabilities) keeps the fitted temperature meaningful.
-      return out.reshape(-1, num_views, out.shape[-1]).mean(axis=1)
-    self._logits = jax.jit(batch_logits)
-    self._features = None
-
-  # ---------------------------------------------------------------- model calls
-  def _features_fn(self):
-    """Pooled last-stage activations (the input to the head) per image, averaged over views."""
-    if self._features is None:
-      graphdef, state = nnx.split(self.bundle.model)
-      spec, dtype = self.bundle.preprocessing, self.bundle.model_config.compute_dtype
-      num_views = self.num_views
-
-      def features(state, images):
-        model = nnx.merge(graphdef, state)
-        stages = model.features(preprocess.normalize(images, spec, dtype))
-        x = jnp.mean(list(stages.values())[-1].astype(jnp.float32), axis=(1, 2))
-        return x.reshape(-1, num_views, x.shape[-1]).mean(axis=1)
-      fn = jax.jit(features)
-      self._features = lambda images: fn(state, images)
-    return self._features
-
-  def _run(self, fn, prepared: list[list[np.ndarray]]) -> np.ndarray:
-    """Views of ≤ batch_size images → fn outputs, padding to the one compiled batch size."""
-    views = [v for vs in prepared for v in vs]  # each image's views side by side
-    batch = preprocess.pad_batch(views, self.batch_size * self.num_views)
-    return np.asarray(fn(batch))[:len(prepared)]
-
-  def _iterate(self, n: int, load: Callable[[int], Any], fn, progress: bool = False):
-    """Yields (index, output or None, error or None) in order, decoding ahead on threads."""
-    from tqdm import tqdm
-
-    def safe(i):
-      try:
-        return load(i), None
-      except ImageError as e:
-        return None, str(e)
-    chunks = [range(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
-    bar = tqdm(total=n, unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
-      pending = collections.deque()
-      for k, chunk in enumerate(chunks):
-        while len(pending) < 2 and k + len(pending) < len(chunks):  # keep two chunks decoding
-          pending.append([pool.submit(safe, i) for i in chunks[k + len(pending)]])
-        results = [f.result() for f in pending.popleft()]
-        ok = [j for j, (vs, _) in enumerate(results) if vs is not None]
-        out = self._run(fn, [results[j][0] for j in ok]) if ok else []
-        out_of = dict(zip(ok, out))
-        for j, i in enumerate(chunk):
-          yield i, out_of.get(j), results[j][1]
-        bar.update(len(chunk))
-    bar.close()
-
-  def logits_fn(self):
-    return lambda images: self._logits(self._state, images)
-
-  # ---------------------------------------------------------------- public calls
-  def logits(self, items: Sequence[Any]) -> Outputs:
-    """Raw (temperature 1) logits of images given as arrays, PIL images, bytes or paths."""
-    return self._collect(len(items), lambda i: to_array(items[i]),
-                         lambda i: {"key": str(i)}, self.logits_fn())
-
-  def predict(self, items: Sequence[Any]) -> list[dict[str, Any]]:
-    """Images → per image {"label", "p_female", "p_male", "abstained"} or {"error"}."""
-    out = self.logits(items)
-    answers = iter(self.bundle.decide(self.probabilities(out.values)))
-    bad = {int(k): reason for k, reason in out.errors}
-    return [{"label": "error", "error": bad[i]} if i in bad else next(answers)
-            for i in range(len(items))]
-
-  def probabilities(self, logits: np.ndarray) -> np.ndarray:
-    """Calibrated probabilities: softmax(logits / the bundle's temperature)."""
-    from gender_jax.calibration import softmax
-    return softmax(np.asarray(logits).reshape(-1, len(self.bundle.class_names)), self.temperature)
-
-  def logits_for_records(self, records, progress: bool = False) -> Outputs:
-    """Logits of labelled records ({"image", "label", …}); unreadable ones are listed, not fatal."""
-    return self._records(records, self.logits_fn(), progress)
-
-  def features_for_records(self, records, progress: bool = False) -> Outputs:
-    return self._records(records, self._features_fn(), progress)
-
-  def _records(self, records, fn, progress) -> Outputs:
-    from gender_jax.eval_data import record_meta
-    return self._collect(len(records), lambda i: to_array(records[i]["image"]),
-                         lambda i: record_meta(records, i), fn, progress)
-
-  def _collect(self, n, load_image, load_meta, fn, progress=False) -> Outputs:
-    values, labels, metas, errors = [], [], [], []
-    size, tta = self.size, self.tta
-    for i, out, error in self._iterate(n, lambda i: views(load_image(i), size, tta), fn, progress):
-      meta = load_meta(i)
-      if error is not None:
-        errors.append((str(meta.get("key", i)), error))
-        continue
-      values.append(out)
-      labels.append(int(meta.get("label", -1)))
-      metas.append(meta)
-    values = np.stack(values) if values else np.zeros((0, 2), np.float32)
-    return Outputs(values, np.asarray(labels, np.int64), metas, errors)
-
-  def predict_paths(self, paths: Sequence[str], progress: bool = False) -> Iterable[dict[str, Any]]:
-    """Yields one CSV row per path, in order."""
-    size, tta = self.size, self.tta
-    for i, out, error in self._iterate(len(paths), lambda i: views(to_array(paths[i]), size, tta),
-                                       self.logits_fn(), progress):
-      if error is not None:
-        yield dict(path=paths[i], label="error", p_female="", p_male="", abstained="", error=error)
-        continue
-      [answer] = self.bundle.decide(self.probabilities(out))
-      yield dict(path=paths[i], label=answer["label"], p_female=f"{answer['p_female']:.6f}",
-                 p_male=f"{answer['p_male']:.6f}", abstained=int(answer["abstained"]), error="")
 
 
 def face_rows(pipeline, paths: Sequence[str], save_crops: str | None = None,

@@ -133,31 +133,12 @@ def make_train_step(train_graphdef, tx, spec, config, frozen_stats, frozen_param
   return train_step
 
 
-def make_eval_step(eval_graphdef, spec, config):
-  compute_dtype = jnp.dtype(config.model.compute_dtype)
-
-  def eval_step(params, batch_stats, batch):
-    model = nnx.merge(eval_graphdef, params, batch_stats)
-    logits = model(preprocess.normalize(batch["image"], spec, compute_dtype))
-    labels, mask = batch["label"], batch["mask"]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
-    out = {"loss": (jnp.sum(loss * mask), jnp.sum(mask)), "accuracy": (jnp.sum(correct), jnp.sum(mask))}
-    for c, name in enumerate(("female", "male")):
-      in_class = mask * (labels == c)
-      out[f"recall_{name}"] = (jnp.sum(correct * in_class), jnp.sum(in_class))
-    return out
-
-  return eval_step
-
-
 # ----------------------------------------------------------------------------- setup
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
   """Model, optimizer, state shapes and the jitted steps, built once: the loop uses it and
   benchmarks/train_step.py times exactly this `train_step`."""
   train_step: Callable   # jitted (state, batch) → (state, metric sums); state donated
-  eval_step: Callable    # jitted (params, batch_stats, batch) → metric sums
   init_state: Callable   # (model=None) → a fresh state (unsharded outside jit)
   abstract_state: Any    # shapes with shardings: the Orbax restore target
   state_sharding: Any
@@ -211,6 +192,5 @@ def create_train_setup(config, mesh, total_steps: int, spec: dict) -> TrainSetup
                                        frozen_params),
                        in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
                        out_shardings=(state_sharding, replicated), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(eval_graphdef, spec, config), out_shardings=replicated)
-  return TrainSetup(train_step, eval_step, init_state, abstract_state, state_sharding,
+  return TrainSetup(train_step, init_state, abstract_state, state_sharding,
                     schedule, eval_graphdef, train_graphdef)

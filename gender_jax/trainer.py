@@ -23,16 +23,19 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from gender_jax import checkpoint, config as config_lib, metrics as metrics_lib, parallel
+from gender_jax.bundle import save_bundle
+from gender_jax.weights import load_pretrained, read_meta
 from gender_jax.data import pipeline, preprocess
 from gender_jax.finetune import param_labels, trainable_stages
-from gender_jax.models import create_model, ports
+from gender_jax.models import create_model
 from gender_jax.steps import (TrainSetup, create_optimizer, create_train_setup,
-                              inference_weights, make_eval_step, make_train_step)
+                              inference_weights, make_train_step)
 from gender_jax.train_input import create_train_input
+from gender_jax.validation import Validation, validation_results
 
 # The step builders live in steps.py and finetune.py; their names stay importable from here.
 __all__ = ["MAX_STEPS_IN_FLIGHT", "StopRequest", "TrainSetup", "create_optimizer",
-           "create_train_setup", "make_eval_step", "make_train_step", "param_labels",
+           "create_train_setup", "make_train_step", "param_labels",
            "train_and_evaluate", "trainable_stages", "validation_results"]
 
 # Steps dispatched ahead of the host before it waits. Unbounded async dispatch deadlocks
@@ -80,22 +83,6 @@ def _fingerprint(config) -> str:
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def validation_results(per_source: dict[str, dict[str, float]]) -> dict[str, float]:
-  """{source: {metric: value}} → `val_<metric>` for one source; for several,
-  `val_<source>_<metric>` plus the mixture's headline `val_<metric>`: the mean over sources
-  of that same metric (matched by name, so `accuracy` never takes in `balanced_accuracy`)."""
-  if len(per_source) == 1:
-    (summary,) = per_source.values()
-    return {f"val_{k}": v for k, v in summary.items()}
-  results = {f"val_{name}_{k}": v for name, summary in per_source.items()
-             for k, v in summary.items()}
-  for k in ("accuracy", "balanced_accuracy", "loss"):
-    values = [summary[k] for summary in per_source.values() if k in summary]
-    if values:
-      results[f"val_{k}"] = float(np.mean(values))
-  return results
-
-
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -107,7 +94,7 @@ def _input_spec(config) -> tuple[dict, dict | None]:
   spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
   if not config.init_from:
     return spec, None
-  init_meta = checkpoint.read_meta(config.init_from)
+  init_meta = read_meta(config.init_from)
   if "preprocessing" in init_meta:
     spec = preprocess.make_spec(config.data.image_size, init_meta["preprocessing"]["preset"])
   if init_meta.get("variant") and init_meta["variant"] != config.model.get("variant"):
@@ -156,36 +143,13 @@ def _load_state(config, setup, manager, fingerprint: str, init_meta):
     logging.info("resumed from %s at step %d", config.resume_from, int(state["step"]))
   elif config.init_from:
     model = create_model(config.model, rngs=nnx.Rngs(config.seed))
-    ports.load_pretrained(model, config.init_from, head=None)
+    load_pretrained(model, config.init_from, head=None)
     state = jax.device_put(setup.init_state(model), setup.state_sharding)
     logging.info("initialised from %s (%s)", config.init_from, init_meta.get("source", "weights"))
   else:
     state = jax.jit(setup.init_state, out_shardings=setup.state_sharding)()
     logging.info("initialised from scratch")
   return state
-
-
-def _evaluate(eval_step, state, val_sources, config, mesh) -> dict[str, float]:
-  """Validation of the weights the bundle will hold (the EMA ones when kept); with EMA the
-  live weights too, as `val_live_*`, on the same transferred batches (one more forward)."""
-  weights = {"": inference_weights(state)}
-  if "ema" in state:
-    weights["live"] = (state["params"], state["batch_stats"])
-  results = {}
-  per_source = {kind: {} for kind in weights}
-  for name, source in val_sources.items():
-    sums = dict.fromkeys(weights)
-    for batch in pipeline.eval_batches(source, config):
-      batch = parallel.put_batch(batch, mesh)
-      for kind, (params, batch_stats) in weights.items():
-        sums[kind] = metrics_lib.accumulate(sums[kind], eval_step(params, batch_stats, batch))
-    for kind in weights:
-      per_source[kind][name] = metrics_lib.summarize(sums[kind])
-  for kind in weights:
-    prefix = f"val_{kind}_" if kind else "val_"
-    results.update({prefix + k[len("val_"):]: v
-                    for k, v in validation_results(per_source[kind]).items()})
-  return results
 
 
 def _log_train(writer, step: int, total_steps: int, pending: list, rate: float, schedule,
@@ -225,7 +189,7 @@ def _write_bundle(config, workdir: str, setup, state, spec, step: int, last_eval
   template = _face_template(config, val_sources)
   if template:
     extra["face_template"] = template
-  checkpoint.save_bundle(directory, model, model_config=config.model.to_dict(),
+  save_bundle(directory, model, model_config=config.model.to_dict(),
                          preprocessing=spec, extra=extra)
   logging.info("wrote inference bundle to %s", directory)
   if config.calibrate:
@@ -266,7 +230,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---- model & optimizer
   spec, init_meta = _input_spec(config)
   setup = create_train_setup(config, mesh, total_steps, spec)
-  train_step, eval_step = setup.train_step, setup.eval_step
+  train_step = setup.train_step
+  validate = Validation(config, spec, mesh, inp.val_sources, setup.eval_graphdef,
+                        threads=pipeline.input_parallelism(config)[0])
 
   # ---- load checkpoint
   manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"),
@@ -316,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     is_eval = step % inp.eval_every == 0 or step == total_steps
     if is_eval:
-      last_eval = _evaluate(eval_step, state, inp.val_sources, config, mesh)
+      last_eval = validate(state)
       writer.write_scalars(step, last_eval)
       logging.info("eval at step %d: %s", step,
                    "  ".join(f"{k} {v:.4f}" for k, v in sorted(last_eval.items())))

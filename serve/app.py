@@ -25,7 +25,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve import metrics
 
-from gender_jax.data import preprocess
 from serve import compiles, inputs
 
 PAGE = pathlib.Path(__file__).with_name("index.html")
@@ -72,7 +71,8 @@ class GenderClassifier:
                max_image_pixels: int = 40_000_000, faces_detector: str = "full",
                faces_batch_size: int = 8, max_faces: int = 8):
     import jax
-    from gender_jax.checkpoint import Bundle
+    from gender_jax.bundle import Bundle
+    from gender_jax.predictor import Predictor
 
     # The environment wins so one config file serves any bundle (a KubeRay pod, a CI run).
     path = os.environ.get("GENDER_JAX_BUNDLE") or bundle
@@ -89,11 +89,10 @@ class GenderClassifier:
     compiles.install()
 
     self.bundle = Bundle(path, compute_dtype=compute_dtype)
-    self.probs = self.bundle.probs_fn()
+    self.predictor = Predictor(self.bundle, batch_sizes=self.batch_sizes)
     size = self.bundle.image_size
     t0 = time.perf_counter()
-    for n in self.batch_sizes:  # every shape the request path will ever see
-      np.asarray(self.probs(np.zeros((n, size, size, 3), np.uint8)))
+    self.predictor.warm()  # every shape the request path will ever see
     # Photos of people (`?faces=detect|auto`): detector, alignment and classifier as one
     # program, compiled here for its one padded batch size.
     self.face_pipeline = None
@@ -160,11 +159,8 @@ class GenderClassifier:
   @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
   async def _infer(self, items: list[tuple[np.ndarray, float]]) -> list[dict[str, Any]]:
     start = time.perf_counter()
-    n = len(items)
-    padded = next(s for s in self.batch_sizes if s >= n)
-    batch = preprocess.pad_batch([image for image, _ in items], padded)
-    probs = await asyncio.get_running_loop().run_in_executor(
-        self.executor, lambda: np.asarray(self.probs(batch))[:n])
+    probs, padded = await asyncio.get_running_loop().run_in_executor(
+        self.executor, self.predictor.probs_of, [image for image, _ in items])
     answers = self.bundle.decide(probs)
     self._record(items, answers, start, time.perf_counter() - start, padded)
     return answers

@@ -37,8 +37,8 @@ def tiny_config(**overrides):
 
 
 def bundle_weights(workdir: str) -> dict[str, np.ndarray]:
-  from gender_jax import checkpoint
-  flat, _ = checkpoint.load_weights(os.path.join(workdir, "bundle"))
+  from gender_jax.weights import load_weights
+  flat, _ = load_weights(os.path.join(workdir, "bundle"))
   return flat
 
 
@@ -56,20 +56,21 @@ def constant_bundle(directory, bias=(0.0, 1.0), size=16, abstain_threshold=0.0):
   """A resnet_tiny whose weights are all zero but the head bias: logits = bias for any image."""
   import ml_collections
   from flax import nnx
-  from gender_jax import checkpoint
+  from gender_jax.bundle import save_bundle
+  from gender_jax.weights import flat_key, load_flat
   from gender_jax.data.preprocess import make_spec
   from gender_jax.models import create_model
   cfg = ml_collections.ConfigDict(dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32",
                                        variant="torchvision", dropout=0.0))
   # Shapes only (random init compiles one kernel per shape: minutes on a busy CPU), then fill.
   model = nnx.eval_shape(lambda: create_model(cfg, rngs=nnx.Rngs(0)))
-  flat = {checkpoint.flat_key(path): v.get_value() for path, v in
+  flat = {flat_key(path): v.get_value() for path, v in
           nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
   flat = {k: (np.asarray(bias, np.float32) if k == "fc/bias" else
               np.ones(v.shape, v.dtype) if k.endswith("/var") else np.zeros(v.shape, v.dtype))
           for k, v in flat.items()}
-  checkpoint.load_flat(model, flat)
-  checkpoint.save_bundle(str(directory), model, model_config=cfg.to_dict(),
+  load_flat(model, flat)
+  save_bundle(str(directory), model, model_config=cfg.to_dict(),
                          preprocessing=make_spec(size),
                          calibration=dict(temperature=1.0, abstain_threshold=abstain_threshold))
   return str(directory)
@@ -84,14 +85,15 @@ def random_bundle(directory, size=16, preset="scratch", temperature=1.0, seed=0,
   direction)."""
   import ml_collections
   from flax import nnx
-  from gender_jax import checkpoint
+  from gender_jax.bundle import save_bundle
+  from gender_jax.weights import flat_key, load_flat
   from gender_jax.data.preprocess import make_spec
   from gender_jax.models import create_model
   cfg = dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32", dropout=0.0)
   # Shapes, then numpy values (an eager random init compiles one kernel per shape: slow).
   model = nnx.eval_shape(lambda: create_model(ml_collections.ConfigDict(cfg), rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(seed)
-  flat = {checkpoint.flat_key(path): v.get_value() for path, v in
+  flat = {flat_key(path): v.get_value() for path, v in
           nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
 
   def value(key, shape, dtype):
@@ -102,7 +104,7 @@ def random_bundle(directory, size=16, preset="scratch", temperature=1.0, seed=0,
     if key == "fc/kernel":
       return (3.0 * rng.standard_normal(shape)).astype(dtype)
     return np.zeros(shape, dtype)
-  checkpoint.load_flat(model, {k: value(k, v.shape, v.dtype) for k, v in flat.items()})
+  load_flat(model, {k: value(k, v.shape, v.dtype) for k, v in flat.items()})
   model.eval()
   spec = make_spec(size, preset)
   if probe is None:
@@ -110,7 +112,7 @@ def random_bundle(directory, size=16, preset="scratch", temperature=1.0, seed=0,
   logits = reference_logits(model, spec, probe)
   margin = float(np.median(logits[:, 0] - logits[:, 1]))
   model.fc.bias.set_value(np.asarray([-margin / 2, margin / 2], np.float32))
-  checkpoint.save_bundle(str(directory), model, model_config=cfg, preprocessing=spec,
+  save_bundle(str(directory), model, model_config=cfg, preprocessing=spec,
                          calibration=dict(temperature=temperature,
                                           abstain_threshold=abstain_threshold))
   return str(directory)
@@ -131,8 +133,8 @@ def reference_logits(model, spec, images):
 
 
 def load_bundle_model(directory):
-  from gender_jax import checkpoint
-  bundle = checkpoint.Bundle(str(directory))
+  from gender_jax.bundle import Bundle
+  bundle = Bundle(str(directory))
   return bundle.model, bundle.preprocessing, float(bundle.calibration["temperature"])
 
 

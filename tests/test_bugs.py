@@ -76,7 +76,7 @@ def test_frozen_gradients_are_outside_clipping_and_grad_norm():
   """Head mode: the logged grad_norm is the head's own and clipping scales by it alone.
   Reference: the head's gradient from an `all`-mode SGD step (update = −lr·g, same forward)."""
   import numpy as np
-  from gender_jax import checkpoint
+  from gender_jax.weights import to_flat
   from flax import nnx
   from gender_jax.data import preprocess
   from gender_jax.models import create_model
@@ -96,9 +96,9 @@ def test_frozen_gradients_are_outside_clipping_and_grad_norm():
     model = create_model(config.model, rngs=nnx.Rngs(config.seed))
     model.fc.kernel.value = 0.3 * jax.random.normal(jax.random.key(1), model.fc.kernel.shape)
     state = jax.device_put(setup.init_state(model), setup.state_sharding)
-    before = checkpoint.to_flat(state["params"])
+    before = to_flat(state["params"])
     state, metrics = setup.train_step(state, batch)
-    after = checkpoint.to_flat(state["params"])
+    after = to_flat(state["params"])
     grad_norm = float(jax.device_get(metrics["grad_norm"][0]))
     return {k: before[k] - after[k] for k in before}, grad_norm
 

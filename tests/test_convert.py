@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gender_jax import checkpoint
+from gender_jax.weights import flat_key, load_flat, load_pretrained, load_weights
 from gender_jax.models import create_model, ports as convert
 from tests.helpers import randomize_torch, state_dict_numpy, torch_libs, torchvision_port
 
@@ -34,7 +34,7 @@ def _abstract_model(arch, variant, num_classes, width=0.0):
 
 def _our_model(arch, variant, flat, num_classes, width=0.0):
   model = _abstract_model(arch, variant, num_classes, width)
-  checkpoint.load_flat(model, flat)  # strict: the port filled every variable, head included
+  load_flat(model, flat)  # strict: the port filled every variable, head included
   model.eval()
   return model
 
@@ -56,7 +56,7 @@ def _fill_unloaded(model) -> list[str]:
   left = []
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
     if isinstance(var.get_value(), jax.ShapeDtypeStruct):
-      left.append(checkpoint.flat_key(path))
+      left.append(flat_key(path))
       var.set_value(jax.numpy.zeros(var.get_value().shape, var.get_value().dtype))
   return left
 
@@ -154,7 +154,7 @@ def test_cli_round_trip_pth_and_safetensors(tmp_path):
     out = tmp_path / f"out_{ext}"
     assert main(["--from", "torchvision", "--arch", "resnet18",
                  "--src", str(tmp_path / f"resnet18.{ext}"), "--out", str(out)]) == 0
-    flat, meta = checkpoint.load_weights(str(out))
+    flat, meta = load_weights(str(out))
     assert meta["source_file"] == f"resnet18.{ext}" and meta["preprocessing"]["preset"] == "torchvision"
     loaded[ext] = flat
   assert loaded["pth"].keys() == loaded["safetensors"].keys()
@@ -163,7 +163,7 @@ def test_cli_round_trip_pth_and_safetensors(tmp_path):
   # The trainer's load into a 2-class model: every variable but the head comes from the file.
   # (Shape-only model: a variable left unloaded stays abstract, so the test sees exactly which.)
   model = _abstract_model("resnet18", "torchvision", 2)
-  meta = convert.load_pretrained(model, str(tmp_path / "out_pth"))
+  meta = load_pretrained(model, str(tmp_path / "out_pth"))
   assert meta["arch"] == "resnet18" and meta["variant"] == "torchvision"
   assert _fill_unloaded(model) == ["fc/bias", "fc/kernel"]
   np.testing.assert_array_equal(np.asarray(model.layer1[0].conv1.kernel[...]),
@@ -176,7 +176,7 @@ def test_cli_round_trip_pth_and_safetensors(tmp_path):
   assert _rel_err(_forward(model, x)[1]["layer4"], ref_stages["layer4"]) <= RTOL
 
   with pytest.raises(ValueError, match="holds resnet18 weights"):
-    convert.load_pretrained(_abstract_model("resnet34", "torchvision", 2),
+    load_pretrained(_abstract_model("resnet34", "torchvision", 2),
                             str(tmp_path / "out_pth"))
   assert main(["--from", "torchvision", "--arch", "resnet34",
                "--src", str(tmp_path / "resnet18.pth"), "--out", str(tmp_path / "x")]) == 1
@@ -291,7 +291,7 @@ def test_keras_vgg19_notop_fine_tune_load(tmp_path):
   assert main(["--from", "keras", "--arch", "vgg19", "--src",
                str(tmp_path / "vgg19_notop.weights.h5"), "--out", out]) == 0
   model = _abstract_model("vgg19", "keras", 2)
-  meta = convert.load_pretrained(model, out)
+  meta = load_pretrained(model, out)
   assert meta["fresh_prefixes"] == ["fc1/", "fc2/", "fc/"] and meta["num_source_classes"] is None
   assert meta["preprocessing"]["preset"] == "caffe"
   assert _fill_unloaded(model) == [f"{fc}/{p}" for fc in ("fc", "fc1", "fc2")

@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from gender_jax.data import fixtures, pipeline, preprocess, sources
+from gender_jax.predictor import Predictor
+from tests.helpers import random_bundle
 
 
 def _config(sources_dict, **data):
@@ -77,14 +79,6 @@ def test_two_processes_get_disjoint_shards_covering_the_split(folder_source):
     seen.append([index[img.tobytes()] for b in batches for img in b["image"]])
   assert not set(seen[0]) & set(seen[1])
   assert sorted(seen[0] + seen[1]) == list(range(n))
-  # Eval: padded per-process batches; the unmasked examples of both processes are the split.
-  val = sources.get_source("folder", "validation", config)
-  vindex = _index_of(val, 32)
-  got = []
-  for p in range(2):
-    for b in pipeline.eval_batches(val, config, process_index=p, process_count=2):
-      got += [vindex[img.tobytes()] for img, m in zip(b["image"], b["mask"]) if m]
-  assert sorted(got) == list(range(len(val)))
 
 
 class _ListSource:
@@ -98,7 +92,7 @@ class _ListSource:
     return self.records[i]
 
 
-def test_undecodable_records_are_replaced_in_training_and_masked_in_eval():
+def test_undecodable_records_are_replaced_in_training_and_left_out_of_eval(tmp_path):
   good = io.BytesIO()
   Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(good, format="JPEG")
   records = [{"image": good.getvalue() if i % 4 else b"not a jpeg", "label": i % 2,
@@ -108,9 +102,11 @@ def test_undecodable_records_are_replaced_in_training_and_masked_in_eval():
     config = _config({"listed": dict(weight=1.0)})
     batches = _take(pipeline.train_dataset(config), 6)  # 48 draws from 25% bad records
     assert all(b["image"].shape == (8, 32, 32, 3) for b in batches)
-    masks = np.concatenate([b["mask"] for b in pipeline.eval_batches(_ListSource(records),
-                                                                     config)])
-    assert masks.sum() == 12 and masks[[0, 4, 8, 12]].sum() == 0
+    # Evaluation (trainer validation included) lists the bad records and scores the rest.
+    predictor = Predictor(random_bundle(tmp_path / "b", size=32), batch_size=8)
+    out = predictor.logits_for_records(_ListSource(records))
+    assert len(out.values) == 12 and [m["path"] for m in out.metas][:3] == ["1.jpg", "2.jpg", "3.jpg"]
+    assert [key for key, _ in out.errors] == ["0", "4", "8", "12"]
   finally:
     del sources.REGISTRY["listed"]
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_jax import calibrate, calibration, checkpoint, evaluate, stats
+from gender_jax import calibrate, calibration, evaluate, stats
+from gender_jax.bundle import Bundle
 from tests.helpers import constant_bundle
 
 # Ten images with fixed logits. p_male = softmax(logits)[1] = sigmoid(l1 - l0).
@@ -157,7 +158,7 @@ def test_calibrate_bundle_stores_temperature(tmp_path):
   summary = calibrate.calibrate_bundle(bundle, records, target_accuracy=0.99, batch_size=4)
   assert summary["temperature"] == pytest.approx(4 / math.log(4), rel=1e-3)
   assert summary["abstain_threshold"] == 1.0  # 0.8 accuracy can never reach 0.99
-  loaded = checkpoint.Bundle(bundle)
+  loaded = Bundle(bundle)
   assert loaded.calibration["temperature"] == pytest.approx(summary["temperature"])
   probs = np.asarray(loaded.probs_fn()(np.zeros((2, 16, 16, 3), np.uint8)))
   assert probs[:, 1] == pytest.approx(0.8, abs=1e-3)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gender_jax import checkpoint, export
+from gender_jax import export
+from gender_jax.bundle import Bundle, save_bundle
 from gender_jax.export import cli as export_cli
 from gender_jax.data import preprocess
 from gender_jax.models import create_model
@@ -70,14 +71,14 @@ def bundle_dir(tmp_path_factory, image_dir):
     train_step(model, optimizer, x[batch], y[batch])
   model.eval()
   directory = tmp_path_factory.mktemp("bundle")
-  checkpoint.save_bundle(str(directory), model, model_config=model_config, preprocessing=spec,
+  save_bundle(str(directory), model, model_config=model_config, preprocessing=spec,
                          calibration=dict(temperature=1.5, abstain_threshold=0.6))
   return directory
 
 
 @pytest.fixture(scope="module")
 def reference(bundle_dir, images):
-  probs = np.asarray(checkpoint.Bundle(str(bundle_dir)).probs_fn()(images))
+  probs = np.asarray(Bundle(str(bundle_dir)).probs_fn()(images))
   labels = probs.argmax(-1)
   assert 0.2 < labels.mean() < 0.8, "the test model should predict both classes"
   return probs
@@ -137,7 +138,7 @@ def test_tflite_int8_agrees_on_labels(tmp_path, bundle_dir, image_dir, images, r
   agreement = (probs.argmax(-1) == reference.argmax(-1)).mean()
   assert agreement >= 0.99, agreement
   assert np.abs(probs - reference).max() <= export.TOLERANCES["int8"]["max_abs_prob"]
-  assert out.stat().st_size < 0.5 * len(export.tflite_bytes(checkpoint.Bundle(str(bundle_dir))))
+  assert out.stat().st_size < 0.5 * len(export.tflite_bytes(Bundle(str(bundle_dir))))
 
 
 def test_saved_model_dynamic_batch(tmp_path, bundle_dir, images, reference):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gender_jax import checkpoint, export
+from gender_jax import export
+from gender_jax.bundle import Bundle, save_bundle
 from gender_jax.data import preprocess
 from gender_jax.models import create_model
 from tests import test_export
@@ -71,7 +72,7 @@ def mobilenet_bundle(tmp_path_factory, image_dir):
   nnx.jit(lambda model, images: model(preprocess.normalize(images, spec)))(model, x[:256])
   model.eval()
   directory = tmp_path_factory.mktemp("mobilenet_bundle")
-  checkpoint.save_bundle(str(directory), model, model_config=model_config, preprocessing=spec,
+  save_bundle(str(directory), model, model_config=model_config, preprocessing=spec,
                          calibration=dict(temperature=1.0, abstain_threshold=0.0))
   return directory
 
@@ -84,7 +85,7 @@ def test_mobilenet_v2_int8_agrees_on_labels(tmp_path, mobilenet_bundle, image_di
   rejects this barely trained MobileNetV2, whose measured agreement is 96% on the 100 check
   images (max |Δprob| 0.24); the bounds below hold that measurement with a margin."""
   test_export.needs("ai_edge_litert")
-  bundle = checkpoint.Bundle(str(mobilenet_bundle), compute_dtype="float32")
+  bundle = Bundle(str(mobilenet_bundle), compute_dtype="float32")
   reference = np.asarray(bundle.probs_fn()(images))
   assert 0.2 < reference.argmax(-1).mean() < 0.8, "the test model should predict both classes"
   calibration, check = export.sample_images(image_dir, SIZE, calibration=100, check=len(images))

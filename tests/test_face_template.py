@@ -29,8 +29,8 @@ def test_images_without_faces_give_no_template():
 
 
 def test_bundle_reads_its_template(tmp_path):
-  from gender_jax import checkpoint
-  bundle = checkpoint.Bundle(random_bundle(tmp_path / "b"))
+  from gender_jax.bundle import Bundle
+  bundle = Bundle(random_bundle(tmp_path / "b"))
   assert bundle.face_template["points"] == align.UTKFACE_TEMPLATE["points"]  # the fallback
   bundle.meta["face_template"] = dict(size=[100, 120], points=[[30, 40], [70, 40], [50, 90]])
   assert bundle.face_template["size"] == [100.0, 120.0]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_jax import checkpoint
+from gender_jax.bundle import Bundle
 from gender_jax.faces import align, scenes
 from gender_jax.faces.fused import Detector, FacePipeline, letterbox, unbox
 from tests.helpers import constant_bundle, random_bundle
@@ -49,9 +49,9 @@ def test_templates_are_checked_and_scaled():
 
 
 def test_bundle_face_template_from_meta_or_utkface(tmp_path):
-  plain = checkpoint.Bundle(constant_bundle(tmp_path / "a"))
+  plain = Bundle(constant_bundle(tmp_path / "a"))
   assert plain.face_template["points"] == align.UTKFACE_TEMPLATE["points"]
-  b = checkpoint.Bundle(constant_bundle(tmp_path / "b"))
+  b = Bundle(constant_bundle(tmp_path / "b"))
   b.meta["face_template"] = dict(size=[100, 120], points=[[30, 40], [70, 40], [50, 90]])
   assert b.face_template["size"] == [100.0, 120.0]
 
@@ -108,8 +108,8 @@ def test_pasted_faces_found_where_they_are_and_blank_images_have_none(utkface_2k
 
 @pytest.mark.slow
 def test_pipeline_classifies_the_crops_it_aligns_in_one_compile(utkface_2k, tmp_path):
-  from gender_jax.predict import Predictor
-  bundle = checkpoint.Bundle(random_bundle(tmp_path / "bundle", size=32))
+  from gender_jax.predictor import Predictor
+  bundle = Bundle(random_bundle(tmp_path / "bundle", size=32))
   pipe = FacePipeline(bundle, detector="short", max_faces=4, batch_size=4, canvas=320)
   rng = np.random.default_rng(5)
   crops = _crops(utkface_2k, 6, seed=2)
@@ -130,8 +130,8 @@ def test_pipeline_classifies_the_crops_it_aligns_in_one_compile(utkface_2k, tmp_
 
 
 def test_auto_classifies_a_tight_crop_whole(utkface_2k, tmp_path):
-  from gender_jax.predict import Predictor
-  bundle = checkpoint.Bundle(random_bundle(tmp_path / "bundle", size=32))
+  from gender_jax.predictor import Predictor
+  bundle = Bundle(random_bundle(tmp_path / "bundle", size=32))
   pipe = FacePipeline(bundle, detector="short", max_faces=2, batch_size=2, canvas=320,
                       faces="auto")
   crop = _crops(utkface_2k, 1, seed=4)[0]

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from gender_jax import checkpoint, config as config_lib, parallel, trainer
+from gender_jax.weights import to_flat
 from gender_jax.data import preprocess
 from gender_jax.models import create_model
 from tests.helpers import bundle_weights, tiny_config
@@ -70,11 +71,11 @@ def setup_and_state(config, mesh):
 
 def flat_state(state) -> dict[str, dict[str, np.ndarray]]:
   """Host copies (the step donates its input) of params, stats and their EMA, flat."""
-  out = {"params": checkpoint.to_flat(state["params"]),
-         "batch_stats": checkpoint.to_flat(state["batch_stats"])}
+  out = {"params": to_flat(state["params"]),
+         "batch_stats": to_flat(state["batch_stats"])}
   if "ema" in state:
-    out["ema_params"] = checkpoint.to_flat(state["ema"]["params"])
-    out["ema_batch_stats"] = checkpoint.to_flat(state["ema"]["batch_stats"])
+    out["ema_params"] = to_flat(state["ema"]["params"])
+    out["ema_batch_stats"] = to_flat(state["ema"]["batch_stats"])
   return out
 
 
@@ -272,9 +273,9 @@ def test_bundle_holds_the_ema_weights_and_both_are_validated(ema_run, mesh):
   spec = preprocess.make_spec(16)
   setup = trainer.create_train_setup(config(), mesh, 6, spec)
   state, _ = checkpoint.restore(os.path.join(ref, "checkpoints"), setup.abstract_state, step=6)
-  ema = {**checkpoint.to_flat(state["ema"]["params"]),
-         **checkpoint.to_flat(state["ema"]["batch_stats"])}
-  live = {**checkpoint.to_flat(state["params"]), **checkpoint.to_flat(state["batch_stats"])}
+  ema = {**to_flat(state["ema"]["params"]),
+         **to_flat(state["ema"]["batch_stats"])}
+  live = {**to_flat(state["params"]), **to_flat(state["batch_stats"])}
   bundle = bundle_weights(ref)
   assert bundle.keys() == ema.keys()
   for key in bundle:
@@ -311,6 +312,6 @@ def test_ema_switched_on_or_off_at_resume(ema_run, mesh, tmp_path):
   state, _ = trainer._restore(manager, with_ema)
   assert jax.tree.structure(state) == jax.tree.structure(with_ema.abstract_state)
   for part in ("params", "batch_stats"):
-    live, ema = checkpoint.to_flat(state[part]), checkpoint.to_flat(state["ema"][part])
+    live, ema = to_flat(state[part]), to_flat(state["ema"][part])
     for key in live:
       np.testing.assert_array_equal(live[key], ema[key], err_msg=key)

@@ -86,3 +86,22 @@ def test_no_two_modules_share_a_file_name():
     if path.name not in ("__init__.py", "__main__.py"):
       names.setdefault(path.name, []).append(module)
   assert not {n: ms for n, ms in names.items() if len(ms) > 1}
+
+
+def test_modules_stay_small_and_the_loop_readable():
+  """No module over 400 lines; `train_and_evaluate` (the loop a reader follows) under 120."""
+  long = {str(p.relative_to(ROOT)): n for p in _modules().values()
+          if (n := len(p.read_text().splitlines())) > 400}
+  assert not long
+  tree = ast.parse((ROOT / "gender_jax" / "trainer.py").read_text())
+  [loop] = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+            and n.name == "train_and_evaluate"]
+  assert loop.end_lineno - loop.lineno + 1 < 120
+
+
+def test_one_place_applies_the_temperature():
+  """Calibrated probabilities come from `Bundle.probs_from_logits`; the maths module
+  (calibration.py) fits temperatures and is the only other softmax-with-T."""
+  users = sorted(str(p.relative_to(ROOT)) for p in _modules().values()
+                 if '.get("temperature"' in p.read_text())
+  assert users == ["gender_jax/bundle.py"]

@@ -21,7 +21,8 @@ import time
 import numpy as np
 import pytest
 
-from gender_jax import checkpoint, parallel
+from gender_jax import parallel
+from gender_jax.weights import load_weights
 
 pytestmark = pytest.mark.multiprocess
 
@@ -227,7 +228,7 @@ def train_single(config, workdir, log, devices=2 * DEVICES_PER_PROCESS):
 
 
 def assert_same_weights(a, b, rtol=1e-4, atol=1e-5):
-  (wa, _), (wb, _) = checkpoint.load_weights(a), checkpoint.load_weights(b)
+  (wa, _), (wb, _) = load_weights(a), load_weights(b)
   assert wa.keys() == wb.keys()
   worst = max(float(np.max(np.abs(wa[k] - wb[k]))) for k in wa)
   for k in wa:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gender_jax import checkpoint
+from gender_jax.weights import load_flat
 from gender_jax.models import inception, ports as convert
 from tests.helpers import torchvision_port
 from tests.test_convert import (_assert_parity, _keras, _keras_model, _keras_reference,
@@ -194,7 +194,7 @@ def test_torchvision_inception_v3_parity():
 def _keras_inception(flat):
   model = nnx.eval_shape(lambda: inception.InceptionV3(num_classes=1000, variant="keras",
                                                        rngs=nnx.Rngs(0)))
-  checkpoint.load_flat(model, flat)  # strict: gamma-less BN and bias-less convs all filled
+  load_flat(model, flat)  # strict: gamma-less BN and bias-less convs all filled
   model.eval()
   return model
 

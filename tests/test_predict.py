@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from gender_jax import predict
+from gender_jax.predictor import Predictor, views
 from tests.helpers import constant_bundle
 
 
@@ -55,7 +56,7 @@ def test_predict_folder_lists_bad_files_and_predicts_the_rest(bundle, tmp_path):
 
 
 def test_one_compile_per_batch_size_and_library_inputs(bundle):
-  predictor = predict.Predictor(bundle, batch_size=4, tta="flip+crops")
+  predictor = Predictor(bundle, batch_size=4, tta="flip+crops")
   rng = np.random.default_rng(1)
   images = [rng.integers(0, 255, (20 + i, 18, 3), np.uint8) for i in range(7)]  # 4 + 3 (padded)
   images.append(Image.fromarray(images[0]))  # a PIL image
@@ -70,11 +71,11 @@ def test_one_compile_per_batch_size_and_library_inputs(bundle):
 
 def test_abstention_and_tta_views(tmp_path):
   bundle = constant_bundle(tmp_path / "bundle", bias=(0.0, 0.2), abstain_threshold=0.6)
-  [answer] = predict.Predictor(bundle).predict([np.zeros((10, 10, 3), np.uint8)])
+  [answer] = Predictor(bundle).predict([np.zeros((10, 10, 3), np.uint8)])
   assert answer["label"] == "uncertain" and answer["abstained"]  # p_male = sigmoid(0.2) < 0.6
   img = np.arange(24 * 16 * 3, dtype=np.uint8).reshape(24, 16, 3)
-  assert len(predict.views(img, 8, "flip")) == 2 and len(predict.views(img, 8, "flip+crops")) == 12
-  v = predict.views(img, 16, "flip")
+  assert len(views(img, 8, "flip")) == 2 and len(views(img, 8, "flip+crops")) == 12
+  v = views(img, 16, "flip")
   assert (v[1] == v[0][:, ::-1]).all()
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from gender_jax import calibrate, calibration, eval_data, evaluate
-from gender_jax.predict import Predictor
+from gender_jax.predictor import Predictor
 from tests.helpers import load_bundle_model, random_bundle, reference_logits
 
 SIZE = 16

@@ -26,7 +26,7 @@ pytest.importorskip("ray.serve")
 requests = pytest.importorskip("requests")
 yaml = pytest.importorskip("yaml")
 
-from gender_jax import checkpoint  # noqa: E402
+from gender_jax.bundle import BUNDLE_VERSION, Bundle  # noqa: E402
 from gender_jax.data import preprocess  # noqa: E402
 from serve import inputs  # noqa: E402
 from tests.helpers import random_bundle  # noqa: E402
@@ -61,7 +61,7 @@ def written_images(count: int, seed: int = 0) -> list[bytes]:
   return out
 
 
-def offline(bundle: checkpoint.Bundle, images: list[bytes]) -> list[dict]:
+def offline(bundle: Bundle, images: list[bytes]) -> list[dict]:
   """What predict does offline: the eval decode, then bundle.decide(bundle.probs_fn()(batch))."""
   batch = np.stack([preprocess.eval_image(b, bundle.image_size) for b in images])
   return bundle.decide(bundle.probs_fn()(batch))
@@ -90,7 +90,7 @@ def load_config() -> dict:
 class Served:
   def __init__(self, url, bundle_dir):
     self.url, self.bundle_dir = url, bundle_dir
-    self.bundle = checkpoint.Bundle(bundle_dir, compute_dtype="float32")
+    self.bundle = Bundle(bundle_dir, compute_dtype="float32")
 
   def post(self, body=None, content_type="image/jpeg", **kwargs):
     headers = {"Content-Type": content_type} if content_type else {}
@@ -321,7 +321,7 @@ def test_model_health_and_page(served):
   assert requests.get(served.url + "/healthz", timeout=10).json()["status"] == "ok"
   info = requests.get(served.url + "/v1/model", timeout=10).json()
   assert info["arch"] == "resnet_tiny" and info["image_size"] == IMAGE_SIZE
-  assert info["bundle_format_version"] == checkpoint.BUNDLE_VERSION
+  assert info["bundle_format_version"] == BUNDLE_VERSION
   assert info["calibration"] == {"temperature": 1.0, "abstain_threshold": 0.55}
   assert info["bundle_path"] == os.path.abspath(served.bundle_dir)  # GENDER_JAX_BUNDLE won
   assert info["batch_sizes"] == [1, 8, 32]

@@ -36,7 +36,7 @@ def test_run_writes_checkpoints_bundle_and_metrics(run8):
   assert result["step"] == 6 and not result["preempted"]
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert steps[-1] == 6 and len(steps) <= 3  # keep=2 latest (+ the best, which is step 6)
-  from gender_jax.checkpoint import Bundle
+  from gender_jax.bundle import Bundle
   bundle = Bundle(os.path.join(workdir, "bundle"))
   probs = bundle.probs_fn()(np.zeros((3, 16, 16, 3), np.uint8))
   assert probs.shape == (3, 2) and np.allclose(probs.sum(-1), 1, atol=1e-5)
@@ -153,13 +153,20 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
 @pytest.fixture(scope="module")
 def preempted_run(run8, tmp_path_factory):
   """run8's config with a checkpoint every step (and an eval every 3), SIGTERMed on the step just saved (3), then
-  rerun to the end. Returns (workdir, first result, resumed result, the two TrainSetups)."""
+  rerun to the end. Returns (workdir, first result, resumed result, (the two TrainSetups,
+  the two runs' Validations))."""
   import signal as signal_lib
   from gender_jax import checkpoint
   workdir = str(tmp_path_factory.mktemp("preempted"))
   config = lambda: tiny_config(**{"checkpoint.checkpoint_every_steps": 1,  # noqa: E731
                                   "eval_every_steps": 3})  # both runs evaluate
   real_save, real_setup, setups = checkpoint.save, trainer.create_train_setup, []
+  validations = []
+
+  class RecordingValidation(trainer.Validation):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      validations.append(self)
 
   def save_then_sigterm(manager, step, *args, **kwargs):
     saved = real_save(manager, step, *args, **kwargs)
@@ -176,6 +183,7 @@ def preempted_run(run8, tmp_path_factory):
   try:
     mp.setattr(checkpoint, "save", save_then_sigterm)
     mp.setattr(trainer, "create_train_setup", recording_setup)
+    mp.setattr(trainer, "Validation", RecordingValidation)
     first = trainer.train_and_evaluate(config(), workdir)
     mp.setattr(checkpoint, "save", real_save)
     resumed = trainer.train_and_evaluate(config(), workdir)
@@ -183,7 +191,7 @@ def preempted_run(run8, tmp_path_factory):
     mp.undo()
     for s, h in handlers.items():
       signal_lib.signal(s, h)
-  return workdir, first, resumed, setups
+  return workdir, first, resumed, (setups, validations)
 
 
 def test_sigterm_on_a_checkpoint_step_stops_cleanly_and_resumes_exactly(run8, preempted_run):
@@ -199,8 +207,26 @@ def test_sigterm_on_a_checkpoint_step_stops_cleanly_and_resumes_exactly(run8, pr
 def test_train_and_eval_steps_compile_once(preempted_run):
   """One compile per run of each step, from scratch and from a restored state: a new
   dtype, weak type or sharding in the loop would recompile (minutes for a ResNet-50)."""
-  *_, setups = preempted_run
-  assert len(setups) == 2
-  for setup in setups:
+  *_, (setups, validations) = preempted_run
+  assert len(setups) == 2 and len(validations) == 2
+  for setup, validation in zip(setups, validations):
     assert setup.train_step._cache_size() == 1
-    assert setup.eval_step._cache_size() == 1
+    assert validation.predictor.traces == 1 and validation.predictor._logits._cache_size() == 1
+
+
+def test_validation_equals_evaluate_on_the_same_split(run8, tmp_path):
+  """The log's last validation and `evaluate` of the bundle on the validation split are one
+  program on the same weights: the same images right, exactly."""
+  import json
+  from gender_jax import evaluate
+  workdir, result = run8
+  out = tmp_path / "report"
+  evaluate.main(["--workdir", workdir, "--split", "validation", "--out", str(out),
+                 "--bootstrap", "0", "--quiet"])
+  report = json.loads((out / "report.json").read_text())
+  n = report["count"]
+  assert n == 64
+  overall = report["overall"]
+  assert round(overall["accuracy"]["value"] * n) == round(result["val_accuracy"] * n)
+  assert overall["balanced_accuracy"]["value"] == pytest.approx(result["val_balanced_accuracy"],
+                                                                abs=1e-9)

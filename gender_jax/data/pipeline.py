@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator
 
 import grain
 import jax
@@ -169,41 +168,3 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=max(1, -(-per_process // workers))))
   return it.batch(per_process, drop_remainder=True)
-
-
-def eval_batches(source, config: ml_collections.ConfigDict, *, process_index: int | None = None,
-                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Fixed-size per-process batches over the whole `source`, padded, with a `mask`.
-
-  Every process yields the same number of batches (collectives stay in step); padding
-  examples carry mask 0.
-  """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  global_batch = config.data.eval_batch_size
-  per_process = global_batch // process_count
-  size = config.data.image_size
-  n = len(source)
-  num_batches = -(-n // global_batch)
-
-  def load(b):
-    # This process reads indices [b*G + p*L, b*G + (p+1)*L) of global batch b.
-    lo = b * global_batch + process_index * per_process
-    return _padded([source[i] for i in range(lo, min(lo + per_process, n))], per_process, size)
-
-  ds = grain.MapDataset.range(num_batches).map(load)
-  yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=input_parallelism(config)[0]))
-
-
-def _padded(records, per_process, size):
-  images = np.zeros((per_process, size, size, 3), np.uint8)
-  labels = np.zeros((per_process,), np.int32)
-  mask = np.zeros((per_process,), np.float32)
-  for i, r in enumerate(records):
-    try:
-      images[i] = preprocess.eval_image(r["image"], size)
-    except preprocess.ImageError as e:  # counted out of the metrics (mask 0), never a crash
-      _warn_bad(r, e)
-      continue
-    labels[i], mask[i] = r["label"], 1.0
-  return {"image": images, "label": labels, "mask": mask}

@@ -85,7 +85,7 @@ def export(bundle_dir, fmt: str, out, *, quantization: str = "float32", batch: i
            input_dtype: str = "uint8", calibration_dir=None, calibration_count: int = 200,
            check_dir=None, check_count: int = 64, log=print) -> dict[str, Any]:
   """Writes one export plus its contract JSON, after checking it against JAX; returns the contract."""
-  from gender_jax.checkpoint import Bundle
+  from gender_jax.bundle import Bundle
   if fmt not in FORMATS:
     raise ExportError(f"unknown format {fmt!r}; choose from {FORMATS}")
   if quantization not in QUANTIZATIONS:

@@ -29,10 +29,9 @@ def probs_function(bundle, *, pool_edge_padding: bool = False) -> Callable:
   logits, state = bundle.logits_fn()
   # Host copies: jax2tf then embeds the weights as constants of the exported graph.
   state = jax.tree.map(np.asarray, state)
-  temperature = float(bundle.calibration.get("temperature", 1.0))
 
   def probs(images):
-    return jax.nn.softmax(logits(state, images) / temperature, axis=-1)
+    return bundle.probs_from_logits(logits(state, images))
   return _edge_padded_max_pool(probs) if pool_edge_padding else probs
 
 

@@ -146,7 +146,7 @@ class FacePipeline:
   def __init__(self, bundle, *, detector: str = "full", max_faces: int = 8, batch_size: int = 8,
                canvas: int = CANVAS, min_score: float = anchors.MIN_SCORE,
                margin: float | None = None, faces: str = "detect", detector_side: int | None = None):
-    from gender_jax.checkpoint import Bundle
+    from gender_jax.bundle import Bundle
     if faces not in ("auto", "detect"):
       raise ValueError(f"faces={faces!r}: choose auto or detect")
     self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
@@ -160,7 +160,7 @@ class FacePipeline:
     tpl = jnp.asarray(align_lib.template_points(self.template, self.crop_size))
     det_graph, det_state = nnx.split(self.model)
     logits, cls_state = self.bundle.logits_fn()
-    temperature = float(self.bundle.calibration.get("temperature", 1.0))
+    calibrated = self.bundle.probs_from_logits
     out_hw = (self.crop_size, self.crop_size)
 
     def program(det_state, cls_state, det_in, canvases, to_canvas, whole):
@@ -171,9 +171,8 @@ class FacePipeline:
       crops = align_lib.align_batch(canvases, keypoints, tpl, out_hw)
       n = crops.shape[0]
       flat = crops.reshape(n * max_faces, *crops.shape[2:])
-      probs = jax.nn.softmax(logits(cls_state, flat) / temperature, -1).reshape(n, max_faces, -1)
-      whole_probs = (None if whole is None else
-                     jax.nn.softmax(logits(cls_state, whole) / temperature, -1))
+      probs = calibrated(logits(cls_state, flat)).reshape(n, max_faces, -1)
+      whole_probs = None if whole is None else calibrated(logits(cls_state, whole))
       return det, probs, whole_probs, crops
     self._program = jax.jit(program)
     self._state = (det_state, cls_state)

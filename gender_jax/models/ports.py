@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from flax import nnx
 
-from gender_jax import checkpoint
+from gender_jax.weights import HEAD, flat_key
 from gender_jax.data import preprocess
 from gender_jax.models import ports_zoo
 from gender_jax.models.keymaps import (_KERAS_BN_LEAF, _KERAS_LEAF, _TORCH_LEAF, IDENTITY,
@@ -50,7 +50,6 @@ IMAGE_SIZE = 224
 # MobileNet width multipliers with published ImageNet weights (Keras V2: all of them; Keras
 # V3: 0.75, 1.0; torchvision: 1.0): a file's width is found among these when not given.
 MOBILENET_WIDTHS = (1.0, 0.75, 0.5, 0.35, 1.3, 1.4)
-HEAD = "fc/"  # our classifier head; always re-initialised when fine-tuning
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -250,7 +249,7 @@ def target_shapes(arch: str, variant: str, num_classes: int, width: float | None
                                        width=width or 0))
   model = nnx.eval_shape(lambda: create_model(cfg))
   state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-  return {checkpoint.flat_key(p): tuple(v.get_value().shape)
+  return {flat_key(p): tuple(v.get_value().shape)
           for p, v in nnx.to_flat_state(state)}
 
 
@@ -373,35 +372,3 @@ def convert_file(path: str, *, source: str, arch: str, keep_head: bool = False,
                                keep_head=keep_head, origin=path, width=width)
   meta.update(source_file=os.path.basename(path), source_sha256=_sha256(path))
   return flat, meta
-
-
-def load_pretrained(model, directory: str, *, head: bool | None = False) -> dict[str, Any]:
-  """Loads a converted weights directory (or a bundle) into `model`; returns its meta.
-
-  Strict: every model variable must come from the file except the classifier head (kept at
-  its fresh initialisation unless `head`; `head=None` loads it exactly when the file stores
-  one of the model's shape, as another run's bundle does) and whatever the file lacks by
-  construction (meta["fresh_prefixes"], e.g. fc1/fc2 of a Keras VGG saved without top).
-  The model must be built with the recorded arch and variant.
-  """
-  flat, meta = checkpoint.load_weights(directory)
-  if head is None:
-    ours = checkpoint.to_flat(nnx.state(model, nnx.Param))
-    stored = {k: v for k, v in flat.items() if k.startswith(HEAD)}
-    head = bool(stored) and all(np.shape(v) == np.shape(ours.get(k)) for k, v in stored.items())
-  skip = [p for p in meta.get("fresh_prefixes", []) if p != HEAD]
-  if not head:
-    skip.append(HEAD)
-  elif not any(k.startswith(HEAD) for k in flat):
-    raise ValueError(f"{directory}: no classifier head stored (convert with --keep-head)")
-  try:
-    checkpoint.load_flat(model, flat, skip_prefixes=tuple(skip))
-  except ValueError as e:
-    recorded = meta.get("model", meta)  # a bundle keeps arch/variant under "model"
-    width = recorded.get("width")
-    raise ValueError(f"{directory} holds {recorded.get('arch', '?')} weights (variant "
-                     f"{recorded.get('variant', '?')}{f', width {width}' if width else ''}); "
-                     "build the model with that model.arch"
-                     f"{', model.variant and model.width' if width else ' and model.variant'}. "
-                     f"{e}") from None
-  return meta

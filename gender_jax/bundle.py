@@ -1,0 +1,122 @@
+"""The inference bundle: a weights directory plus the contract predict, serve and export load.
+
+`WORKDIR/bundle/` = weights.py's directory whose meta.json also holds the model config, the
+preprocessing spec, the class names, the calibration (temperature, abstain threshold) and the
+face template. The temperature is applied here and nowhere else (`Bundle.calibrated`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gender_jax import CLASS_NAMES
+from gender_jax.weights import load_flat, load_weights, save_weights, to_flat
+
+BUNDLE_VERSION = 1
+
+
+def bundle_meta(model_config: dict, preprocessing: dict, calibration: dict | None = None,
+                extra: dict | None = None) -> dict[str, Any]:
+  return dict(format_version=BUNDLE_VERSION, model=dict(model_config),
+              preprocessing=preprocessing, class_names=list(CLASS_NAMES),
+              calibration=calibration or dict(temperature=1.0, abstain_threshold=0.0),
+              **(extra or {}))
+
+
+def save_bundle(directory: str, model: nnx.Module, *, model_config: dict, preprocessing: dict,
+                calibration: dict | None = None, extra: dict | None = None) -> None:
+  """Writes the inference bundle. Every process calls it (Orbax saves collectively)."""
+  flat = to_flat(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
+  save_weights(directory, flat, bundle_meta(model_config, preprocessing, calibration, extra))
+
+
+class Bundle:
+  """A loaded inference bundle: the eval-mode model plus its contract."""
+
+  def __init__(self, directory: str, compute_dtype: str | None = None):
+    """`compute_dtype` overrides the training dtype (e.g. float32 for CPU serving/export)."""
+    import ml_collections
+    from gender_jax.models import create_model
+    flat, meta = load_weights(directory)
+    if meta.get("format_version") != BUNDLE_VERSION:
+      raise ValueError(f"{directory}: bundle format {meta.get('format_version')!r}, "
+                       f"this version reads {BUNDLE_VERSION}")
+    model_config = ml_collections.ConfigDict(meta["model"])
+    if compute_dtype:
+      model_config.compute_dtype = compute_dtype
+    # Shapes only, then the stored values: a random init would compile one kernel per shape.
+    model = nnx.eval_shape(lambda: create_model(model_config))
+    load_flat(model, flat)
+    self._set(directory, meta, model_config, model)
+
+  @classmethod
+  def from_model(cls, model: nnx.Module, *, model_config: dict, preprocessing: dict,
+                 calibration: dict | None = None) -> "Bundle":
+    """The bundle a model in memory would be (the trainer's weights, for validation)."""
+    import ml_collections
+    self = cls.__new__(cls)
+    self._set(None, bundle_meta(model_config, preprocessing, calibration),
+              ml_collections.ConfigDict(dict(model_config)), model)
+    return self
+
+  def _set(self, directory, meta, model_config, model):
+    self.directory, self.meta, self.model_config, self.model = directory, meta, model_config, model
+    self.model.eval()
+    self.preprocessing = meta["preprocessing"]
+    self.image_size = int(self.preprocessing["image_size"])
+    self.class_names = tuple(meta["class_names"])
+    self.calibration = meta["calibration"]
+
+  @property
+  def face_template(self) -> dict[str, Any]:
+    """Where the eyes and mouth sit on the training crops (meta `face_template`), for
+    aligning detected faces; bundles without one were trained on UTKFace-style crops."""
+    from gender_jax.faces.align import UTKFACE_TEMPLATE, check_template
+    return check_template(self.meta.get("face_template") or UTKFACE_TEMPLATE)
+
+  def logits_fn(self):
+    """A pure function (state, uint8 NHWC) → float32 logits, for jit, export and serving."""
+    from gender_jax.data.preprocess import normalize
+    graphdef, state = nnx.split(self.model)
+    spec, dtype = self.preprocessing, self.model_config.compute_dtype
+
+    def logits(state, images):
+      model = nnx.merge(graphdef, state)
+      return model(normalize(images, spec, dtype))
+    return logits, state
+
+  @property
+  def temperature(self) -> float:
+    return float(self.calibration.get("temperature", 1.0))
+
+  def probs_from_logits(self, logits):
+    """softmax(logits / T), in jax (traced or not) or numpy: the one place T is applied."""
+    xp = np if isinstance(logits, np.ndarray) else jnp
+    z = logits / self.temperature
+    e = xp.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+  def probs_fn(self):
+    """Jitted (uint8 NHWC) → calibrated class probabilities; one compile per batch size."""
+    logits, state = self.logits_fn()
+
+    @jax.jit
+    def probs(state, images):
+      return self.probs_from_logits(logits(state, images))
+    return lambda images: probs(state, images)
+
+  def decide(self, probs) -> list[dict[str, Any]]:
+    """Calibrated probabilities (N, 2) → per-image answers, with abstention below threshold."""
+    threshold = float(self.calibration.get("abstain_threshold", 0.0))
+    probs = np.asarray(probs, np.float64)
+    out = []
+    for p in probs:
+      top = int(np.argmax(p))
+      out.append({"label": "uncertain" if p[top] < threshold else self.class_names[top],
+                  "abstained": bool(p[top] < threshold),
+                  **{f"p_{name}": float(p[i]) for i, name in enumerate(self.class_names)}})
+    return out
