@@ -107,8 +107,12 @@ def keep_missed_photos(src: str, dst: str, *, size: int | None = None, quality: 
         image = decode(f.read())
     except (OSError, ImageError):
       continue
-    if size is None:
-      size = Image.open(os.path.join(dst, next(iter(have)))).size[0] if have else image.shape[0]
+    if size is None:  # the aligned crops' side (preprocess.decode: the one image opener)
+      if have:
+        with open(os.path.join(dst, next(iter(have))), "rb") as f:
+          size = decode(f.read()).shape[1]
+      else:
+        size = image.shape[0]
     rel = crop_path(e.key, e.label)
     os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
     Image.fromarray(resize(image, size)).save(os.path.join(dst, rel), quality=quality)
