@@ -60,6 +60,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                   "'bfloat16'")
   if config.data.batch_size < 1:
     errors.append("data.batch_size must be positive")
+  for name, node in (("total", config), ("eval_every", config),
+                     ("checkpoint_every", config.checkpoint), ("warmup", config.optimizer)):
+    given = [f"{name}_{k}" for k in ("steps", "epochs", "examples") if node.get(f"{name}_{k}")]
+    if len(given) > 1:  # a config counts in one unit; the command line may switch it
+      errors.append(f"{' and '.join(given)} are both set: keep one (e.g. add "
+                    f"--config.{'checkpoint.' if name == 'checkpoint_every' else ''}"
+                    f"{'optimizer.' if name == 'warmup' else ''}{given[1]}=0)")
   from gender_jax.models import MIN_IMAGE_SIZE  # imports flax: only when validating
   smallest = MIN_IMAGE_SIZE.get(config.model.arch, 1)
   if config.data.image_size < smallest:

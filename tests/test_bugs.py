@@ -72,6 +72,15 @@ def test_float16_compute_is_rejected():
   config_lib.validate(tiny_config(**{"model.compute_dtype": "bfloat16"}))
 
 
+def test_two_step_units_are_a_config_error_not_a_traceback():
+  """configs/utkface.py counts in epochs; `--config.total_steps=2` on top of it used to end in
+  a ValueError traceback from deep in the input setup, after the data was opened."""
+  with pytest.raises(ValueError, match="total_steps and total_epochs are both set.*"
+                                       "--config.total_epochs=0"):
+    config_lib.validate(tiny_config(**{"total_epochs": 3.0}))
+  config_lib.validate(tiny_config(**{"total_epochs": 0.0}))
+
+
 def test_frozen_gradients_are_outside_clipping_and_grad_norm():
   """Head mode: the logged grad_norm is the head's own and clipping scales by it alone.
   Reference: the head's gradient from an `all`-mode SGD step (update = −lr·g, same forward)."""
