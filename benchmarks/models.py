@@ -13,6 +13,14 @@ optimizer for every arch — the CPU budget printed with the table) on the UTKFa
                   folder), median batch-1 latency in LiteRT on --threads threads, file size
   test bal. acc.  balanced accuracy on the test split (`gender_jax.evaluate`), 95% CI
   train s         wall time of the training run
+Precise BN (`--precise-bn N`, default 20; 0 = off): after training, every BatchNorm's
+running mean/var of an arch that has BatchNorm is replaced by the average of its batch
+statistics over N training batches (the trainer's own input stream: its crops and flips),
+and the bundle re-saved (`gender_jax.precise_bn`); the row also keeps the test balanced
+accuracy on the running averages the training left (`bal. acc. before`), so the effect shows.
+`--plot PATH` draws test balanced accuracy (95% CI bars) against JAX batch-1 latency;
+`--merge a.json,...` adds the rows of earlier runs (another image size, say) to the table
+and the plot, and `--arch none` then only merges.
 Archs run one after another in this process and each row is written to --json as it
 finishes, so a long run that is stopped still leaves the rows it reached. An int8 export that
 fails its agreement check is still timed (the parity result is in the row).
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import pathlib
 import tempfile
@@ -39,6 +48,7 @@ COLUMNS = [("arch", "model", ""), ("params_m", "params (M)", ".2f"),
            ("mflops", "MFLOP/img", ",.0f"), ("jax_ms", "JAX ms (b=1)", ".2f"),
            ("int8_ms", "int8 ms (b=1)", ".2f"), ("int8_mb", "int8 MB", ".2f"),
            ("test_bal_acc", "test bal. acc.", ".3f"), ("ci", "95% CI", ""),
+           ("test_bal_acc_before_pbn", "bal. acc. before", ".3f"), ("size", "px", "d"),
            ("train_s", "train s", ".0f")]
 
 
@@ -52,6 +62,10 @@ def parse_args(argv=None):
   p.add_argument("--epochs", type=float, default=3.0, help="training epochs, every arch")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--lr", type=float, default=1e-3, help="AdamW rate, every arch")
+  p.add_argument("--clip", type=float, default=5.0, help="gradient-norm clipping, every arch")
+  p.add_argument("--warmup", type=float, default=1.0, help="linear warmup (epochs), every arch")
+  p.add_argument("--precise-bn", dest="precise_bn", type=int, default=20,
+                 help="training batches for precise BN after training (0: off), every arch")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per latency")
   p.add_argument("--threads", type=int, default=1, help="LiteRT threads")
@@ -60,9 +74,13 @@ def parse_args(argv=None):
   p.add_argument("--no-tflite", dest="tflite", action="store_false")
   p.add_argument("--workdir", default="", help="keep the runs here (default: a temp dir)")
   p.add_argument("--json", help="write the results here")
+  p.add_argument("--plot", default="", help="PNG: accuracy against JAX latency")
+  p.add_argument("--merge", default="", help="comma-separated JSONs of earlier runs whose "
+                 "rows join the table and the plot")
   args = p.parse_args(argv)
   from gender_jax.models import ARCHS as REGISTRY, MIN_IMAGE_SIZE
-  wanted = [a for a in args.arch.split(",") if a] or list(ARCHS)
+  wanted = ([] if args.arch == "none" else
+            [a for a in args.arch.split(",") if a] or list(ARCHS))
   fits = lambda a: a in REGISTRY and args.size >= MIN_IMAGE_SIZE.get(a, 1)  # noqa: E731
   args.archs = [a for a in wanted if fits(a)]
   args.skipped = [a for a in wanted if not fits(a)]
@@ -83,7 +101,14 @@ def train_config(arch: str, args):
   config.model.arch = arch
   config.model.width = 0  # each arch at its own width (utkface.py narrows ResNet-18)
   config.optimizer.lr = args.lr
-  config.optimizer.grad_clip_norm = 5.0  # VGG without BatchNorm diverges without it
+  config.optimizer.grad_clip_norm = args.clip  # VGG without BatchNorm diverges without it
+  # The warmup in steps, counted here from the training split's size (Adam's first full-rate
+  # steps are what leave VGG-16 without BatchNorm answering one class).
+  from gender_jax.data import sources
+  num_train = sum(len(sources.get_source(n, "train", config))
+                  for n in sources.configured_sources(config))
+  config.optimizer.warmup_epochs = 0  # 0 = unset
+  config.optimizer.warmup_steps = int(round(args.warmup * num_train / args.batch))
   config.total_epochs = args.epochs
   config.eval_every_epochs = args.epochs
   config.calibrate = False
@@ -93,13 +118,13 @@ def train_config(arch: str, args):
 
 def random_bundle(directory: str, arch: str, size: int) -> str:
   import ml_collections
-  from gender_jax import checkpoint
+  from gender_jax.bundle import save_bundle
   from gender_jax.data import preprocess
   from gender_jax.models import create_model
   model_config = dict(arch=arch, num_classes=2, compute_dtype="float32")
   model = create_model(ml_collections.ConfigDict(model_config))
   model.eval()
-  checkpoint.save_bundle(directory, model, model_config=model_config,
+  save_bundle(directory, model, model_config=model_config,
                          preprocessing=preprocess.make_spec(size))
   return directory
 
@@ -144,22 +169,50 @@ def tflite_int8(bundle_dir: str, out: pathlib.Path, calibration_dir: str, image,
   return row
 
 
+def test_accuracy(bundle_dir: str, workdir: str, out: str) -> dict:
+  """Balanced accuracy on the run's test split, with its bootstrap 95% CI."""
+  from gender_jax import evaluate, eval_data
+  report = evaluate.evaluate_bundle(bundle_dir, eval_data.load(None, workdir=workdir), out,
+                                    bootstrap=200, progress=False)
+  acc = report["overall"]["balanced_accuracy"]
+  return dict(test_bal_acc=acc["value"], ci_lo=acc["ci"][0], ci_hi=acc["ci"][1],
+              ci=f"[{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}]", test_count=report["count"])
+
+
+def apply_precise_bn(config, bundle_dir: str, step: int, batches: int) -> dict:
+  """Precise BN on the bundle from `batches` batches of the training stream as the trainer
+  reads it (from the step after the last one trained: new shuffles, same augmentation)."""
+  from gender_jax import precise_bn
+  from gender_jax.data import pipeline
+  if not batches:
+    return dict(batches=0, examples=0)
+  stream = (b["image"] for b in pipeline.train_dataset(config, start_step=step))
+  return precise_bn.recalibrate_bundle(bundle_dir, stream, max_batches=batches)
+
+
 def bench_arch(arch: str, args, root: str) -> dict:
-  from gender_jax import evaluate, eval_data, trainer
-  from gender_jax.checkpoint import Bundle
+  from gender_jax import precise_bn, trainer
+  from gender_jax.bundle import Bundle
   row: dict = dict(arch=arch, size=args.size)
   workdir = os.path.join(root, arch)
   if args.train:
-    start = time.perf_counter()
-    trainer.train_and_evaluate(train_config(arch, args), workdir)
+    config = train_config(arch, args)
+    start, cpu = time.perf_counter(), time.process_time()
+    result = trainer.train_and_evaluate(config, workdir)
     row["train_s"] = time.perf_counter() - start
+    row["train_cpu_s"] = time.process_time() - cpu  # all threads: the share the host gave it
+    row["steps"] = int(result["step"])
+    row["val_bal_acc"] = result.get("val_balanced_accuracy")
     bundle_dir = os.path.join(workdir, "bundle")
-    report = evaluate.evaluate_bundle(bundle_dir, eval_data.load(None, workdir=workdir),
-                                      os.path.join(workdir, "report"), bootstrap=200,
-                                      progress=False)
-    acc = report["overall"]["balanced_accuracy"]
-    row.update(test_bal_acc=acc["value"], ci=f"[{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}]",
-               test_count=report["count"])
+    has_bn = bool(precise_bn.batch_norms(Bundle(bundle_dir).model))
+    if args.precise_bn and has_bn:
+      before = test_accuracy(bundle_dir, workdir, os.path.join(workdir, "report_before_pbn"))
+      row["test_bal_acc_before_pbn"] = before["test_bal_acc"]
+      start = time.perf_counter()
+      row["precise_bn"] = apply_precise_bn(config, bundle_dir, int(result["step"]),
+                                           args.precise_bn)
+      row["precise_bn_s"] = time.perf_counter() - start
+    row.update(test_accuracy(bundle_dir, workdir, os.path.join(workdir, "report")))
   else:
     bundle_dir = random_bundle(os.path.join(workdir, "bundle"), arch, args.size)
   bundle = Bundle(bundle_dir, compute_dtype="float32")
@@ -175,12 +228,40 @@ def bench_arch(arch: str, args, root: str) -> dict:
   return row
 
 
+def plot(rows: list[dict], path: str, title: str) -> None:
+  """Test balanced accuracy (95% CI bars) against JAX batch-1 CPU latency, log x."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  pts = [r for r in rows if r.get("jax_ms") and r.get("test_bal_acc") is not None]
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for r in pts:
+    lo, hi = r.get("ci_lo", r["test_bal_acc"]), r.get("ci_hi", r["test_bal_acc"])
+    ax.errorbar(r["jax_ms"], r["test_bal_acc"],
+                yerr=[[r["test_bal_acc"] - lo], [hi - r["test_bal_acc"]]],
+                fmt="o", capsize=3, ms=6)
+    label = r["arch"] + (f" ({r['size']} px)" if r.get("size") != pts[0].get("size") else "")
+    ax.annotate(label, (r["jax_ms"], r["test_bal_acc"]), xytext=(5, 4),
+                textcoords="offset points", fontsize=8)
+  ax.set_xscale("log")
+  ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
+  ax.set(xlabel="JAX CPU latency, batch 1 (ms, log scale)",
+         ylabel="test balanced accuracy (95% CI)", title=title)
+  ax.title.set_fontsize(9)
+  ax.grid(alpha=0.3, which="both")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  print(f"wrote {path}")
+
+
 def main(argv=None) -> dict:
   args = parse_args(argv)
   info = common.device_info(with_torch=False)
   root = args.workdir or tempfile.mkdtemp(prefix="models_bench_")
   budget = (f"from scratch, {args.size} px, {args.epochs:g} epochs, batch {args.batch}, "
-            f"AdamW {args.lr:g}, seed {args.seed}, on {args.folder}")
+            f"AdamW {args.lr:g} (warmup {args.warmup:g} epochs, cosine), clip {args.clip:g}, precise BN {args.precise_bn} batches, "
+            f"seed {args.seed}, on {args.folder}")
   print(f"budget: {budget}" + (f"; not in the registry or too small an input for: {', '.join(args.skipped)}"
                                if args.skipped else ""), flush=True)
   rows = []
@@ -194,8 +275,17 @@ def main(argv=None) -> dict:
     print(common.format_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
     common.write_json(args.json, dict(benchmark="models", device=info, args=vars(args),
                                       budget=budget, rows=rows))
-  payload = common.report("models", rows, COLUMNS, info, args)
+  merged = []
+  for path in filter(None, args.merge.split(",")):
+    with open(path) as f:
+      earlier = json.load(f)
+    merged += [dict(r, budget=earlier.get("budget")) for r in earlier["rows"]]
+  payload = common.report("models", rows + merged, COLUMNS, info, args)
+  payload["budget"] = budget
+  common.write_json(args.json, payload)
   print(f"budget: {budget}")
+  if args.plot:
+    plot(rows + merged, args.plot, f"utkface-2k, from scratch; {budget.split(', on ')[0]}")
   return payload
 
 
