@@ -34,6 +34,12 @@ class TensorBoardWriter:
   writer: no TensorFlow import (seconds at start-up, and absent from GPU images)."""
 
   def __init__(self, logdir: str):
+    import sys
+    import types
+    # tensorboard's file layer uses TensorFlow's gfile when TensorFlow is importable (5 s of
+    # start-up: TF, then Keras, then matplotlib); `tensorboard.compat.notf` present is its
+    # own switch to the pure-Python stub, which writes the same event files.
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
     self._writer = EventFileWriter(logdir)
 

@@ -164,6 +164,7 @@ def main(argv):
   from gender_jax import parallel
   parallel.initialize_distributed()
   import jax
+  _persistent_compilation_cache(jax)
   check_config(config, _WORKDIR.value)
   logging.info("jax %s on %d × %s", jax.__version__, jax.device_count(),
                jax.devices()[0].device_kind)
@@ -173,6 +174,19 @@ def main(argv):
   if result.get("preempted"):
     sys.exit(143)  # non-zero, so schedulers restart the job; the rerun resumes
   return 0
+
+
+def _persistent_compilation_cache(jax) -> None:
+  """XLA's on-disk cache of compiled programs, so a restart or resume of a run (a preempted
+  job, a crashed host) skips the compiles: ~20 s of 33 s from launch to step 0 on CPU, minutes
+  for a large model on a GPU. `JAX_COMPILATION_CACHE_DIR` (read by JAX itself) wins;
+  `GENDER_JAX_XLA_CACHE=DIR` moves ours, `=off` turns it off."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  path = os.environ.get("GENDER_JAX_XLA_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gender_jax", "xla")
+  if path != "off":
+    jax.config.update("jax_compilation_cache_dir", path)
 
 
 def _main_with_errors(argv):

@@ -142,14 +142,26 @@ def _load_state(config, setup, manager, fingerprint: str, init_meta):
     state, _ = _restore(config.resume_from, setup)
     logging.info("resumed from %s at step %d", config.resume_from, int(state["step"]))
   elif config.init_from:
-    model = create_model(config.model, rngs=nnx.Rngs(config.seed))
+    init = lambda: create_model(config.model, rngs=nnx.Rngs(config.seed))  # noqa: E731
+    fresh = _run_once(lambda: nnx.state(init()))
+    model = nnx.merge(nnx.graphdef(nnx.eval_shape(init)), fresh)  # the head keeps this init
     load_pretrained(model, config.init_from, head=None)
     state = jax.device_put(setup.init_state(model), setup.state_sharding)
     logging.info("initialised from %s (%s)", config.init_from, init_meta.get("source", "weights"))
   else:
-    state = jax.jit(setup.init_state, out_shardings=setup.state_sharding)()
+    state = _run_once(setup.init_state, out_shardings=setup.state_sharding)
     logging.info("initialised from scratch")
   return state
+
+
+# A program that runs once (the initialisation: a threefry draw per parameter) compiles in a
+# fifth of the time without LLVM's optimisations, and runs in milliseconds either way
+# (ResNet-18: 19.4 → 3.4 s on CPU, the same values).
+_RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def _run_once(fn, **jit_kwargs):
+  return jax.jit(fn, **jit_kwargs).lower().compile(compiler_options=_RUN_ONCE_OPTIONS)()
 
 
 def _log_train(writer, step: int, total_steps: int, pending: list, rate: float, schedule,
