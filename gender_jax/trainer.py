@@ -6,6 +6,7 @@ Order: logging → mesh → input (train_input.py) → model, optimizer, state a
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import hashlib
 import json
@@ -90,17 +91,19 @@ def _format_eta(seconds: float) -> str:
 
 def _input_spec(config) -> tuple[dict, dict | None]:
   """The preprocessing spec, and init_from's metadata: ported weights expect their own input
-  scaling, and a port's variant (torchvision/keras) decides the layer conventions."""
-  spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
-  if not config.init_from:
-    return spec, None
-  init_meta = read_meta(config.init_from)
-  if "preprocessing" in init_meta:
-    spec = preprocess.make_spec(config.data.image_size, init_meta["preprocessing"]["preset"])
-  if init_meta.get("variant") and init_meta["variant"] != config.model.get("variant"):
+  scaling, and a port's variant (torchvision/keras) decides the layer conventions; both are
+  written into `config` (a copy), so config.json says what the run did."""
+  if config.init_from:
+    init_meta = read_meta(config.init_from)
+    recorded = init_meta.get("model", init_meta)  # a bundle keeps its variant under "model"
     with config.unlocked():
-      config.model.variant = init_meta["variant"]
-  return spec, init_meta
+      if "preprocessing" in init_meta:
+        config.data.preprocessing = init_meta["preprocessing"]["preset"]
+      if recorded.get("variant") and recorded["variant"] != config.model.get("variant"):
+        config.model.variant = recorded["variant"]
+  else:
+    init_meta = None
+  return preprocess.make_spec(config.data.image_size, config.data.preprocessing), init_meta
 
 
 def _restore(source, setup):
@@ -221,6 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  config = copy.deepcopy(config)  # made final here (init_from's variant and input scaling)
+  spec, init_meta = _input_spec(config)
 
   # ---- logging
   writer = metrics_lib.create_writer(workdir)
@@ -240,7 +245,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = inp.total_steps
 
   # ---- model & optimizer
-  spec, init_meta = _input_spec(config)
   setup = create_train_setup(config, mesh, total_steps, spec)
   train_step = setup.train_step
   validate = Validation(config, spec, mesh, inp.val_sources, setup.eval_graphdef,

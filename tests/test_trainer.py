@@ -86,6 +86,28 @@ def test_finetune_mode_freezes_exactly_the_frozen_stages(run8, tmp_path, mode, l
       np.testing.assert_array_equal(init[key], after[key], err_msg=f"{key} must stay frozen")
 
 
+def test_config_json_is_the_final_config_and_the_callers_is_untouched(run8, tmp_path):
+  """init_from decides the input scaling (and the variant): config.json must say what the
+  run used. It was written before init_from's preset was applied, and the caller's config
+  was changed in place."""
+  import json
+  import shutil
+  workdir8, _ = run8
+  weights = tmp_path / "weights"
+  shutil.copytree(os.path.join(workdir8, "bundle"), weights)
+  meta = json.loads((weights / "meta.json").read_text())
+  meta["preprocessing"]["preset"] = "torchvision"  # as a torchvision port records
+  (weights / "meta.json").write_text(json.dumps(meta))
+  config = tiny_config(**{"init_from": str(weights), "total_steps": 1, "eval_every_steps": 1,
+                          "calibrate": False, "finetune.mode": "all"})
+  assert config.data.preprocessing != "torchvision"
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  written = json.loads((tmp_path / "run" / "config.json").read_text())
+  bundle = json.loads((tmp_path / "run" / "bundle" / "meta.json").read_text())
+  assert written["data"]["preprocessing"] == "torchvision" == bundle["preprocessing"]["preset"]
+  assert config.data.preprocessing != "torchvision"
+
+
 def test_bad_config_values_fail_clearly(tmp_path):
   with pytest.raises(ValueError, match="finetune.mode"):
     trainer.train_and_evaluate(tiny_config(**{"finetune.mode": "sideways"}), str(tmp_path))
