@@ -2,6 +2,7 @@
 
   python benchmarks/models.py                                   # every arch in the registry
   python benchmarks/models.py --arch cnn_small,resnet18 --size 48 --epochs 3 --json models.json
+  python benchmarks/models.py --arch none --merge models.json,models_80px.json --plot models.png
 
 Per arch, trained from scratch with one fixed recipe (same image size, epochs, seed, batch and
 optimizer for every arch — the CPU budget printed with the table) on the UTKFace folder
@@ -13,7 +14,7 @@ optimizer for every arch — the CPU budget printed with the table) on the UTKFa
                   folder), median batch-1 latency in LiteRT on --threads threads, file size
   test bal. acc.  balanced accuracy on the test split (`gender_jax.evaluate`), 95% CI
   train s         wall time of the training run
-Precise BN (`--precise-bn N`, default 20; 0 = off): after training, every BatchNorm's
+Precise BN (`--precise-bn N`, default 40; 0 = off): after training, every BatchNorm's
 running mean/var of an arch that has BatchNorm is replaced by the average of its batch
 statistics over N training batches (the trainer's own input stream: its crops and flips),
 and the bundle re-saved (`gender_jax.precise_bn`); the row also keeps the test balanced
@@ -58,13 +59,13 @@ def parse_args(argv=None):
                  "the issue's list the registry has)")
   p.add_argument("--folder", default=str(common.DEFAULT_FOLDER), help="UTKFace folder layout")
   p.add_argument("--data_dir", default="", help="prepared data (default: the project's)")
-  p.add_argument("--size", type=int, default=48, help="image size (px), every arch")
+  p.add_argument("--size", type=int, default=32, help="image size (px), every arch")
   p.add_argument("--epochs", type=float, default=3.0, help="training epochs, every arch")
-  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--batch", type=int, default=32)
   p.add_argument("--lr", type=float, default=1e-3, help="AdamW rate, every arch")
   p.add_argument("--clip", type=float, default=5.0, help="gradient-norm clipping, every arch")
-  p.add_argument("--warmup", type=float, default=1.0, help="linear warmup (epochs), every arch")
-  p.add_argument("--precise-bn", dest="precise_bn", type=int, default=20,
+  p.add_argument("--warmup", type=float, default=0.5, help="linear warmup (epochs), every arch")
+  p.add_argument("--precise-bn", dest="precise_bn", type=int, default=40,
                  help="training batches for precise BN after training (0: off), every arch")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per latency")
@@ -232,21 +233,32 @@ def plot(rows: list[dict], path: str, title: str) -> None:
   """Test balanced accuracy (95% CI bars) against JAX batch-1 CPU latency, log x."""
   import matplotlib
   matplotlib.use("Agg")
+  import textwrap
   import matplotlib.pyplot as plt
-  pts = [r for r in rows if r.get("jax_ms") and r.get("test_bal_acc") is not None]
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  from matplotlib.ticker import FuncFormatter, LogLocator
+  pts = sorted((r for r in rows if r.get("jax_ms") and r.get("test_bal_acc") is not None),
+               key=lambda r: r["jax_ms"])
+  fig, ax = plt.subplots(figsize=(6.4, 4.6))
+  placed: list[tuple[float, float, bool]] = []
   for r in pts:
     lo, hi = r.get("ci_lo", r["test_bal_acc"]), r.get("ci_hi", r["test_bal_acc"])
     ax.errorbar(r["jax_ms"], r["test_bal_acc"],
                 yerr=[[r["test_bal_acc"] - lo], [hi - r["test_bal_acc"]]],
                 fmt="o", capsize=3, ms=6)
     label = r["arch"] + (f" ({r['size']} px)" if r.get("size") != pts[0].get("size") else "")
-    ax.annotate(label, (r["jax_ms"], r["test_bal_acc"]), xytext=(5, 4),
+    # Above the point, or below it where a label already sits just left of this one.
+    near = any(r["jax_ms"] / x < 2 and abs(r["test_bal_acc"] - y) < 0.04 and up
+               for x, y, up in placed)
+    placed.append((r["jax_ms"], r["test_bal_acc"], not near))
+    ax.annotate(label, (r["jax_ms"], r["test_bal_acc"]), xytext=(6, -11 if near else 5),
                 textcoords="offset points", fontsize=8)
   ax.set_xscale("log")
+  ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+  ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
   ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
   ax.set(xlabel="JAX CPU latency, batch 1 (ms, log scale)",
-         ylabel="test balanced accuracy (95% CI)", title=title)
+         ylabel="test balanced accuracy (95% CI)", title=textwrap.fill(title, 90))
   ax.title.set_fontsize(9)
   ax.grid(alpha=0.3, which="both")
   fig.tight_layout()
@@ -285,7 +297,9 @@ def main(argv=None) -> dict:
   common.write_json(args.json, payload)
   print(f"budget: {budget}")
   if args.plot:
-    plot(rows + merged, args.plot, f"utkface-2k, from scratch; {budget.split(', on ')[0]}")
+    budgets = ([budget] if rows else []) + [r["budget"] for r in merged if r.get("budget")]
+    title = "; ".join(dict.fromkeys(b.split(", on ")[0] for b in budgets))
+    plot(rows + merged, args.plot, f"utkface-2k — {title}")
   return payload
 
 
