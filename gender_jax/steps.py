@@ -16,9 +16,11 @@ from gender_jax.models import create_model
 
 
 # ----------------------------------------------------------------------------- optimizer
-def create_optimizer(config, labels, total_steps: int) -> tuple[optax.GradientTransformation, Any]:
+def create_optimizer(config, labels, total_steps: int,
+                     num_train: int = 0) -> tuple[optax.GradientTransformation, Any]:
+  """`num_train` (training examples) turns optimizer.warmup_epochs into steps."""
   opt = config.optimizer
-  warmup = config_lib.get_steps("warmup", opt, 1, 1, default=0)
+  warmup = config_lib.get_steps("warmup", opt, num_train, config.data.batch_size, default=0)
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, opt.lr, warmup_steps=min(warmup, total_steps - 1),
       decay_steps=max(total_steps, 1), end_value=opt.lr * opt.end_lr_fraction)
@@ -154,7 +156,8 @@ def inference_weights(state) -> tuple[Any, Any]:
   return state["params"], state["batch_stats"]
 
 
-def create_train_setup(config, mesh, total_steps: int, spec: dict) -> TrainSetup:
+def create_train_setup(config, mesh, total_steps: int, spec: dict,
+                       num_train: int = 0) -> TrainSetup:
   def init_model():
     return create_model(config.model, rngs=nnx.Rngs(config.seed))
 
@@ -162,7 +165,7 @@ def create_train_setup(config, mesh, total_steps: int, spec: dict) -> TrainSetup
   abstract_model = nnx.eval_shape(init_model)
   _, abstract_params, abstract_stats = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)
   labels = finetune.param_labels(abstract_model, abstract_params, config)
-  tx, schedule = create_optimizer(config, labels, total_steps)
+  tx, schedule = create_optimizer(config, labels, total_steps, num_train)
   frozen_stats = finetune.frozen_stats_mask(abstract_model, abstract_stats, config)
   frozen_params = jax.tree.map(lambda label: label == "frozen", labels)
   finetune.set_train_mode(abstract_model, config)

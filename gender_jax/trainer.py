@@ -245,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = inp.total_steps
 
   # ---- model & optimizer
-  setup = create_train_setup(config, mesh, total_steps, spec)
+  setup = create_train_setup(config, mesh, total_steps, spec, num_train=inp.num_train)
   train_step = setup.train_step
   validate = Validation(config, spec, mesh, inp.val_sources, setup.eval_graphdef,
                         threads=pipeline.input_parallelism(config)[0])
