@@ -83,15 +83,6 @@ def recalibrate(model: nnx.Module, batches: Iterable[Any], *,
 
 
 # ----------------------------------------------------------------------------- bundles
-def _bundle_api():
-  """(Bundle, save(directory, model, **meta)) from wherever the bundle code lives."""
-  try:
-    from gender_jax.bundle import Bundle, save_bundle as save  # noqa: PLC0415
-  except ImportError:
-    from gender_jax.checkpoint import Bundle, save_bundle as save  # noqa: PLC0415
-  return Bundle, save
-
-
 def recalibrate_bundle(directory: str, images: Iterable[Any], *, out: str | None = None,
                        max_batches: int | None = None) -> dict[str, Any]:
   """Precise BN on a bundle: uint8 NHWC training batches, normalised as the bundle's
@@ -100,7 +91,7 @@ def recalibrate_bundle(directory: str, images: Iterable[Any], *, out: str | None
   whose model has no BatchNorm is left as it is ({"batches": 0}).
   """
   from gender_jax.data.preprocess import normalize  # noqa: PLC0415
-  Bundle, save = _bundle_api()
+  from gender_jax.bundle import Bundle, save_bundle as save
   bundle = Bundle(directory)
   if not batch_norms(bundle.model):
     return dict(batches=0, examples=0)
