@@ -181,11 +181,12 @@ class FacePipeline:
     """The jitted program on one padded batch; results stay on the device."""
     return self._program(*self._state, det_in, canvases, to_canvas, whole)
 
-  def prepare(self, image: np.ndarray):
+  def prepare(self, image: np.ndarray, margin: float | None = None):
     """Host side of one image: detector input, canvas, detector → canvas map, whole view."""
     from gender_jax.data.preprocess import resize
-    small = letterbox(image, self.size, self.margin)
-    big = letterbox(image, self.canvas, self.margin)
+    margin = self.margin if margin is None else margin
+    small = letterbox(image, self.size, margin)
+    big = letterbox(image, self.canvas, margin)
     scale = np.asarray(big.scale) / np.asarray(small.scale)
     to_canvas = np.stack([scale, np.asarray(big.offset) - np.asarray(small.offset) * scale])
     whole = resize(image, self.crop_size) if self.faces == "auto" else None
@@ -201,10 +202,20 @@ class FacePipeline:
     if mode not in ("auto", "detect") or (mode == "auto" and self.faces != "auto"):
       raise ValueError(f"faces={mode!r}: this pipeline answers "
                        f"{'auto or detect' if self.faces == 'auto' else 'detect'}")
+    out = self._answer(images, mode, crops)
+    # A near-square photo is letterboxed with a margin (a tight crop's face must not fill the
+    # detector's input); where that left no face, its face may be small: once more without.
+    again = [i for i, f in enumerate(out) if not f and margin_for(images[i].shape, self.margin)]
+    if again:
+      for i, faces in zip(again, self._answer([images[i] for i in again], mode, crops, 0.0)):
+        out[i] = faces
+    return out
+
+  def _answer(self, images, mode: str, crops: bool, margin: float | None = None):
     out = []
     for start in range(0, len(images), self.batch_size):
       chunk = images[start:start + self.batch_size]
-      prepared = [self.prepare(im) for im in chunk]
+      prepared = [self.prepare(im, margin) for im in chunk]
       n = self.batch_size
       det, probs, whole_probs, aligned = jax.device_get(self.run_batch(
           _pad([p[0].image for p in prepared], n), _pad([p[1].image for p in prepared], n),
