@@ -111,7 +111,7 @@ def test_config_json_is_the_final_config_and_the_callers_is_untouched(run8, tmp_
 def test_bad_config_values_fail_clearly(tmp_path):
   with pytest.raises(ValueError, match="finetune.mode"):
     trainer.train_and_evaluate(tiny_config(**{"finetune.mode": "sideways"}), str(tmp_path))
-  with pytest.raises(ValueError, match="only one of total_steps, total_epochs"):
+  with pytest.raises(ValueError, match="total_steps and total_epochs are both set"):
     trainer.train_and_evaluate(tiny_config(total_epochs=1), str(tmp_path))
 
 
