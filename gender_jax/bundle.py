@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -95,10 +94,10 @@ class Bundle:
 
   def probs_from_logits(self, logits):
     """softmax(logits / T), in jax (traced or not) or numpy: the one place T is applied."""
-    xp = np if isinstance(logits, np.ndarray) else jnp
-    z = logits / self.temperature
-    e = xp.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    if isinstance(logits, np.ndarray):
+      from gender_jax import calibration
+      return calibration.softmax(logits, self.temperature)
+    return jax.nn.softmax(logits / self.temperature, axis=-1)
 
   def probs_fn(self):
     """Jitted (uint8 NHWC) → calibrated class probabilities; one compile per batch size."""

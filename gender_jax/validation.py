@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from gender_jax import CLASS_NAMES, metrics as metrics_lib
+from gender_jax import CLASS_NAMES, calibration, metrics as metrics_lib
 from gender_jax.bundle import Bundle
 from gender_jax.predictor import Predictor
 from gender_jax.steps import inference_weights
@@ -20,14 +20,11 @@ from gender_jax.steps import inference_weights
 
 def logit_sums(logits: np.ndarray, labels: np.ndarray) -> dict[str, tuple[float, float]]:
   """{"loss", "accuracy", "recall_<class>": (sum, count)}: the metric sums of metrics.py."""
-  logits = np.asarray(logits, np.float64)
   labels = np.asarray(labels, np.int64)
   n = float(len(labels))
-  z = logits - logits.max(axis=-1, keepdims=True)
-  log_p = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-  loss = -log_p[np.arange(len(labels)), labels] if len(labels) else np.zeros(0)
-  correct = logits.argmax(axis=-1) == labels if len(labels) else np.zeros(0, bool)
-  out = {"loss": (float(loss.sum()), n), "accuracy": (float(correct.sum()), n)}
+  loss = calibration.nll(logits, labels) * n if len(labels) else 0.0
+  correct = np.asarray(logits).argmax(axis=-1) == labels if len(labels) else np.zeros(0, bool)
+  out = {"loss": (float(loss), n), "accuracy": (float(correct.sum()), n)}
   for c, name in enumerate(CLASS_NAMES):
     in_class = labels == c
     out[f"recall_{name}"] = (float(correct[in_class].sum()), float(in_class.sum()))

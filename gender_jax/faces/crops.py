@@ -100,7 +100,8 @@ def keep_missed_photos(src: str, dst: str, *, size: int | None = None, quality: 
   entries, _ = folder.read_entries(src)
   added = []
   for e in entries:
-    if e.key not in missed or crop_path(e.key, e.label) in have:
+    rel = crop_path(e.key, e.label)
+    if e.key not in missed or rel in have:
       continue
     try:
       with open(e.path, "rb") as f:
@@ -113,7 +114,6 @@ def keep_missed_photos(src: str, dst: str, *, size: int | None = None, quality: 
           size = decode(f.read()).shape[1]
       else:
         size = image.shape[0]
-    rel = crop_path(e.key, e.label)
     os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
     Image.fromarray(resize(image, size)).save(os.path.join(dst, rel), quality=quality)
     fields = dict(e.subgroups, path=rel, label=rel.split(os.sep)[0], face_score="")
