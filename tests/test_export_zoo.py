@@ -14,8 +14,9 @@ from tests import test_export
 
 SIZE = test_export.SIZE  # run_tflite expects this input size
 images = test_export.images  # its check sample, drawn from the image_dir below
-# Measured on the 100 real check images: 96% agreement, |Δprob| max 0.24, mean 0.037.
-MIN_AGREEMENT, MAX_ABS_PROB, MEAN_ABS_PROB = 0.90, 0.4, 0.075
+# Measured on the 100 real check images on two machines: |Δprob| max 0.24 / 0.135, mean 0.037
+# on both; top-1 agreement 100% where the float model gives p < 0.3 or > 0.7 (35 images).
+MIN_CONFIDENT_AGREEMENT, MAX_ABS_PROB, MEAN_ABS_PROB = 0.95, 0.4, 0.075
 STEPS, BATCH = 60, 32
 
 
@@ -82,28 +83,28 @@ def test_mobilenet_v2_int8_agrees_on_labels(tmp_path, mobilenet_bundle, image_di
   """Written by the export's own int8 writer, calibrated on its own sample, run in LiteRT.
 
   Not through `export.export`: its int8 gate (99% agreement, |Δprob| ≤ 0.15, set on ResNets)
-  rejects this barely trained MobileNetV2, whose measured agreement is 96% on the 100 check
-  images (max |Δprob| 0.24); the bounds below hold that measurement with a margin."""
+  rejects this barely trained MobileNetV2, whose labels are near p = 0.5 for many of the 100
+  check images; the bounds below hold the measurements with a margin."""
   test_export.needs("ai_edge_litert")
   bundle = Bundle(str(mobilenet_bundle), compute_dtype="float32")
   reference = np.asarray(bundle.probs_fn()(images))
-  share = reference.argmax(-1).mean()
-  if not 0.2 < share < 0.8:
-    # 60 steps leave a MobileNetV2 on a knife's edge: which class it leans to follows the
-    # float rounding of the host's CPU (balanced where the bounds were measured, 11% "male" on
-    # another machine), and with one class answered, agreement measures nothing.
-    pytest.skip(f"the briefly trained MobileNetV2 answers 'male' for {share:.0%} of the check "
-                "images on this machine: int8 agreement is not measurable here")
   calibration, check = export.sample_images(image_dir, SIZE, calibration=100, check=len(images))
   np.testing.assert_array_equal(check, images)  # disjoint from the calibration sample
   out = tmp_path / "mobilenet_int8.tflite"
   export.write_tflite(bundle, out, quantization="int8", batch=1, input_dtype="uint8",
                       calibration_images=calibration)
   probs = test_export.run_tflite(out, images)
-  agreement = (probs.argmax(-1) == reference.argmax(-1)).mean()
+  # Labels are compared where the float model is confident: 60 steps leave many images near
+  # p = 0.5, where any rounding flips a label, and how many follows the host CPU's float
+  # rounding during training (87% overall agreement on one machine, 96% on another; 100% on
+  # the 35 confident images of the first). The probabilities themselves are compared everywhere.
+  confident = np.abs(reference[:, 1] - 0.5) > 0.2
+  agree = probs.argmax(-1) == reference.argmax(-1)
   diff = np.abs(probs - reference)
-  print(f"int8 MobileNetV2: top-1 agreement {agreement:.3f} on {len(images)} images, "
+  print(f"int8 MobileNetV2: top-1 agreement {agree.mean():.3f} on {len(images)} images, "
+        f"{agree[confident].mean():.3f} on the {confident.sum()} confident ones; "
         f"|Δprob| max {diff.max():.3f} mean {diff.mean():.4f}")
-  assert agreement >= MIN_AGREEMENT, agreement
   assert diff.max() <= MAX_ABS_PROB and diff.mean() <= MEAN_ABS_PROB, (diff.max(), diff.mean())
+  if confident.sum() >= 10:
+    assert agree[confident].mean() >= MIN_CONFIDENT_AGREEMENT, agree[confident].mean()
   assert out.stat().st_size < 0.5 * len(export.tflite_bytes(bundle))  # 8-bit weights
