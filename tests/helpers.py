@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from tests.xla_flags import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,7 +46,7 @@ def bundle_weights(workdir: str) -> dict[str, np.ndarray]:
 
 def train_cli(workdir: str, *overrides: str, timeout: float = 240, **popen):
   """`python -m gender_jax.train` on configs/demo.py in a fresh process (8 fake devices)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8),
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   cmd = [sys.executable, "-m", "gender_jax.train", "--config", "configs/demo.py",
          "--workdir", workdir, *overrides]

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, constant_bundle
+from tests.xla_flags import xla_flags
 
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+ENV = dict(os.environ, XLA_FLAGS=xla_flags(8),
            JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
 ENV.pop("GENDER_JAX_DEBUG", None)
 DEMO = os.path.join(REPO, "configs", "demo.py")

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from gender_jax.data import fixtures
+from tests.xla_flags import xla_flags
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -47,7 +48,7 @@ def test_two_processes_on_loopback_read_disjoint_shards(tmp_path):
   for pid in range(2):
     env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", PYTHONPATH=repo,
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=xla_flags(1))
     procs.append(subprocess.Popen(
         [sys.executable, "-c", WORKER, str(tmp_path / "f"), str(tmp_path / "d"),
          str(tmp_path / f"out{pid}.json")], env=env, cwd=repo,

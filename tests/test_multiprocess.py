@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from gender_jax import parallel
+from tests.xla_flags import xla_flags
 from gender_jax.weights import load_weights
 
 pytestmark = pytest.mark.multiprocess
@@ -90,7 +91,7 @@ def port_is_free(port: int) -> bool:
 def clean_env(devices: int = DEVICES_PER_PROCESS, **extra) -> dict:
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("JAX_", "SLURM_", "GENDER_JAX_", "RAY_"))}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env.update(XLA_FLAGS=xla_flags(devices),
              JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3",
              PYTHONPATH=str(ROOT))
   env.update({k: str(v) for k, v in extra.items()})
@@ -292,7 +293,7 @@ def test_ray_job_on_a_local_cluster(two_process_run, tmp_path):
     head.wait_for("Ray runtime started", 180)
     job = Proc([sys.executable, str(ROOT / "launch" / "ray_job.py"), "--address",
                 f"127.0.0.1:{port}", "--num-workers", "2", "--cpus-per-worker", "1",
-                "--env", f"XLA_FLAGS=--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
+                "--env", f"XLA_FLAGS={xla_flags(DEVICES_PER_PROCESS)}",
                 "--env", "JAX_PLATFORMS=cpu", "--", "--config",
                 str(two_process_run["config"]), "--workdir", str(tmp_path / "ray_run")],
                clean_env(**auth), tmp_path / "job.log")
