@@ -14,7 +14,8 @@ each size, runs:
   grain host share       data.device_augment on: the host only decodes, crops, resizes
     … ×2 threads, 1 worker, 2 workers (processes; one thread each)
   grain stored           host share over the copy stored at ~1.15x the size
-  grain simplejpeg       host share, data.jpeg_decoder="simplejpeg" (where it is installed)
+  … PIL backend          host share with data.image_backend="pil" (PIL decode and resize;
+                         the default "opencv" is libjpeg-turbo + OpenCV), 1 and 2 threads
 Prints images/s of wall time and images per CPU-second (CPU time of the process and of its
 worker processes: the per-core figure, fair on a machine shared with other jobs), as a
 Markdown table; --json writes every row with the machine's load.
@@ -142,16 +143,11 @@ def rows_for_size(size, args, folder_options, records):
       ("grain host share", 1, 2, lambda: grain_pipeline(_config(folder, n, b, 1, 2, **device))),
       (f"grain stored {prepare.store_size_for(size)}px", 1, 0,
        lambda: grain_pipeline(_config(stored, n, b, **device))),
-  ] + ([("grain simplejpeg", 1, 0, lambda: grain_pipeline(_config(
-      folder, n, b, jpeg_decoder="simplejpeg", **device)))] if _has_simplejpeg() else [])
-
-
-def _has_simplejpeg() -> bool:
-  import importlib.util
-  if importlib.util.find_spec("simplejpeg") is None:
-    print("simplejpeg not installed: its row is skipped (pip install simplejpeg)")
-    return False
-  return True
+      ("grain host share, PIL backend", 1, 0, lambda: grain_pipeline(_config(
+          folder, n, b, image_backend="pil", **device))),
+      ("grain host share, PIL backend", 2, 0, lambda: grain_pipeline(_config(
+          folder, n, b, 2, image_backend="pil", **device))),
+  ]
 
 
 STARTUP = """

@@ -24,7 +24,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # host only decodes, crops and resizes; off, the host does them.
   config.data.device_augment = False
   config.data.store_size = 0             # stored shorter side of prepared sources (0: as is; -1: ~1.15x image_size)
-  config.data.jpeg_decoder = "pil"       # or "simplejpeg" (pip install simplejpeg)
+  # Training's host decode/crop/resize: "opencv" (libjpeg-turbo + OpenCV, 2-3x less CPU per
+  # image) or "pil" (the eval path's library).
+  config.data.image_backend = "opencv"
   config.data.prefetch = 4
 
   # model

@@ -1,5 +1,6 @@
 """Each TFDS builder on a fixture written in its dataset's real on-disk format."""
 import collections
+import os
 
 import pytest
 
@@ -12,12 +13,15 @@ tfds.disable_progress_bar()
 
 
 def _records(b):
-  """{path: record} over every split, with the split name added."""
+  """{path: record} over every split, with the split name added. Each record, read by the
+  pipeline's own tf.Example parse, must equal TFDS's generic parse of it."""
   out = {}
   for split in b.info.splits:
     src = prepare.open_split(b, split, b.name)
+    tfds_parsed = prepare._as_data_source(os.fspath(b.data_path), split, b.name)
     for i in range(len(src)):
       r = src[i]
+      assert r == dict(schema.from_record(tfds_parsed[i]), source=b.name), (split, i)
       r["split"] = split
       assert r["path"] not in out, f"{r['path']} in two splits"
       out[r["path"]] = r

@@ -208,26 +208,6 @@ def test_store_size_caps_the_shorter_side_keeping_aspect(tmp_path):
   assert prepare.store_size_for([112, 224]) == 258
 
 
-def test_jpeg_decoder_choice():
-  """simplejpeg (opt-in) decodes at the smallest 1/8 scale ≥ the crop's output: the same
-  crop, close pixels; without the package the choice is refused in one line."""
-  from gender_jax.data import augment
-  import importlib.util
-  if importlib.util.find_spec("simplejpeg") is None:
-    with pytest.raises(ValueError, match="pip install simplejpeg"):
-      augment.AugmentSpec(jpeg_decoder="simplejpeg")
-    pytest.skip("simplejpeg not installed")
-  buf = io.BytesIO()
-  ramp = np.linspace(0, 255, 120, dtype=np.uint8)
-  Image.fromarray(np.stack([np.tile(ramp, (90, 1))] * 3, -1)).save(buf, format="JPEG")
-  for size in (32, 96):
-    pil, sj = (augment.train_image(buf.getvalue(), size, np.random.default_rng(3),
-                                   augment.AugmentSpec(jpeg_decoder=d))
-               for d in ("pil", "simplejpeg"))
-    assert pil.shape == sj.shape == (size, size, 3)
-    assert np.abs(pil.astype(int) - sj).mean() < 3
-
-
 @pytest.mark.slow
 def test_batches_do_not_depend_on_threads_or_worker_processes(folder_source):
   """Examples are decoded one by one by threads or worker processes and batched after:

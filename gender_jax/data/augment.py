@@ -8,9 +8,11 @@ Options, read from `config.data.sources[name]` with `config.data` as the fallbac
   rotate       max rotation in degrees (uniform ±rotate; 0: off)
   color_jitter strength s: brightness, contrast, saturation factors in [1-s, 1+s] (0: off)
   grayscale    probability of converting to grayscale (kept 3-channel)
-  jpeg_decoder "pil" (default) or "simplejpeg" (libjpeg-turbo with its 1/8-step DCT scaling:
-               a JPEG is decoded at the smallest scale ≥ the crop's output, not only at
-               1/2, 1/4, 1/8 as PIL's draft; same operations, slightly different pixels)
+  image_backend "opencv" (default): JPEGs decoded by libjpeg-turbo (simplejpeg) at the
+               smallest 1/8 DCT scale ≥ the crop's output, crop, resize and rotation by
+               OpenCV — 2-3x less CPU per image than "pil" (benchmarks/README.md); "pil":
+               PIL throughout, as eval does. Same operations and random draws, pixels within
+               a few grey levels (bilinear either way; OpenCV's INTER_AREA when shrinking)
 All randomness comes from the `rng` the pipeline seeds per element, so augmentation is
 reproducible whatever the number of workers. With `config.data.device_augment` the host keeps
 the geometric part (crop, rotate, resize) and flip, colour jitter and grayscale run on the
@@ -27,7 +29,7 @@ from PIL import Image
 from gender_jax.data import preprocess
 
 CROPS = ("random_resized", "pad_crop", "none")
-DECODERS = ("pil", "simplejpeg")
+BACKENDS = ("opencv", "pil")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +41,16 @@ class AugmentSpec:
   rotate: float = 0.0
   color_jitter: float = 0.0
   grayscale: float = 0.0
-  jpeg_decoder: str = "pil"
+  image_backend: str = "opencv"
 
   def __post_init__(self):
     if self.crop not in CROPS:
       raise ValueError(f"augment crop {self.crop!r}: choose from {CROPS}")
-    if self.jpeg_decoder not in DECODERS:
-      raise ValueError(f"jpeg_decoder {self.jpeg_decoder!r}: choose from {DECODERS}")
-    if self.jpeg_decoder == "simplejpeg" and importlib.util.find_spec("simplejpeg") is None:
-      raise ValueError("jpeg_decoder 'simplejpeg' needs the simplejpeg package "
-                       "(pip install simplejpeg), or use 'pil'")
+    if self.image_backend not in BACKENDS:
+      raise ValueError(f"image_backend {self.image_backend!r}: choose from {BACKENDS}")
+    if self.image_backend == "opencv" and importlib.util.find_spec("cv2") is None:
+      raise ValueError("image_backend 'opencv' needs OpenCV (pip install "
+                       "opencv-python-headless), or set data.image_backend='pil'")
     lo, hi = self.crop_scale
     if not 0 < lo <= hi <= 1:
       raise ValueError(f"crop_scale {self.crop_scale} must satisfy 0 < min ≤ max ≤ 1")
@@ -66,7 +68,7 @@ def spec_for(options, config) -> AugmentSpec:
                      flip=bool(get("flip", d.flip)), rotate=float(get("rotate", d.rotate)),
                      color_jitter=float(get("color_jitter", d.color_jitter)),
                      grayscale=float(get("grayscale", d.grayscale)),
-                     jpeg_decoder=str(get("jpeg_decoder", d.jpeg_decoder)))
+                     image_backend=str(get("image_backend", d.image_backend)))
 
 
 def host_only(spec: AugmentSpec) -> AugmentSpec:
@@ -91,9 +93,14 @@ def _open(data) -> Image.Image:
 
 
 def train_image(data, size: int, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:
-  """Decode → crop → resize → rotate → flip → colour: uint8 size×size×3.
+  """Decode → crop → resize → rotate → flip → colour: uint8 size×size×3."""
+  if spec.image_backend == "opencv":
+    return _train_image_cv(data, size, rng, spec)
+  return _train_image_pil(data, size, rng, spec)
 
-  The crop and the resize are one PIL call, and a JPEG much larger than its crop's output is
+
+def _train_image_pil(data, size: int, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:
+  """The crop and the resize are one PIL call, and a JPEG much larger than its crop's output is
   decoded at a reduced scale (`draft`): 2-4x less work per image than decode-then-resize.
   """
   im = _open(data)
@@ -106,11 +113,7 @@ def train_image(data, size: int, rng: np.random.Generator, spec: AugmentSpec) ->
   try:
     if im.format == "JPEG" and spec.crop != "pad_crop":
       cw, ch = box[2] - box[0], box[3] - box[1]
-      need = (-(-w * size // cw), -(-h * size // ch))  # ≥ size px across the crop
-      if spec.jpeg_decoder == "simplejpeg" and isinstance(data, bytes):
-        im = _simplejpeg(data, need)
-      else:
-        im.draft("RGB", need)
+      im.draft("RGB", (-(-w * size // cw), -(-h * size // ch)))  # ≥ size px across the crop
       sx, sy = im.size[0] / w, im.size[1] / h
       box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
     if im.mode != "RGB":
@@ -129,7 +132,10 @@ def train_image(data, size: int, rng: np.random.Generator, spec: AugmentSpec) ->
   im = preprocess.upright(im, orient)
   if spec.rotate > 0:
     im = im.rotate(float(rng.uniform(-spec.rotate, spec.rotate)), Image.BILINEAR)
-  out = np.asarray(im)
+  return _flip_and_colour(np.asarray(im), rng, spec)
+
+
+def _flip_and_colour(out: np.ndarray, rng, spec: AugmentSpec) -> np.ndarray:
   if spec.flip and rng.random() < 0.5:
     out = out[:, ::-1]
   if spec.color_jitter > 0 or spec.grayscale > 0:
@@ -137,13 +143,65 @@ def train_image(data, size: int, rng: np.random.Generator, spec: AugmentSpec) ->
   return np.ascontiguousarray(out)
 
 
-def _simplejpeg(data: bytes, need: tuple[int, int]) -> Image.Image:
-  import simplejpeg
-  try:
-    arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=need[0], min_height=need[1])
-  except ValueError as e:
-    raise OSError(str(e)) from None  # reported as a corrupt image, like PIL's errors
-  return Image.fromarray(arr)
+_CV2 = None
+
+
+def _cv2():
+  global _CV2
+  if _CV2 is None:
+    import cv2
+    # The pipeline's threads are the parallelism: OpenCV's own pool under them would
+    # oversubscribe the cores (one image is far too small to split).
+    cv2.setNumThreads(1)
+    _CV2 = cv2
+  return _CV2
+
+
+def _train_image_cv(data, size: int, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:
+  """The same steps and random draws as the PIL path, with libjpeg-turbo decoding a JPEG at
+  the smallest DCT scale that still gives ≥ `size` px across the crop, and OpenCV's SIMD
+  resize (PIL's resample costs ~4x more per image, benchmarks/README.md)."""
+  cv2 = _cv2()
+  # The header alone where libjpeg-turbo can take the file: the crop is drawn on the full size
+  # before any pixel is decoded. Anything else (other formats, EXIF orientation, every error
+  # message) goes through PIL's decode.
+  full = preprocess.turbo_jpeg_size(data)
+  decoded = None if full else preprocess.decode(data)
+  w, h = full or (decoded.shape[1], decoded.shape[0])
+  box = (0, 0, w, h)
+  if spec.crop == "random_resized" and spec.crop_scale[0] < 1.0:
+    y, x, ch, cw = _random_resized_box(h, w, rng, spec.crop_scale)
+    box = (x, y, x + cw, y + ch)
+  if decoded is None:
+    cw, ch = box[2] - box[0], box[3] - box[1]
+    decoded = preprocess.decode_jpeg_scaled(data, (min(w, -(-w * size // cw)),
+                                                   min(h, -(-h * size // ch))))
+  img = decoded
+  sy, sx = img.shape[0] / h, img.shape[1] / w  # < 1 where decoded at a reduced DCT scale
+  if spec.crop == "pad_crop" and spec.pad_fraction > 0:
+    # Drawn in full-size pixels, as the PIL path does, then scaled to the decoded image.
+    hh, ww = img.shape[:2]
+    py, px = int(round(h * spec.pad_fraction)), int(round(w * spec.pad_fraction))
+    y, x = rng.integers(0, 2 * py + 1), rng.integers(0, 2 * px + 1)
+    py, px, y, x = (int(round(v * f)) for v, f in ((py, sy), (px, sx), (y, sy), (x, sx)))
+    padded = np.pad(img, ((py, py), (px, px), (0, 0)), mode="reflect")
+    img = padded[y:y + hh, x:x + ww]
+  x0, y0 = int(round(box[0] * sx)), int(round(box[1] * sy))
+  x1 = max(x0 + 1, int(round(box[2] * sx)))
+  y1 = max(y0 + 1, int(round(box[3] * sy)))
+  img = img[y0:y1, x0:x1]
+  if img.shape[:2] != (size, size):
+    # Bilinear, unless shrinking 2x or more, where it would alias: INTER_AREA then (7x the
+    # cost at a non-integer ratio). After a DCT-scaled decode the shrink is under 2x.
+    shrink = min(img.shape[0], img.shape[1]) >= 2 * size
+    img = cv2.resize(img, (size, size),
+                     interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+  if spec.rotate > 0:
+    angle = float(rng.uniform(-spec.rotate, spec.rotate))  # degrees, counter-clockwise as PIL
+    m = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), angle, 1.0)
+    img = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+  return _flip_and_colour(img, rng, spec)
 
 
 def _colour(img: np.ndarray, rng, spec: AugmentSpec) -> np.ndarray:
