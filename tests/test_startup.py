@@ -12,15 +12,22 @@ from gender_jax.data import fixtures, pipeline, prepare, sources
 
 @pytest.fixture
 def record_reads(monkeypatch):
-  """Counts records parsed from array_record (each parse reads the JPEG bytes)."""
+  """Counts records parsed from array_record (each parse reads the JPEG bytes), by TFDS or
+  by the pipeline's own parse (schema.from_example)."""
+  from gender_jax.data import schema
   reads = []
-  real = tfds_sources.BaseDataSource._deserialize
+  real, real_example = tfds_sources.BaseDataSource._deserialize, schema.from_example
 
   def counting(self, record):
     reads.append(1)
     return real(self, record)
 
+  def counting_example(serialized):
+    reads.append(1)
+    return real_example(serialized)
+
   monkeypatch.setattr(tfds_sources.BaseDataSource, "_deserialize", counting)
+  monkeypatch.setattr(schema, "from_example", counting_example)
   return reads
 
 

@@ -155,9 +155,15 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
   ds = _ProcessExamples(train_examples(config), per_process, process_index, process_count,
                         start_step)
   threads, workers = input_parallelism(config)
+  # The threads take a few consecutive examples per task: one task per image costs ~20% more
+  # CPU per image in hand-offs (measured: 1,932 img/CPU-s on the caller's thread, 1,552 with
+  # one prefetch thread). The examples, and so the batches, are the same for any chunk.
+  chunk = _chunk_size(per_process) if config.data.prefetch else 1
+  if chunk > 1:
+    ds = _Chunks(ds, chunk)
   # prefetch counts batches; the threads work ahead over that many examples (prefetch 0:
   # none, each example decoded on the caller's thread when asked for).
-  buffer = max(config.data.prefetch * per_process, threads) if config.data.prefetch else 0
+  buffer = max(config.data.prefetch * per_process // chunk, threads) if config.data.prefetch else 0
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer))
   if workers > 0:
     from absl import flags
@@ -167,4 +173,34 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
     # the batches are the same for any worker count.
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=max(1, -(-per_process // workers))))
+  if chunk > 1:
+    return it.batch(per_process // chunk, drop_remainder=True, batch_fn=_concat)
   return it.batch(per_process, drop_remainder=True)
+
+
+def _chunk_size(per_process: int, most: int = 8) -> int:
+  return max(c for c in range(1, most + 1) if per_process % c == 0)
+
+
+def _concat(chunks):
+  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+class _Chunks(grain.MapDataset):
+  """Element k: examples k·c … k·c + c - 1 of the parent, stacked (one task per c examples)."""
+
+  def __init__(self, parent: grain.MapDataset, chunk: int):
+    super().__init__(parent)
+    self._c = chunk
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._c
+
+  def __str__(self) -> str:
+    return f"Chunks({self._c})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    examples = [self._parent[int(index) * self._c + j] for j in range(self._c)]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
