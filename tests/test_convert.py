@@ -99,7 +99,7 @@ def _torch_stages(model, arch):
 @pytest.mark.parametrize("arch,size", [
     ("resnet18", 224),
     ("resnet50", 224),
-    ("vgg16", 224),
+    pytest.param("vgg16", 224, marks=pytest.mark.slow),  # the VGG paths: vgg16_bn below
     ("vgg16_bn", 64),  # block5 is 2x2: also exercises the adaptive 7x7 average pool
     # The other depths share the code paths above; smaller inputs keep them quick.
     *(pytest.param(a, 64, marks=pytest.mark.slow) for a in ("resnet34", "resnet101", "resnet152")),
@@ -242,6 +242,7 @@ KERAS_RESNET50_STAGES = {"stem": "pool1_pool", "layer1": "conv2_block3_out",
 KERAS_VGG_STAGES = {f"block{i}": f"block{i}_pool" for i in range(1, 6)}
 
 
+@pytest.mark.slow
 def test_keras_resnet50_parity(tmp_path):
   keras = _keras()
   size = 128  # global average pooling: any size >= 32 runs the same code
@@ -261,7 +262,8 @@ def test_keras_resnet50_parity(tmp_path):
   _assert_parity(_our_model("resnet50", "keras", flat, 1000), x, ref_logits, ref_stages)
 
 
-@pytest.mark.parametrize("arch", ["vgg16", pytest.param("vgg19", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the Keras key map's quick check: test_ports_zoo's MobileNet parities
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
 def test_keras_vgg_parity(tmp_path, arch):
   """With top, at 224 px: the only size where Keras's flatten feeds fc1 (7x7x512)."""
   keras = _keras()

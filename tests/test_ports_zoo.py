@@ -199,6 +199,7 @@ def _keras_inception(flat):
   return model
 
 
+@pytest.mark.slow  # the Inception code paths: test_torchvision_inception_v3_parity
 def test_keras_inception_v3_parity(tmp_path):
   """At 91 px the last blocks are 1x1-3x3: Keras's border-aware average pools matter there."""
   keras, ref, flat, meta = _keras_port(tmp_path, "inception_v3", "InceptionV3", 91)
