@@ -21,6 +21,7 @@ device instead (device_augment.py: the same operations, keyed per example).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 
 import numpy as np
@@ -143,40 +144,34 @@ def _flip_and_colour(out: np.ndarray, rng, spec: AugmentSpec) -> np.ndarray:
   return np.ascontiguousarray(out)
 
 
-_CV2 = None
-
-
+@functools.cache
 def _cv2():
-  global _CV2
-  if _CV2 is None:
-    import cv2
-    # The pipeline's threads are the parallelism: OpenCV's own pool under them would
-    # oversubscribe the cores (one image is far too small to split).
-    cv2.setNumThreads(1)
-    _CV2 = cv2
-  return _CV2
+  import cv2
+  # The pipeline's threads are the parallelism: OpenCV's own pool under them would
+  # oversubscribe the cores (one image is far too small to split).
+  cv2.setNumThreads(1)
+  return cv2
 
 
 def _train_image_cv(data, size: int, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:
   """The same steps and random draws as the PIL path, with libjpeg-turbo decoding a JPEG at
   the smallest DCT scale that still gives ≥ `size` px across the crop, and OpenCV's SIMD
-  resize (PIL's resample costs ~4x more per image, benchmarks/README.md)."""
+  resize (PIL's resample costs ~6x more per image, benchmarks/README.md)."""
   cv2 = _cv2()
   # The header alone where libjpeg-turbo can take the file: the crop is drawn on the full size
   # before any pixel is decoded. Anything else (other formats, EXIF orientation, every error
   # message) goes through PIL's decode.
   full = preprocess.turbo_jpeg_size(data)
-  decoded = None if full else preprocess.decode(data)
-  w, h = full or (decoded.shape[1], decoded.shape[0])
+  img = None if full else preprocess.decode(data)
+  w, h = full or (img.shape[1], img.shape[0])
   box = (0, 0, w, h)
   if spec.crop == "random_resized" and spec.crop_scale[0] < 1.0:
     y, x, ch, cw = _random_resized_box(h, w, rng, spec.crop_scale)
     box = (x, y, x + cw, y + ch)
-  if decoded is None:
+  if img is None:
     cw, ch = box[2] - box[0], box[3] - box[1]
-    decoded = preprocess.decode_jpeg_scaled(data, (min(w, -(-w * size // cw)),
-                                                   min(h, -(-h * size // ch))))
-  img = decoded
+    img = preprocess.decode_jpeg_scaled(data, (min(w, -(-w * size // cw)),
+                                               min(h, -(-h * size // ch))))
   sy, sx = img.shape[0] / h, img.shape[1] / w  # < 1 where decoded at a reduced DCT scale
   if spec.crop == "pad_crop" and spec.pad_fraction > 0:
     # Drawn in full-size pixels, as the PIL path does, then scaled to the decoded image.

@@ -174,7 +174,7 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0,
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=max(1, -(-per_process // workers))))
   if chunk > 1:
-    return it.batch(per_process // chunk, drop_remainder=True, batch_fn=_concat)
+    return it.batch(per_process // chunk, drop_remainder=True, batch_fn=_stack_chunks)
   return it.batch(per_process, drop_remainder=True)
 
 
@@ -182,12 +182,14 @@ def _chunk_size(per_process: int, most: int = 8) -> int:
   return max(c for c in range(1, most + 1) if per_process % c == 0)
 
 
-def _concat(chunks):
-  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+def _stack_chunks(chunks):
+  """The batch of the chunks' examples, stacked once (as grain's own batch would)."""
+  examples = [e for chunk in chunks for e in chunk]
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 class _Chunks(grain.MapDataset):
-  """Element k: examples k·c … k·c + c - 1 of the parent, stacked (one task per c examples)."""
+  """Element k: examples k·c … k·c + c - 1 of the parent, as a tuple (one task per c)."""
 
   def __init__(self, parent: grain.MapDataset, chunk: int):
     super().__init__(parent)
@@ -202,5 +204,4 @@ class _Chunks(grain.MapDataset):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
-    examples = [self._parent[int(index) * self._c + j] for j in range(self._c)]
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    return tuple(self._parent[int(index) * self._c + j] for j in range(self._c))

@@ -89,8 +89,8 @@ def turbo_jpeg_size(data, max_pixels: int | None = None) -> tuple[int, int] | No
   that path does not apply, so the caller takes `decode` (PIL), which also says what is
   wrong with a bad file: not JPEG bytes, a colour space other than YCbCr/grey/RGB, an EXIF
   block (its orientation is PIL's to apply), over the pixel limit, or no simplejpeg."""
-  if (_simplejpeg is None or not isinstance(data, bytes) or data[:2] != b"\xff\xd8"
-      or b"Exif\x00" in data[:65536]):
+  if (_simplejpeg is None or not isinstance(data, bytes) or not data.startswith(b"\xff\xd8")
+      or data.find(b"Exif\x00", 0, 65536) >= 0):  # searched in place: no copy of the file
     return None
   try:
     h, w, colorspace, _ = _simplejpeg.decode_jpeg_header(data)
