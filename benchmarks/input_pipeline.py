@@ -12,7 +12,8 @@ each size, runs:
   grain +host colour     the same with colour jitter 0.4 and grayscale 0.1 on the host
                          (data.device_augment off: what moving them to the device saves)
   grain host share       data.device_augment on: the host only decodes, crops, resizes
-    … ×2 threads, 1 worker, 2 workers (processes; one thread each)
+    … on one read thread (the consumer apart, as with more), ×2 threads, 1 worker,
+      2 workers (processes; one thread each)
   grain stored           host share over the copy stored at ~1.15x the size
   … PIL backend          host share with data.image_backend="pil" (PIL decode and resize;
                          the default "opencv" is libjpeg-turbo + OpenCV), 1 and 2 threads
@@ -75,15 +76,17 @@ def _measure(iterator, batches, batch_size, warmup=2):
   return dict(img_s_wall=n / wall, img_per_cpu_s=n / cpu, batch=list(shape))
 
 
-def _config(sources_dict, size, batch_size, threads=1, workers=0, **data):
+def _config(sources_dict, size, batch_size, threads=1, workers=0, prefetch=None, **data):
+  """prefetch None: 0 (decode on the caller's thread) for one thread and no worker, else 2."""
   from configs.common import get_base_config
   config = get_base_config()
+  if prefetch is None:
+    prefetch = 0 if threads == 1 and not workers else 2
   with config.unlocked():
     for name, options in sources_dict.items():
       config.data.sources[name] = options
     config.data.update(dict(image_size=size, batch_size=batch_size, read_threads=threads,
-                            prefetch=0 if threads == 1 and not workers else 2,
-                            num_workers=workers))
+                            prefetch=prefetch, num_workers=workers))
     config.data.update(data)
   return config
 
@@ -138,6 +141,8 @@ def rows_for_size(size, args, folder_options, records):
       ("grain +host colour", 1, 0, lambda: grain_pipeline(_config(
           {"folder": dict(folder_options, **HOST_COLOUR)}, n, b))),
       ("grain host share", 1, 0, lambda: grain_pipeline(_config(folder, n, b, **device))),
+      ("grain host share, read thread", 1, 0, lambda: grain_pipeline(_config(
+          folder, n, b, 1, prefetch=2, **device))),
       ("grain host share", 2, 0, lambda: grain_pipeline(_config(folder, n, b, 2, **device))),
       ("grain host share", 1, 1, lambda: grain_pipeline(_config(folder, n, b, 1, 1, **device))),
       ("grain host share", 1, 2, lambda: grain_pipeline(_config(folder, n, b, 1, 2, **device))),

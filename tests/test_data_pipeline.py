@@ -237,3 +237,33 @@ def test_input_parallelism_defaults():
   assert parallelism(-1, 2) == (1, 2)
   assert parallelism(3, -1) == (3, 0)
   assert parallelism(4, 1) == (4, 1)
+
+
+def test_epochs_stream_is_graings_shuffle_repeat_random_map(folder_source):
+  """The training stream's one-step source (`_Epochs`) gives, element for element, what
+  grain's `source().shuffle().repeat().random_map()` gives: the same records in the same
+  per-epoch order, the same random draws; also after pickling (worker processes), and its
+  training reads carry the same image, label and path as full reads."""
+  import cloudpickle
+  import grain
+  config = _config({"folder": folder_source})
+  source = sources.get_source("folder", "train", config)
+
+  def fn(record, rng):
+    return record["path"], record["label"], record["image"], tuple(rng.random(3)), \
+        int(rng.integers(1000))
+  reference = (grain.MapDataset.source(source).shuffle(seed=11).repeat()
+               .random_map(fn, seed=29))
+  stream = pipeline._Epochs(source, fn, shuffle_seed=11, map_seed=29)
+  n = len(source)
+  indices = list(range(3 * n)) + [10**6 + 5, 2**40 + 3]  # three epochs, and far ahead
+  assert [stream[i] for i in indices] == [reference[i] for i in indices]
+  # Each epoch is a permutation of the split, and the next epoch is another one.
+  first = [stream[i][0] for i in range(n)]
+  second = [stream[i][0] for i in range(n, 2 * n)]
+  assert sorted(first) == sorted(second) == sorted(source[i]["path"] for i in range(n))
+  assert first != second
+  copy = cloudpickle.loads(cloudpickle.dumps(stream))
+  assert [copy[i] for i in indices[:20]] == [reference[i] for i in indices[:20]]
+  full, lite = source[3], sources.training_reader(source)(3)
+  assert {k: full[k] for k in lite} == lite and {"image", "label", "path"} <= set(lite)

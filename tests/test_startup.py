@@ -22,9 +22,9 @@ def record_reads(monkeypatch):
     reads.append(1)
     return real(self, record)
 
-  def counting_example(serialized):
+  def counting_example(serialized, *args):
     reads.append(1)
-    return real_example(serialized)
+    return real_example(serialized, *args)
 
   monkeypatch.setattr(tfds_sources.BaseDataSource, "_deserialize", counting)
   monkeypatch.setattr(schema, "from_example", counting_example)

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 
 import grain
 import jax
 import ml_collections
 import numpy as np
+
+from grain._src.python.experimental.index_shuffle.python import index_shuffle_module
 
 from gender_jax.data import augment, balance, preprocess, sources
 
@@ -70,8 +74,9 @@ def input_parallelism(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
   `data.read_threads` < 0 ("auto"): on an accelerator host every usable core but one (the
   loop's: transfer and dispatch), on a CPU backend CPU_BACKEND_THREADS (the step needs the
-  cores). `data.num_workers` < 0: 0 — PIL decodes and resizes without the GIL, so threads
-  scale where processes would add a copy of every example (benchmarks/README.md).
+  cores). `data.num_workers` < 0: 0 — libjpeg-turbo and OpenCV (or PIL) decode and resize
+  without the GIL, so threads scale (2 threads: 1.3-1.4x one on two cores) where processes
+  would add a copy of every example (about 2x the CPU per image; benchmarks/README.md).
   """
   threads = config.data.get("read_threads", 2)
   workers = config.data.get("num_workers", 0)
@@ -81,6 +86,56 @@ def input_parallelism(config: ml_collections.ConfigDict) -> tuple[int, int]:
     cores = CPU_BACKEND_THREADS if jax.default_backend() == "cpu" else _usable_cores() - 1
     threads = max(1, cores // max(1, workers))  # each worker process runs its own threads
   return int(threads), int(workers)
+
+
+class _Epochs(grain.MapDataset):
+  """`MapDataset.source(source).shuffle(shuffle_seed).repeat().random_map(fn, map_seed)` in one
+  step, element for element (tests/test_data_pipeline.py compares them): the same per-epoch
+  index shuffle and the same Philox stream per element. grain's chain runs four Python
+  layers with per-element statistics around each read, about a third of an image's time
+  under the GIL at 112 px, which is what kept a second read thread from adding throughput.
+  """
+
+  def __init__(self, source, fn, *, shuffle_seed: int, map_seed: int):
+    super().__init__([])
+    if not 0 <= shuffle_seed < 2**32:
+      raise ValueError(f"shuffle seed {shuffle_seed} must be in [0, 2**32)")
+    self._source, self._fn, self._n = source, fn, len(source)
+    self._read = sources.training_reader(source)
+    self._shuffle_seed = shuffle_seed
+    self._key = np.random.Philox(map_seed).state["state"]["key"]  # grain seeds Philox(seed)
+    self._local = threading.local()
+
+  def __getstate__(self):
+    return dict(self.__dict__, _local=None)  # worker processes make their own generators
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _local=threading.local())
+
+  def __len__(self) -> int:
+    return sys.maxsize if self._n else 0
+
+  def __str__(self) -> str:
+    return f"Epochs({self._source!r})"
+
+  def _rng(self, index: int) -> np.random.Generator:
+    """The element's generator: Philox at counter (0, 0, 0, index), as grain's random_map."""
+    rng = getattr(self._local, "rng", None)
+    if rng is None:
+      rng = self._local.rng = np.random.Generator(np.random.Philox(key=self._key))
+    rng.bit_generator.state = {
+        "bit_generator": "Philox", "state": {"counter": np.array([0, 0, 0, index], np.uint64),
+                                             "key": self._key},
+        "buffer": np.zeros(4, np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+    return rng
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, position = divmod(int(index), self._n)
+    shuffled = index_shuffle_module.index_shuffle(
+        position, max_index=self._n - 1, seed=(self._shuffle_seed + epoch) % 2**32, rounds=4)
+    return self._fn(self._read(shuffled), self._rng(int(index)))
 
 
 class _ProcessExamples(grain.MapDataset):
@@ -131,10 +186,9 @@ def train_examples(config: ml_collections.ConfigDict) -> grain.MapDataset:
     # Each source reshuffles every epoch (grain reseeds its shuffle per pass); augmentation
     # randomness is seeded by the element's index in its source stream: deterministic
     # whatever the worker count.
-    streams.append(grain.MapDataset.source(source)
-                   .shuffle(seed=config.seed + 7919 * i).repeat()
-                   .random_map(_train_record(source, spec, config.data.image_size, i),
-                               seed=config.seed + 104729 * (i + 1)))
+    streams.append(_Epochs(source, _train_record(source, spec, config.data.image_size, i),
+                           shuffle_seed=config.seed + 7919 * i,
+                           map_seed=config.seed + 104729 * (i + 1)))
   return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, list(weights.values()))
 
 

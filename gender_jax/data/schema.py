@@ -152,19 +152,23 @@ def from_record(record: dict[str, Any]) -> dict[str, Any]:
           "subgroups": json.loads(text(record["subgroups"]) or "{}")}
 
 
-def from_example(serialized: bytes) -> dict[str, Any]:
+def from_example(serialized: bytes, metadata: bool = True) -> dict[str, Any]:
   """One serialized record of `features()` → the pipeline's record dict, as `from_record`
   gives after TFDS's own parse, but read straight from the tf.Example: TFDS's generic numpy
   conversion costs ~0.1 ms a record in Python, a quarter of a small image's whole host
-  cost in training (benchmarks/README.md, "Input pipeline")."""
+  cost in training (benchmarks/README.md, "Input pipeline"). `metadata=False`: image,
+  label, source and path only (what training reads; no JSON to parse)."""
   from tensorflow_datasets.proto import tf_example_pb2
   f = tf_example_pb2.Example.FromString(serialized).features.feature
 
   def text(key):
     return f[key].bytes_list.value[0].decode()
-  return {"image": f["image"].bytes_list.value[0], "label": int(f["label"].int64_list.value[0]),
-          "source": text("source"), "identity": text("identity"), "path": text("path"),
-          "subgroups": json.loads(text("subgroups") or "{}")}
+  record = {"image": f["image"].bytes_list.value[0],
+            "label": int(f["label"].int64_list.value[0]), "source": text("source"),
+            "path": text("path")}
+  if metadata:
+    record.update(identity=text("identity"), subgroups=json.loads(text("subgroups") or "{}"))
+  return record
 
 
 def index_fields(record: dict[str, Any]) -> dict[str, Any]:

@@ -161,6 +161,12 @@ def columns(source) -> dict[str, list]:
   return out
 
 
+def training_reader(source):
+  """`source`'s reader of training records (`training_record` where it has one: the
+  metadata a training example does not need left unparsed), else its `__getitem__`."""
+  return getattr(source, "training_record", source.__getitem__)
+
+
 class Subset:
   """The records of `source` at `indices`, in that order (random access, grain protocol)."""
 
@@ -174,6 +180,9 @@ class Subset:
 
   def __getitem__(self, index: int):
     return self.source[self.indices[index]]
+
+  def training_record(self, index: int):
+    return training_reader(self.source)(self.indices[index])
 
   def __getstate__(self):
     return dict(self.__dict__, _columns=None)
