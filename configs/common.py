@@ -66,6 +66,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.ema_decay = 0.0
   config.optimizer.ema_warmup = False
   config.label_smoothing = 0.1
+  config.mixup_alpha = 0.0  # mixup in the train step, λ ~ Beta(α, α) (0: off; e.g. 0.2)
   config.total_steps = placeholder(int)
   config.total_epochs = placeholder(float)
   config.total_examples = placeholder(int)

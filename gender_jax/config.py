@@ -48,6 +48,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= ema_decay < 1.0:
     errors.append(f"optimizer.ema_decay={ema_decay}: use 0 (off) or a decay in (0, 1), "
                   "e.g. 0.999")
+  if config.get("mixup_alpha", 0.0) < 0:
+    errors.append(f"mixup_alpha={config.mixup_alpha}: use 0 (off) or a Beta(α, α) parameter "
+                  "> 0, e.g. 0.2")
   if config.optimizer.name not in OPTIMIZERS:
     errors.append(f"optimizer.name={config.optimizer.name!r}: choose from {OPTIMIZERS}")
   if config.model.compute_dtype == "float16":

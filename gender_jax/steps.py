@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gender_jax import config as config_lib, finetune, parallel
+from gender_jax import config as config_lib, finetune, mixup, parallel
 from gender_jax.data import device_augment, preprocess
 from gender_jax.models import create_model
 
@@ -79,6 +79,7 @@ def make_train_step(train_graphdef, tx, spec, config, frozen_stats, frozen_param
   """
   compute_dtype = jnp.dtype(config.model.compute_dtype)
   smoothing = config.label_smoothing
+  mixup_alpha = float(config.get("mixup_alpha", 0.0))
   base_key = jax.random.key(config.seed)
   use_ema = bool(config.optimizer.get("ema_decay", 0.0))
   on_device = bool(config.data.get("device_augment", False))
@@ -96,12 +97,15 @@ def make_train_step(train_graphdef, tx, spec, config, frozen_stats, frozen_param
     if on_device:
       images = device_augment.augment_batch(batch, aug_key, state["step"], aug_params)
     inputs = preprocess.normalize(images, spec, compute_dtype)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, config.model.num_classes), smoothing)
+    if mixup_alpha > 0:  # accuracy below stays against each example's own label
+      inputs, targets, _ = mixup.mix(inputs, targets, mixup.step_key(config.seed, state["step"]),
+                                     mixup_alpha)
 
     def loss_fn(params):
       params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p, frozen, params)
       model = nnx.merge(train_graphdef, params, state["batch_stats"], copy=True)
       logits = model(inputs, rngs=nnx.Rngs(dropout=rng))
-      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
       loss = optax.softmax_cross_entropy(logits, targets).mean()
       return loss, (logits, nnx.state(model, nnx.BatchStat))
 
