@@ -24,6 +24,8 @@ import jax
 import ml_collections
 import numpy as np
 
+# grain's own index shuffle, the one its `shuffle` uses (not exported; grain is pinned, and
+# tests/test_data_pipeline.py would see a change in it).
 from grain._src.python.experimental.index_shuffle.python import index_shuffle_module
 
 from gender_jax.data import augment, balance, preprocess, sources
@@ -132,6 +134,8 @@ class _Epochs(grain.MapDataset):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
+    if not self._n:
+      raise IndexError(f"{self._source!r} has no records to train on")
     epoch, position = divmod(int(index), self._n)
     shuffled = index_shuffle_module.index_shuffle(
         position, max_index=self._n - 1, seed=(self._shuffle_seed + epoch) % 2**32, rounds=4)
