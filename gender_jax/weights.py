@@ -65,8 +65,15 @@ def save_weights(directory: str, flat: dict[str, np.ndarray], meta: dict[str, An
     ckptr.save(os.path.join(directory, "weights"), flat, force=True)
     ckptr.wait_until_finished()
   if jax.process_index() == 0:  # every process joins Orbax's save; one writes the JSON
-    with open(os.path.join(directory, "meta.json"), "w") as f:
+    path = os.path.join(directory, "meta.json")
+    with open(path + ".tmp", "w") as f:  # renamed whole: a reader never sees half a file
       json.dump(meta, f, indent=2)
+    os.replace(path + ".tmp", path)
+  if jax.process_count() > 1:
+    # The others may read the directory next (the trainer calibrates the bundle on every
+    # process): none goes on before meta.json is there.
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("gender_jax: weights written")
 
 
 def read_meta(directory: str) -> dict[str, Any]:
