@@ -136,10 +136,11 @@ class _Epochs(grain.MapDataset):
       return self.slice(index)
     if not self._n:
       raise IndexError(f"{self._source!r} has no records to train on")
-    epoch, position = divmod(int(index), self._n)
+    index = int(index)
+    epoch, position = divmod(index, self._n)
     shuffled = index_shuffle_module.index_shuffle(
         position, max_index=self._n - 1, seed=(self._shuffle_seed + epoch) % 2**32, rounds=4)
-    return self._fn(self._read(shuffled), self._rng(int(index)))
+    return self._fn(self._read(shuffled), self._rng(index))
 
 
 class _ProcessExamples(grain.MapDataset):
