@@ -125,9 +125,11 @@ def main(argv=None):
   for band in results[names[0]]["age_band"]:
     row(f"age {band}", lambda r, k=band: r["age_band"].get(k))
   row("ECE", lambda r: r["ece"])
-  lines.append("| race gap (points) | " + " | ".join(
-      f"{results[n]['headline'].get('race_gap', {}).get('points', float('nan')):.1f}"
-      for n in names) + " |")
+  for key, label in (("race_gap", "race gap (points)"),
+                     ("race_gap_adults", "race gap, adults 20-69 (points)")):
+    lines.append(f"| {label} | " + " | ".join(
+        f"{results[n]['headline'].get(key, {}).get('points', float('nan')):.1f}"
+        for n in names) + " |")
   print(f"{args.split} split: {len(rows)} images of {args.data}\n")
   print("\n".join(lines))
   if args.json:

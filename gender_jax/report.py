@@ -76,15 +76,18 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
   md += [f"- {name}: balanced accuracy {fmt(h[key]['balanced_accuracy'])} (n={h[key]['count']})"
          for key, name in (("adults_20_69", "Adults 20-69"), ("children_0_9", "Children 0-9"))
          if key in h]
-  if "race_gap" in h:
-    g = h["race_gap"]
-    md.append(f"- Race groups: best − worst balanced accuracy {g['points']:.1f} points "
-              f"({g['best']} − {g['worst']})")
+  for key, within in (("race_gap", ""), ("race_gap_adults", ", adults 20-69 only")):
+    if key in h:
+      g = h[key]
+      md.append(f"- Race groups{within}: best − worst balanced accuracy {g['points']:.1f} points "
+                f"({g['best']} − {g['worst']})")
   if len(report["by_source"]) > 1:
     md += ["", "## Per source", ""] + _group_table(report["by_source"], "source")
   for field, groups in report["subgroups"].items():
     md += ["", f"## By {field}", ""] + _group_table(groups, field)
     md += ["", f"![{field}](subgroup_{field}.png)"]
+  for field, groups in report.get("within_adults", {}).items():
+    md += ["", f"## By {field}, adults 20-69 only", ""] + _group_table(groups, field)
   md += ["", "## Calibration", "",
          f"Temperature {cal['temperature']:.4f} ({cal['source']}"
          + (f", fitted on {cal['fitted']['data']}, {cal['fitted']['count']} images" if cal["fitted"]

@@ -113,6 +113,13 @@ def test_evaluate_outputs_groups_and_age_bands():
   assert r["headline"]["race_gap"]["points"] == pytest.approx(100 * abs(
       races["0 White"]["balanced_accuracy"]["value"] - races["1 Black"]["balanced_accuracy"]["value"]),
       abs=0.01)
+  # The same groups within adults 20-69 only (ages 25..65: i = 2..6), and their gap.
+  within = r["within_adults"]["race"]
+  assert within["0 White"]["count"] == 3 and within["1 Black"]["count"] == 2
+  assert "age_band" not in r["within_adults"] and "age_group" not in r["within_adults"]
+  assert r["headline"]["race_gap_adults"]["points"] == pytest.approx(100 * abs(
+      within["0 White"]["balanced_accuracy"]["value"]
+      - within["1 Black"]["balanced_accuracy"]["value"]), abs=0.01)
 
 
 def test_evaluate_cli_writes_report_and_plots(tmp_path):
