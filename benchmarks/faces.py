@@ -168,6 +168,9 @@ def fused(args, kinds, bundle):
   return rows
 
 
+SMALL_FACE = 112  # px: the in-the-wild photos' faces are 75-150 px wide
+
+
 def balanced_accuracy(labels, predicted):
   labels, predicted = np.asarray(labels), np.asarray(predicted)
   return float(np.mean([(predicted[labels == c] == c).mean() for c in np.unique(labels)]))
@@ -195,7 +198,10 @@ def accuracy(args, kinds, bundle):
   labels = [names.index(os.path.dirname(r["path"])) if r["label"] not in ("0", "1")
             else int(r["label"]) for r in test]
   rng = np.random.default_rng(3)
-  photos = [scenes.in_the_wild(rng, c, crops).image for c in crops]
+  scenes_ = [scenes.in_the_wild(rng, c, crops) for c in crops]
+  photos = [p.image for p in scenes_]
+  # The pasted face's side in the 250-px photo: small faces (75-112 px) lose the most.
+  small = np.asarray([p.squares[0, 2] - p.squares[0, 0] < SMALL_FACE for p in scenes_])
   predictor = Predictor(bundle, batch_size=64)
   off = [_top_class(a, names) for a in predictor.predict(photos)]
   ref = [_top_class(a, names) for a in predictor.predict(crops)]
@@ -214,6 +220,10 @@ def accuracy(args, kinds, bundle):
     rows.append(dict(part="accuracy", detector=kind, metric="balanced acc, --faces detect",
                      value=balanced_accuracy(labels, got), n=len(test),
                      note=f"face found in {found / len(test):.1%}; none = wrong"))
+    for name, part in ((f"faces < {SMALL_FACE} px", small), (f"faces ≥ {SMALL_FACE} px", ~small)):
+      rows.append(dict(part="accuracy", detector=kind, metric=f"  {name}", n=int(part.sum()),
+                       value=balanced_accuracy(np.asarray(labels)[part], np.asarray(got)[part]),
+                       note="of the same photos"))
   return rows
 
 
@@ -231,8 +241,9 @@ def main(argv=None):
                    ("fused", lambda: fused(args, kinds, bundle)),
                    ("accuracy", lambda: accuracy(args, kinds, bundle))):
     if part in parts:
-      rows += fn()
-      print(common.format_table(rows[-2:], COLUMNS).split("\n", 2)[-1], flush=True)
+      new = fn()
+      rows += new
+      print(common.format_table(new, COLUMNS).split("\n", 2)[-1], flush=True)
   common.report("faces", rows, COLUMNS, info, args)
 
 
