@@ -4,6 +4,8 @@
       --src resnet50-11ad3fa6.pth --out weights/resnet50_torchvision
   python -m gender_jax.convert --from keras --arch vgg16 \\
       --src vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 --out weights/vgg16_keras
+  python -m gender_jax.convert --from dlib --arch dlib_resnet \\
+      --src dlib_face_recognition_resnet_model_v1.dat --out weights/dlib_face
 
 The 1000-class head is dropped unless --keep-head (used by the parity checks).
 """
@@ -25,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--arch", required=True,
                       help="; ".join(f"{s}: {', '.join(a)}" for s, a in ARCHS.items()) +
                       " (example: --arch resnet50)")
-  parser.add_argument("--src", required=True, help=".pth/.pt, .safetensors or Keras .h5 file (example: --src resnet50.pth)")
+  parser.add_argument("--src", required=True, help=".pth/.pt, .safetensors, Keras .h5 or dlib .dat file (example: --src resnet50.pth)")
   parser.add_argument("--out", required=True, help="output weights directory (example: --out weights/resnet50_tv)")
   parser.add_argument("--keep-head", action="store_true",
                       help="also store the source's classifier head (num_classes = its classes; "

@@ -25,6 +25,9 @@ PRESETS = {
                         std=(58.395, 57.12, 57.375)),
     # Keras VGG16/19 and ResNet50 ("caffe" mode): BGR, mean subtraction, no scaling.
     "caffe": dict(channel_order="BGR", mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0)),
+    # dlib's face-recognition ResNet: RGB, (x - its mean)/256 (input_rgb_image_sized).
+    "dlib": dict(channel_order="RGB", mean=(122.782, 117.001, 104.298),
+                 std=(256.0, 256.0, 256.0)),
     # From scratch: x/127.5 - 1.
     "scratch": dict(channel_order="RGB", mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5)),
 }

@@ -4,14 +4,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from gender_jax.models import cnn_small, inception, mobilenet, resnet, vgg
+from gender_jax.models import cnn_small, dlib_resnet, inception, mobilenet, resnet, vgg
 
 ARCHS = (*resnet.SPECS, *(n + bn for n in vgg.CFGS for bn in ("", "_bn")), "cnn_small",
-         *mobilenet.SPECS, "inception_v3")
+         *mobilenet.SPECS, "inception_v3", "dlib_resnet")
 
 # Smallest input each arch accepts: below it, Inception-v3's unpadded strides shrink the
 # feature map to nothing (it still "runs", on zero pixels).
-MIN_IMAGE_SIZE = {"inception_v3": 75}
+MIN_IMAGE_SIZE = {"inception_v3": 75, "dlib_resnet": 103}
 
 def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
   """Builds the model a `config.model` section names; call inside `nnx.eval_shape` for shapes."""
@@ -38,4 +38,6 @@ def create_model(model_config, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
                                  transform_input=model_config.get("transform_input", False),
                                  variant=model_config.get("variant", "torchvision"),
                                  **kwargs)
+  if name == "dlib_resnet":
+    return dlib_resnet.DlibResNet(**kwargs)
   raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")

@@ -27,13 +27,14 @@ from gender_jax.models import ports_zoo
 from gender_jax.models.keymaps import (_KERAS_BN_LEAF, _KERAS_LEAF, _TORCH_LEAF, IDENTITY,
                                        _by_ndim, _nchw_flatten_linear)
 
-SOURCES = ("torchvision", "keras")
+SOURCES = ("torchvision", "keras", "dlib")
 MOBILENETS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 ARCHS = {
     "torchvision": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                     *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
                     *MOBILENETS, "inception_v3"),
     "keras": ("vgg16", "vgg19", "resnet50", *MOBILENETS, "inception_v3"),
+    "dlib": ("dlib_resnet",),  # dlib_face_recognition_resnet_model_v1.dat
 }
 # The model conventions and the input each source's ImageNet weights were trained on.
 VARIANT = {"torchvision": "torchvision", "keras": "keras"}
@@ -365,10 +366,29 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
+def _convert_dlib(path: str, arch: str, keep_head: bool) -> tuple[dict, dict[str, Any]]:
+  """dlib's face-recognition network: its own file format and one arch; a descriptor
+  network has no classifier head, so ours is always fresh."""
+  from gender_jax.models import dlib_dat, dlib_resnet
+  if arch not in ARCHS["dlib"]:
+    raise ValueError(f"dlib has no {arch!r} port; choose from {', '.join(ARCHS['dlib'])}")
+  if keep_head:
+    raise ValueError(f"{path}: dlib's network ends in a 128-d descriptor, not a classifier: "
+                     "there is no head to keep")
+  flat = dlib_dat.read_file(path)
+  meta = dict(arch=arch, variant="dlib", source="dlib",
+              preprocessing=preprocess.make_spec(dlib_resnet.NATIVE_SIZE, "dlib"),
+              num_source_classes=None, has_head=False, fresh_prefixes=[HEAD], dropped=[])
+  return flat, meta
+
+
 def convert_file(path: str, *, source: str, arch: str, keep_head: bool = False,
                  width: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Reads and converts one weights file; meta records where it came from."""
-  flat, meta = convert_tensors(read_tensors(path), source=source, arch=arch,
-                               keep_head=keep_head, origin=path, width=width)
+  if source == "dlib":
+    flat, meta = _convert_dlib(path, arch, keep_head)
+  else:
+    flat, meta = convert_tensors(read_tensors(path), source=source, arch=arch,
+                                 keep_head=keep_head, origin=path, width=width)
   meta.update(source_file=os.path.basename(path), source_sha256=_sha256(path))
   return flat, meta
