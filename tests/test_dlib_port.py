@@ -139,3 +139,28 @@ def test_not_a_dlib_file_is_one_clear_error(tmp_path, capsys):
   assert convert.main(["--from", "dlib", "--arch", "resnet18", "--src", str(path),
                        "--out", str(tmp_path / "o")]) == 1
   assert "dlib_resnet" in capsys.readouterr().err
+
+
+def test_fine_tunes_from_converted_weights_with_the_early_levels_frozen(tmp_path):
+  """The trainer takes the port end to end: init_from's preset and variant, last_n frozen."""
+  from gender_jax import trainer
+  from tests.helpers import bundle_weights, tiny_config
+  src, weights = tmp_path / "face.dat", str(tmp_path / "weights")
+  flat = _random_flat()
+  src.write_bytes(dlib_dat.write_layers(dlib_dat.from_flat(flat)))
+  assert convert.main(["--from", "dlib", "--arch", "dlib_resnet", "--src", str(src),
+                       "--out", weights]) == 0
+  config = tiny_config(**{"model.arch": "dlib_resnet", "data.image_size": 104,
+                          "data.sources.synthetic.image_size": 112, "data.batch_size": 16,
+                          "data.eval_batch_size": 16, "total_steps": 2, "eval_every_steps": 2,
+                          "checkpoint.checkpoint_every_steps": 2, "init_from": weights,
+                          "finetune.mode": "last_n", "finetune.last_n": 4,
+                          "optimizer.warmup_steps": 0})  # step 2 updates: the head starts at 0
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  meta = read_meta(str(tmp_path / "run" / "bundle"))
+  assert meta["preprocessing"]["preset"] == "dlib" and meta["model"]["variant"] == "dlib"
+  out = bundle_weights(str(tmp_path / "run"))
+  for key in ("conv1/kernel", "level4/0/aff1/scale", "level3/3/conv2/kernel"):  # frozen
+    np.testing.assert_array_equal(out[key], flat[key], err_msg=key)
+  for key in ("level2/0/conv1/kernel", "level0/0/aff2/bias", "embed/kernel"):  # trained
+    assert not np.array_equal(out[key], flat[key]), key
