@@ -10,7 +10,24 @@ The `.dat` file is the user's: dlib's model (CC0) ships in the PyPI sdist
 `face_recognition_models==0.3.0` (models/dlib_face_recognition_resnet_model_v1.dat).
 The network sees 150-px faces, as it was trained. The last three levels (from 17 px on), the
 descriptor and the new head train (`finetune.mode=last_n`); the stem and the first two levels
-stay as dlib trained them, which keeps a step at ~3x the speed of training everything.
+stay as dlib trained them, which keeps a step at ~3x the speed of training everything
+(65-70 img/s against 23 on 2 CPU cores; trained everything at this learning rate, the first
+40 steps went nowhere: loss 0.69).
+
+Full UTKFace (18,655 train), 5 epochs (1,457 steps), 34 min on 2 CPU cores (the last 20 beside
+another training; ~25 alone), flip TTA, 95% CIs; `configs/utkface.py`'s bundle beside it:
+
+| | validation balanced | test balanced | adults 20-69 | children 0-9 | race gap (adults) | ECE |
+|---|---|---|---|---|---|---|
+| `configs/utkface.py` (ResNet-18 at 3/8 width, 96 px, from scratch, 18 epochs) | 0.916 [0.905, 0.927] | 0.920 [0.910, 0.931] | 0.966 | 0.695 | 5.1 (2.8) | 0.011 |
+| **this: dlib's ResNet, last 4 stages fine-tuned, 150 px, 5 epochs** | **0.938 [0.927, 0.948]** | **0.934 [0.924, 0.944]** | **0.977 [0.970, 0.984]** | 0.708 [0.659, 0.760] | 8.4 (2.4) | 0.010 |
+
+Validation without TTA by epoch: 0.893, 0.911, 0.914, 0.928, 0.932. Test, read once: race
+White 0.938, Black 0.969, Asian 0.885, Indian 0.935, Others 0.922; ages 10-19 0.930, 70+ 0.901;
+AUC 0.981; ECE 0.045 before temperature scaling (T=0.67, fitted on validation), 0.010 after.
+The overall race gap is wider than the from-scratch model's because the adults gained most
+(0.966 → 0.977) and the children least (0.695 → 0.708): a quarter of the Asian test images
+are children aged 0-9, 3% of the Black ones. Among adults 20-69 the gap is 2.4 points.
 """
 from configs.common import get_base_config, use_adamw
 
