@@ -56,6 +56,8 @@ def parse_args(argv=None):
   p.add_argument("--bundle", help="inference bundle (fused: random resnet18/16 at 64 px if none)")
   p.add_argument("--photos", type=int, default=40, help="group photos for recall")
   p.add_argument("--limit", type=int, help="at most this many test images (accuracy)")
+  p.add_argument("--tta", default="none", choices=("none", "flip"),
+                 help="accuracy: flip TTA for the crops and the aligned faces alike")
   p.add_argument("--steps", type=int, default=30, help="timed calls (speed, fused)")
   p.add_argument("--batch-size", type=int, default=32, help="fused program batch")
   p.add_argument("--one-core", action="store_true", help="pin to CPU 0, one XLA thread")
@@ -202,7 +204,7 @@ def accuracy(args, kinds, bundle):
   photos = [p.image for p in scenes_]
   # The pasted face's side in the 250-px photo: small faces (75-112 px) lose the most.
   small = np.asarray([p.squares[0, 2] - p.squares[0, 0] < SMALL_FACE for p in scenes_])
-  predictor = Predictor(bundle, batch_size=64)
+  predictor = Predictor(bundle, batch_size=64, tta=args.tta)
   off = [_top_class(a, names) for a in predictor.predict(photos)]
   ref = [_top_class(a, names) for a in predictor.predict(crops)]
   rows = [dict(part="accuracy", detector="—", metric="balanced acc, crops", n=len(test),
@@ -211,7 +213,7 @@ def accuracy(args, kinds, bundle):
                value=balanced_accuracy(labels, off), note="250x250 photo, face 0.3-0.6")]
   for kind in kinds:
     pipe = FacePipeline(bundle, detector=split_kind(kind)[0], detector_side=split_kind(kind)[1],
-                        max_faces=4, batch_size=16)
+                        max_faces=4, batch_size=16, tta=args.tta)
     got, found = [], 0
     for faces in pipe(photos):
       best = max(faces, key=lambda f: f["score"]) if faces else None

@@ -183,7 +183,7 @@ def evaluate_bundle(bundle_dir: str, datasets: Sequence[eval_data.Dataset], out_
   face_pipeline = None
   if faces != "off":
     from gender_jax.faces.fused import FacePipeline
-    face_pipeline = FacePipeline(bundle, detector=detector, faces=faces)
+    face_pipeline = FacePipeline(bundle, detector=detector, faces=faces, tta=tta)
   no_face: list[dict[str, str]] = []
   for ds in datasets:
     if face_pipeline is not None:
@@ -291,6 +291,10 @@ def main(argv=None):
   runs = [(b, None) for b in args.bundle] + [(os.path.join(w, "bundle"), w) for w in args.workdir]
   if not runs:
     raise errors.UsageError("give --bundle DIR or --workdir RUN")
+  from gender_jax.faces.fused import FACE_TTA
+  if args.faces != "off" and args.tta not in FACE_TTA:
+    raise errors.UsageError(f"--tta {args.tta} works with --faces off only; with faces, "
+                            f"--tta {' or '.join(FACE_TTA)}")
   # Before any data is read: every bundle is there and complete, the report can be written.
   errors.require_writable(args.out, "--out")
   for bundle_dir, workdir in runs:

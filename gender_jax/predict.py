@@ -184,8 +184,10 @@ def main(argv=None):
       side = check_side(args.detector, args.detector_side)
     except ValueError as e:
       raise errors.UsageError(f"--detector-side: {e}") from None
-  if args.tta != "none" and args.faces != "off":
-    raise errors.UsageError(f"--tta {args.tta} works with --faces off only")
+  from gender_jax.faces.fused import FACE_TTA
+  if args.tta not in FACE_TTA and args.faces != "off":
+    raise errors.UsageError(f"--tta {args.tta} works with --faces off only; with faces, "
+                            f"--tta {' or '.join(FACE_TTA)}")
   if args.save_crops:
     if args.faces == "off":
       raise errors.UsageError("--save-crops needs faces: drop --faces off")
@@ -215,7 +217,7 @@ def main(argv=None):
     pipeline = FacePipeline(bundle, detector=args.detector, max_faces=args.max_faces,
                             detector_side=side,
                             batch_size=max(1, args.batch_size // args.max_faces),
-                            faces=args.faces)
+                            faces=args.faces, tta=args.tta)
     columns = CSV_COLUMNS + FACE_COLUMNS
     source = face_rows(pipeline, paths, args.save_crops, progress=not args.quiet)
   rows = []

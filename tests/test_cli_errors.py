@@ -162,6 +162,16 @@ def test_predict_nothing_found(bundle, tmp_path):
                    "--out", f"{tmp_path}/p.csv"), "read 0", "no image files", status=1)
 
 
+def test_crops_tta_with_faces_names_what_works(bundle, tmp_path):
+  write_images(tmp_path / "imgs", 1)
+  assert_error(cli("gender_jax.predict", "--bundle", bundle, str(tmp_path / "imgs"), "--out",
+                   f"{tmp_path}/p.csv", "--faces", "detect", "--tta", "flip+crops"),
+               "--tta flip+crops", "--faces off only", "--tta none or flip")
+  assert_error(cli("gender_jax.evaluate", "--bundle", bundle, "--data", str(tmp_path / "imgs"),
+                   "--out", f"{tmp_path}/r", "--faces", "detect", "--tta", "crops"),
+               "--tta crops", "--tta none or flip")
+
+
 def test_evaluate_on_a_run_without_a_bundle(tmp_path):
   assert_error(cli("gender_jax.evaluate", "--workdir", str(tmp_path), "--out",
                    f"{tmp_path}/report"), str(tmp_path), "no bundle")

@@ -142,6 +142,28 @@ def test_auto_classifies_a_tight_crop_whole(utkface_2k, tmp_path):
   assert whole["p_male"] == pytest.approx(direct["p_male"], abs=1e-5)
 
 
+def test_flip_tta_averages_each_aligned_face_with_its_mirror(utkface_2k, tmp_path):
+  """`tta="flip"` in the fused program answers as the Predictor's flip TTA does on the same
+  aligned crop; and only flip is offered (crops would cut into the aligned framing)."""
+  from gender_jax.predictor import Predictor
+  # A high temperature keeps the random model's answers away from 0 and 1, where the
+  # mirror's effect would be lost in rounding.
+  bundle = Bundle(random_bundle(tmp_path / "bundle", size=32, seed=3, temperature=50.0))
+  crop = _crops(utkface_2k, 1, seed=6)[0]
+  photo = scenes.in_the_wild(np.random.default_rng(1), crop, [], side=300, scale=(0.5, 0.5))
+  plain = FacePipeline(bundle, detector="short", max_faces=2, batch_size=2, canvas=320)
+  flip = FacePipeline(bundle, detector="short", max_faces=2, batch_size=2, canvas=320,
+                      tta="flip")
+  [[face]], [[face_tta]] = plain([photo.image], crops=True), flip([photo.image])
+  [one] = Predictor(bundle).predict([face["crop"]])
+  [both] = Predictor(bundle, tta="flip").predict([face["crop"]])
+  assert face["p_male"] == pytest.approx(one["p_male"], abs=1e-5)
+  assert face_tta["p_male"] == pytest.approx(both["p_male"], abs=1e-5)
+  assert abs(both["p_male"] - one["p_male"]) > 1e-4  # the mirror changed the answer
+  with pytest.raises(ValueError, match="flip"):
+    FacePipeline(bundle, detector="short", tta="crops")
+
+
 @pytest.mark.slow
 def test_full_range_at_a_larger_side_finds_the_same_faces_and_smaller_ones(utkface_2k):
   rng = np.random.default_rng(8)

@@ -32,6 +32,7 @@ SQUARE_ASPECT = 1.2  # long side / short side up to which an image counts as nea
 # `faces="auto"`: one face whose box is at least this wide relative to the image means the
 # photo is already a face crop; it is classified whole, as the training crops were.
 CROP_FACE_FRACTION = 0.5
+FACE_TTA = ("none", "flip")  # crops TTA would cut into an aligned face's own framing
 
 
 class Letterbox(NamedTuple):
@@ -145,10 +146,13 @@ class FacePipeline:
 
   def __init__(self, bundle, *, detector: str = "full", max_faces: int = 8, batch_size: int = 8,
                canvas: int = CANVAS, min_score: float = anchors.MIN_SCORE,
-               margin: float | None = None, faces: str = "detect", detector_side: int | None = None):
+               margin: float | None = None, faces: str = "detect", detector_side: int | None = None,
+               tta: str = "none"):
     from gender_jax.bundle import Bundle
     if faces not in ("auto", "detect"):
       raise ValueError(f"faces={faces!r}: choose auto or detect")
+    if tta not in FACE_TTA:
+      raise ValueError(f"tta={tta!r}: with faces, choose {' or '.join(FACE_TTA)}")
     self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     self.kind, self.max_faces, self.batch_size = detector, max_faces, batch_size
     self.canvas, self.margin, self.faces = canvas, margin, faces
@@ -163,6 +167,14 @@ class FacePipeline:
     calibrated = self.bundle.probs_from_logits
     out_hw = (self.crop_size, self.crop_size)
 
+    def classify(cls_state, images):
+      """Calibrated probabilities; with flip TTA the mean logits of each face and its mirror
+      image (as the Predictor averages its views), in the same program."""
+      out = logits(cls_state, images)
+      if tta == "flip":
+        out = (out + logits(cls_state, images[:, :, ::-1])) / 2
+      return calibrated(out)
+
     def program(det_state, cls_state, det_in, canvases, to_canvas, whole):
       self.traces += 1
       det = detect_images(nnx.merge(det_graph, det_state), det_in, detector, max_faces, min_score)
@@ -171,8 +183,8 @@ class FacePipeline:
       crops = align_lib.align_batch(canvases, keypoints, tpl, out_hw)
       n = crops.shape[0]
       flat = crops.reshape(n * max_faces, *crops.shape[2:])
-      probs = calibrated(logits(cls_state, flat)).reshape(n, max_faces, -1)
-      whole_probs = None if whole is None else calibrated(logits(cls_state, whole))
+      probs = classify(cls_state, flat).reshape(n, max_faces, -1)
+      whole_probs = None if whole is None else classify(cls_state, whole)
       return det, probs, whole_probs, crops
     self._program = jax.jit(program)
     self._state = (det_state, cls_state)
