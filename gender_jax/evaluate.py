@@ -291,10 +291,9 @@ def main(argv=None):
   runs = [(b, None) for b in args.bundle] + [(os.path.join(w, "bundle"), w) for w in args.workdir]
   if not runs:
     raise errors.UsageError("give --bundle DIR or --workdir RUN")
-  from gender_jax.faces.fused import FACE_TTA
-  if args.faces != "off" and args.tta not in FACE_TTA:
-    raise errors.UsageError(f"--tta {args.tta} works with --faces off only; with faces, "
-                            f"--tta {' or '.join(FACE_TTA)}")
+  from gender_jax.faces.fused import tta_flag_problem
+  if args.faces != "off" and tta_flag_problem(args.tta):
+    raise errors.UsageError(tta_flag_problem(args.tta))
   # Before any data is read: every bundle is there and complete, the report can be written.
   errors.require_writable(args.out, "--out")
   for bundle_dir, workdir in runs:

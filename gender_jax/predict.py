@@ -184,10 +184,9 @@ def main(argv=None):
       side = check_side(args.detector, args.detector_side)
     except ValueError as e:
       raise errors.UsageError(f"--detector-side: {e}") from None
-  from gender_jax.faces.fused import FACE_TTA
-  if args.tta not in FACE_TTA and args.faces != "off":
-    raise errors.UsageError(f"--tta {args.tta} works with --faces off only; with faces, "
-                            f"--tta {' or '.join(FACE_TTA)}")
+  from gender_jax.faces.fused import tta_flag_problem
+  if args.faces != "off" and tta_flag_problem(args.tta):
+    raise errors.UsageError(tta_flag_problem(args.tta))
   if args.save_crops:
     if args.faces == "off":
       raise errors.UsageError("--save-crops needs faces: drop --faces off")

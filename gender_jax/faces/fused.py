@@ -35,6 +35,13 @@ CROP_FACE_FRACTION = 0.5
 FACE_TTA = ("none", "flip")  # crops TTA would cut into an aligned face's own framing
 
 
+def tta_flag_problem(tta: str) -> str | None:
+  """What is wrong with `--tta TTA` beside `--faces`, or None: predict's and evaluate's check."""
+  if tta in FACE_TTA:
+    return None
+  return f"--tta {tta} works with --faces off only; with faces, --tta {' or '.join(FACE_TTA)}"
+
+
 class Letterbox(NamedTuple):
   image: np.ndarray  # (side, side, 3) uint8
   scale: tuple[float, float]  # target pixels per original pixel, x and y

@@ -17,14 +17,13 @@ version 2, four dims, then little-endian float32 values.
 from __future__ import annotations
 
 import math
-import struct
-from typing import Any
 
 import numpy as np
 
+from gender_jax.data.preprocess import PRESETS
 from gender_jax.models.dlib_resnet import LEVELS
 
-INPUT_MEAN = (122.782, 117.001, 104.298)  # input_rgb_image_sized's avg_red/green/blue
+INPUT_MEAN = PRESETS["dlib"]["mean"]  # input_rgb_image_sized's avg_red/green/blue
 
 
 class _Reader:
@@ -177,24 +176,24 @@ def network():
 
 def _details(io, kind: str, args: tuple, weights: list, reading: bool):
   """One layer's own fields. `weights` holds the conv, affine and fc layers' tensors in file
-  order: reading appends to it, writing consumes it from the front."""
+  order: reading appends to it, writing consumes it from the front. Every io call takes the
+  value to write, which reading ignores; `put` builds one from the layer only when writing."""
   layer = {} if reading or kind not in ("con", "affine", "fc") else weights.pop(0)
-  put = (lambda value: None) if reading else (lambda value: value)
+  put = lambda make: None if reading else make()  # noqa: E731
   if kind == "con":
     n, k, stride = args
     version = io.str(("con_4", "con_5", "con_6") if reading else "con_4")
-    filters = layer.get("filters")
-    params = io.tensor(put(filters is not None and np.concatenate(
-        [filters.ravel(), layer["biases"].ravel()])[:, None]))
+    params = io.tensor(put(lambda: np.concatenate(
+        [layer["filters"].ravel(), layer["biases"].ravel()])[:, None]))
     io.int(n, expect=n)
     for v in (k, k, stride, stride):
       io.int(v, expect=v)
     pad = 0 if stride != 1 else k // 2
     io.int(pad, expect=pad); io.int(pad, expect=pad)
-    shape = io.alias(put(filters is not None and filters.shape))
-    io.alias(put((1, n, 1, 1)))  # the biases
+    shape = io.alias(put(lambda: layer["filters"].shape))
+    io.alias((1, n, 1, 1))  # the biases
     for mult in (1.0, 1.0, 1.0, 0.0):  # learning-rate and weight-decay multipliers
-      io.float(put(mult), digits=53)  # doubles
+      io.float(mult, digits=53)  # doubles
     if reading:
       if version in ("con_5", "con_6"):
         if not io.bool():
@@ -208,10 +207,9 @@ def _details(io, kind: str, args: tuple, weights: list, reading: bool):
       weights.append(dict(filters=flat[:nf].reshape(shape), biases=flat[nf:]))
   elif kind == "affine":
     version = io.str(("affine_", "affine_2") if reading else "affine_")
-    gamma = layer.get("gamma")
-    params = io.tensor(put(gamma is not None and np.concatenate([gamma, layer["beta"]])[:, None]))
-    c = io.alias(put(gamma is not None and (1, gamma.size, 1, 1)))
-    io.alias(put(c))  # beta: the same shape
+    params = io.tensor(put(lambda: np.concatenate([layer["gamma"], layer["beta"]])[:, None]))
+    c = io.alias(put(lambda: (1, layer["gamma"].size, 1, 1)))
+    io.alias(c)  # beta: the same shape
     io.int(0, expect=0)  # CONV_MODE
     if version == "affine_2":
       io.bool()  # disabled
@@ -235,15 +233,14 @@ def _details(io, kind: str, args: tuple, weights: list, reading: bool):
   elif kind == "fc":
     (n,) = args
     version = io.str(("fc_2", "fc_3") if reading else "fc_2")
-    w = layer.get("weights")
     io.int(n, expect=n)
-    n_in = io.int(put(w is not None and w.shape[0]))
-    params = io.tensor(put(w))
-    io.alias(put(w is not None and (n_in, n, 1, 1)))
-    io.alias(put((0, 0, 0, 0)))  # biases: none (fc_no_bias)
+    n_in = io.int(put(lambda: layer["weights"].shape[0]))
+    params = io.tensor(put(lambda: layer["weights"]))
+    io.alias((n_in, n, 1, 1))
+    io.alias((0, 0, 0, 0))  # biases: none (fc_no_bias)
     io.int(1, expect=1)  # FC_NO_BIAS
     for mult in (1.0, 1.0, 1.0, 0.0):
-      io.float(put(mult), digits=53)  # doubles
+      io.float(mult, digits=53)  # doubles
     if version == "fc_3":
       io.bool()  # use_bias
     if reading:
@@ -262,7 +259,7 @@ def _walk(io, node, weights: list, reading: bool, parent: str = "") -> None:
   if head == "loss":
     io.int(1, expect=1)
     io.str("loss_metric_2")
-    io.float(None if reading else 0.04); io.float(None if reading else 0.6)
+    io.float(0.04); io.float(0.6)  # margin, distance threshold
     _walk(io, node[1], weights, reading)
     return
   if head in ("tag", "skip"):
@@ -275,7 +272,7 @@ def _walk(io, node, weights: list, reading: bool, parent: str = "") -> None:
   if on_input:
     io.str("input_rgb_image_sized")
     for m in INPUT_MEAN:
-      io.float(None if reading else m)
+      io.float(m)
     io.int(150, expect=150); io.int(150, expect=150)
   else:
     _walk(io, sub, weights, reading, kind)
@@ -283,11 +280,11 @@ def _walk(io, node, weights: list, reading: bool, parent: str = "") -> None:
   # Set up; gradient stale; output and gradient buffers handed to the in-place relu above
   # (dlib sets the last for an affine or add_prev layer that a relu consumes).
   for flag in (True, True, kind in ("affine", "add_prev") and parent == "relu"):
-    io.bool() if reading else io.bool(flag)
+    io.bool(flag)
   for _ in range(3):  # cached tensors (x_grad, output, gradient): empty in a saved model
-    io.tensor() if reading else io.tensor(np.zeros((0, 0, 0, 0), np.float32))
+    io.tensor(np.zeros((0, 0, 0, 0), np.float32))
   if on_input:
-    io.int(None if reading else 1)  # sample expansion factor
+    io.int(1)  # sample expansion factor
 
 
 def read_layers(data: bytes, origin: str = "dlib file") -> list[dict[str, np.ndarray]]:
