@@ -17,7 +17,8 @@ with the host's letterboxing. accuracy: each TEST-split crop pasted whole (feath
 as a person in a 250x250 photo (0.3–0.6 of the side, random place, ±8°, a texture or a
 blurred corner of another test image behind): balanced accuracy with the photo classified
 whole (--faces off) and with the best-scoring detected face aligned and classified (--faces
-detect; no face found counts as wrong), beside the crops themselves.
+detect; no face found counts as wrong), beside the crops themselves. `--refine both` runs
+fused and accuracy with and without the second look at the keypoints (refine.py).
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ def parse_args(argv=None):
   p.add_argument("--limit", type=int, help="at most this many test images (accuracy)")
   p.add_argument("--tta", default="none", choices=("none", "flip"),
                  help="accuracy: flip TTA for the crops and the aligned faces alike")
+  p.add_argument("--refine", default="on", choices=("on", "off", "both"),
+                 help="fused, accuracy: the second look at each face's keypoints (refine.py)")
   p.add_argument("--steps", type=int, default=30, help="timed calls (speed, fused)")
   p.add_argument("--batch-size", type=int, default=32, help="fused program batch")
   p.add_argument("--one-core", action="store_true", help="pin to CPU 0, one XLA thread")
@@ -139,15 +142,22 @@ def random_bundle(directory):
   return directory
 
 
+def variants(args, kinds):
+  """(row label, detector kind, refine) for each detector, with and/or without the second look."""
+  looks = {"on": (True,), "off": (False,), "both": (True, False)}[args.refine]
+  return [(kind if refine else f"{kind}, 1 look", kind, refine) for kind in kinds
+          for refine in looks]
+
+
 def fused(args, kinds, bundle):
   rng = np.random.default_rng(2)
   crops = load_crops(args.data, 6 * args.batch_size)
   photos = [scenes.group_photo(rng, crops[6 * k:6 * k + 3], size=(640, 480), sides=(60, 120),
                                   others=crops).image for k in range(args.batch_size)]
   rows = []
-  for kind in kinds:
+  for label, kind, refine in variants(args, kinds):
     pipe = FacePipeline(bundle, detector=split_kind(kind)[0], detector_side=split_kind(kind)[1],
-                        max_faces=8, batch_size=args.batch_size)
+                        max_faces=8, batch_size=args.batch_size, refine=refine)
     prepared = [pipe.prepare(p) for p in photos]
     arrays = [jax.device_put(np.stack([p[i].image if i < 2 else p[i] for p in prepared]))
               for i in range(3)]
@@ -163,9 +173,9 @@ def fused(args, kinds, bundle):
     pipe(photos)
     end_to_end = args.batch_size / (time.perf_counter() - start)
     note = f"batch {args.batch_size}, 8 face slots, {pipe.crop_size} px classifier"
-    rows.append(dict(part="fused", detector=kind, metric="img/s (device)", value=device,
+    rows.append(dict(part="fused", detector=label, metric="img/s (device)", value=device,
                      n=steps, note=note + f", compile {compile_s:.0f} s"))
-    rows.append(dict(part="fused", detector=kind, metric="img/s (with host letterbox)",
+    rows.append(dict(part="fused", detector=label, metric="img/s (with host letterbox)",
                      value=end_to_end, n=1, note=note))
   return rows
 
@@ -211,19 +221,19 @@ def accuracy(args, kinds, bundle):
                value=balanced_accuracy(labels, ref), note="the test crops themselves"),
           dict(part="accuracy", detector="—", metric="balanced acc, --faces off", n=len(test),
                value=balanced_accuracy(labels, off), note="250x250 photo, face 0.3-0.6")]
-  for kind in kinds:
+  for label, kind, refine in variants(args, kinds):
     pipe = FacePipeline(bundle, detector=split_kind(kind)[0], detector_side=split_kind(kind)[1],
-                        max_faces=4, batch_size=16, tta=args.tta)
+                        max_faces=4, batch_size=16, tta=args.tta, refine=refine)
     got, found = [], 0
     for faces in pipe(photos):
       best = max(faces, key=lambda f: f["score"]) if faces else None
       found += best is not None
       got.append(_top_class(best, names) if best else -1)
-    rows.append(dict(part="accuracy", detector=kind, metric="balanced acc, --faces detect",
+    rows.append(dict(part="accuracy", detector=label, metric="balanced acc, --faces detect",
                      value=balanced_accuracy(labels, got), n=len(test),
                      note=f"face found in {found / len(test):.1%}; none = wrong"))
     for name, part in ((f"faces < {SMALL_FACE} px", small), (f"faces ≥ {SMALL_FACE} px", ~small)):
-      rows.append(dict(part="accuracy", detector=kind, metric=f"  {name}", n=int(part.sum()),
+      rows.append(dict(part="accuracy", detector=label, metric=f"  {name}", n=int(part.sum()),
                        value=balanced_accuracy(np.asarray(labels)[part], np.asarray(got)[part]),
                        note="of the same photos"))
   return rows

@@ -181,3 +181,35 @@ def test_full_range_at_a_larger_side_finds_the_same_faces_and_smaller_ones(utkfa
   found = lambda faces: scenes.match(small.squares, np.asarray(  # noqa: E731
       [f["box"] for f in faces]).reshape(-1, 4)).sum()
   assert found(b_small) >= 4 and found(b_small) > found(a_small)
+
+
+def test_second_look_puts_small_faces_keypoints_where_their_crops_put_them(utkface_2k, tmp_path):
+  """A face 75-95 px wide in a 250-px photo is ~30 px in the detector's input; the second
+  look (refine.py) measures it again in the template's own view, so its keypoints land where
+  the short-range detector puts them on the crop itself (the template's regime). A tight
+  crop, which the first look already saw larger than the view would, keeps its keypoints."""
+  bundle = Bundle(random_bundle(tmp_path / "bundle", size=32))
+  crops = _crops(utkface_2k, 8, seed=9)
+  own = Detector("short", max_faces=1, batch_size=8)(crops)
+  rng = np.random.default_rng(4)
+  photos, truth = [], []
+  for crop, [face] in zip(crops, own):
+    side = int(rng.integers(75, 96))
+    x0, y0 = (int(v) for v in rng.integers(0, 250 - side, 2))
+    canvas = Image.fromarray(scenes.background(rng, (250, 250), "gradient"))
+    scenes.paste(canvas, crop, x0, y0, side, 0.0, shape="square")
+    photos.append(np.asarray(canvas))
+    truth.append(face["keypoints"] * side / crop.shape[1] + [x0, y0])
+  first = FacePipeline(bundle, detector="full", max_faces=2, batch_size=8, refine=False)
+  second = FacePipeline(bundle, detector="full", max_faces=2, batch_size=8)
+
+  def errors(pipe):
+    out = [max(fs, key=lambda f: f["score"]) for fs in pipe(photos)]
+    pts = list(align.ALIGN_KEYPOINTS)
+    return np.asarray([np.abs(f["keypoints"][pts] - t[pts]).max() /
+                       np.linalg.norm(t[1] - t[0]) for f, t in zip(out, truth)])
+  before, after = errors(first), errors(second)
+  print(f"keypoint error / eye distance, median: {np.median(before):.3f} → {np.median(after):.3f}")
+  assert np.median(after) < 0.7 * np.median(before), (before, after)
+  [[a]], [[b]] = first(crops[:1]), second(crops[:1])
+  np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=1e-3)  # canvas round trip

@@ -88,10 +88,16 @@ def align(image, keypoints, template_pts, out_hw: tuple[int, int], supersample: 
   one tap, 0.863 with 3x3).
   """
   # Fit template → image directly: that is the map the warp samples with.
+  matrix = similarity(jnp.asarray(template_pts), keypoints[jnp.asarray(ALIGN_KEYPOINTS)])
+  return resample(image, matrix, out_hw, supersample)
+
+
+def resample(image, matrix, out_hw: tuple[int, int], supersample: int = SUPERSAMPLE):
+  """`warp` with `supersample`² samples per output pixel, averaged → uint8 (h, w, C)."""
   k = supersample
-  matrix = similarity(jnp.asarray(template_pts) * k, keypoints[jnp.asarray(ALIGN_KEYPOINTS)])
+  fine = jnp.concatenate([matrix[:, :2] / k, matrix[:, 2:]], axis=-1)  # output px at k× res
   h, w = out_hw
-  out = warp(image, matrix, (h * k, w * k))
+  out = warp(image, fine, (h * k, w * k))
   out = out.reshape(h, k, w, k, out.shape[-1]).mean(axis=(1, 3))
   return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
 

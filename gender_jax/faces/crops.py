@@ -13,7 +13,9 @@ import numpy as np
 from PIL import Image
 
 from gender_jax.faces import align as align_lib
-from gender_jax.faces.fused import CANVAS, Detector, letterbox
+from gender_jax.faces import refine as refine_lib
+from gender_jax.faces.blazeface import create_detector
+from gender_jax.faces.fused import CANVAS, Detector, letterbox, letterbox_fit
 
 NO_FACE_LIST = "no_face.txt"
 
@@ -42,7 +44,15 @@ def align_folder(src: str, dst: str, *, detector: str = "full", template: dict |
   points = align_lib.template_points(template, side)
   entries, _ = folder.read_entries(src)
   det = Detector(detector, max_faces=1, batch_size=batch_size)
-  warp = jax.jit(lambda canvas, kp: align_lib.align(canvas, kp, points, (side, side)))
+  # The predict pipeline's second look at small faces (refine.py), so these crops are what
+  # `--faces detect` would classify.
+  second = create_detector(refine_lib.KIND)
+
+  @jax.jit
+  def warp(canvas, kp, eyes):
+    kp, _ = refine_lib.refine(second, canvas[None], kp[None, None], np.ones((1, 1), bool),
+                              eyes[None, None], template)
+    return align_lib.align(canvas, kp[0, 0], points, (side, side))
   os.makedirs(dst, exist_ok=True)
   rows, missed = [], []
   columns = sorted({k for e in entries for k in e.subgroups})
@@ -61,8 +71,10 @@ def align_folder(src: str, dst: str, *, detector: str = "full", template: dict |
         continue
       # Warp from a fixed-size canvas (one compiled program), not from each photo's own size.
       lb = letterbox(image, CANVAS)
-      keypoints = np.asarray(faces[0]["keypoints"]) * np.asarray(lb.scale) + np.asarray(lb.offset)
-      crop = np.asarray(warp(lb.image, keypoints.astype(np.float32)))
+      keypoints = np.asarray(faces[0]["keypoints"])
+      eyes = refine_lib.eye_distance(keypoints) * letterbox_fit(image.shape, det.size)
+      keypoints = keypoints * np.asarray(lb.scale) + np.asarray(lb.offset)
+      crop = np.asarray(warp(lb.image, keypoints.astype(np.float32), np.float32(eyes)))
       label = schema.CLASS_NAMES[e.label]
       rel = crop_path(e.key, e.label)
       os.makedirs(os.path.join(dst, label), exist_ok=True)

@@ -9,8 +9,8 @@ fill the whole frame (UTKFace crops: 94% found by short range without it, 100% w
 range 10% → 100%), and a wider photo keeps all of the detector's resolution.
 
 The device program: detector → decode → weighted NMS (`max_faces` slots per image and a
-validity mask) → similarity warp of every slot onto the bundle's face template → classifier
-→ calibrated probabilities. Batches are padded to `batch_size`, so one compile serves all.
+validity mask) → a second look at each small face's keypoints (refine.py) → similarity warp
+of every slot onto the bundle's face template → classifier → calibrated probabilities. Batches are padded to `batch_size`, so one compile serves all.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from PIL import Image
 
 from gender_jax.faces import align as align_lib
 from gender_jax.faces import anchors
+from gender_jax.faces import refine as refine_lib
 from gender_jax.faces.blazeface import create_detector
 
 CANVAS = 640
@@ -56,11 +57,15 @@ def margin_for(shape, margin: float | None = None) -> float:
   return CROP_MARGIN if max(h, w) <= SQUARE_ASPECT * min(h, w) else 0.0
 
 
+def letterbox_fit(shape, side: int, margin: float | None = None) -> float:
+  """Target pixels per original pixel of `letterbox` (before rounding to whole pixels)."""
+  return side * (1 - 2 * margin_for(shape, margin)) / max(shape[:2])
+
+
 def letterbox(image: np.ndarray, side: int, margin: float | None = None) -> Letterbox:
   """Fits an HxWx3 uint8 image, aspect kept, inside a side x side black square (+ margin)."""
   h, w = image.shape[:2]
-  margin = margin_for(image.shape, margin)
-  fit = side * (1 - 2 * margin) / max(h, w)
+  fit = letterbox_fit(image.shape, side, margin)
   nw, nh = max(1, round(w * fit)), max(1, round(h * fit))
   x0, y0 = (side - nw) // 2, (side - nh) // 2
   out = np.zeros((side, side, 3), np.uint8)
@@ -154,7 +159,7 @@ class FacePipeline:
   def __init__(self, bundle, *, detector: str = "full", max_faces: int = 8, batch_size: int = 8,
                canvas: int = CANVAS, min_score: float = anchors.MIN_SCORE,
                margin: float | None = None, faces: str = "detect", detector_side: int | None = None,
-               tta: str = "none"):
+               tta: str = "none", refine: bool = True):
     from gender_jax.bundle import Bundle
     if faces not in ("auto", "detect"):
       raise ValueError(f"faces={faces!r}: choose auto or detect")
@@ -170,6 +175,9 @@ class FacePipeline:
     self.traces = 0
     tpl = jnp.asarray(align_lib.template_points(self.template, self.crop_size))
     det_graph, det_state = nnx.split(self.model)
+    # The second look (refine.py) sees each face as `faces.template` saw the training crops.
+    self.refine = refine
+    ref_graph, ref_state = nnx.split(create_detector(refine_lib.KIND)) if refine else (None, None)
     logits, cls_state = self.bundle.logits_fn()
     calibrated = self.bundle.probs_from_logits
     out_hw = (self.crop_size, self.crop_size)
@@ -182,11 +190,17 @@ class FacePipeline:
         out = (out + logits(cls_state, images[:, :, ::-1])) / 2
       return calibrated(out)
 
-    def program(det_state, cls_state, det_in, canvases, to_canvas, whole):
+    def program(det_state, cls_state, ref_state, det_in, canvases, to_canvas, whole):
       self.traces += 1
       det = detect_images(nnx.merge(det_graph, det_state), det_in, detector, max_faces, min_score)
       # Detector pixels → canvas pixels, per image: the two letterboxes differ by rounding.
-      keypoints = det.keypoints * to_canvas[:, None, None, 0] + to_canvas[:, None, None, 1]
+      scale, shift = to_canvas[:, None, None, 0], to_canvas[:, None, None, 1]
+      keypoints = det.keypoints * scale + shift
+      if refine:
+        keypoints, _ = refine_lib.refine(
+            nnx.merge(ref_graph, ref_state), canvases, keypoints, det.valid,
+            refine_lib.eye_distance(det.keypoints), self.template, min_score=min_score)
+        det = det._replace(keypoints=(keypoints - shift) / scale)  # answers report these
       crops = align_lib.align_batch(canvases, keypoints, tpl, out_hw)
       n = crops.shape[0]
       flat = crops.reshape(n * max_faces, *crops.shape[2:])
@@ -194,7 +208,7 @@ class FacePipeline:
       whole_probs = None if whole is None else classify(cls_state, whole)
       return det, probs, whole_probs, crops
     self._program = jax.jit(program)
-    self._state = (det_state, cls_state)
+    self._state = (det_state, cls_state, ref_state)
 
   def run_batch(self, det_in, canvases, to_canvas, whole=None):
     """The jitted program on one padded batch; results stay on the device."""
