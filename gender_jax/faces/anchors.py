@@ -120,3 +120,11 @@ def detect(raw_boxes, raw_scores, kind: str, *, max_faces: int, min_score: float
   nms = lambda b, k, s: weighted_nms(b, k, s, max_faces=max_faces, min_score=min_score,  # noqa: E731
                                      iou_threshold=iou_threshold, top_k=top_k)
   return jax.vmap(nms)(boxes, keypoints, scores)
+
+
+def detect_images(model, images, kind: str, max_faces: int, min_score: float):
+  """uint8 (N, side, side, 3) → Detections with boxes and keypoints in input pixels."""
+  side = images.shape[1]
+  raw_boxes, raw_scores = model(images.astype(jnp.float32) / 127.5 - 1.0)
+  det = detect(raw_boxes, raw_scores, kind, max_faces=max_faces, min_score=min_score, size=side)
+  return det._replace(boxes=det.boxes * side, keypoints=det.keypoints * side)

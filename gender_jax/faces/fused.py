@@ -10,26 +10,26 @@ range 10% → 100%), and a wider photo keeps all of the detector's resolution.
 
 The device program: detector → decode → weighted NMS (`max_faces` slots per image and a
 validity mask) → a second look at each small face's keypoints (refine.py) → similarity warp
-of every slot onto the bundle's face template → classifier → calibrated probabilities. Batches are padded to `batch_size`, so one compile serves all.
+of every slot onto the bundle's face template → classifier → calibrated probabilities.
+Batches are padded to `batch_size`, so one compile serves all.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from PIL import Image
 
 from gender_jax.faces import align as align_lib
 from gender_jax.faces import anchors
 from gender_jax.faces import refine as refine_lib
+from gender_jax.faces.anchors import detect_images
 from gender_jax.faces.blazeface import create_detector
+from gender_jax.faces.letterbox import Letterbox, letterbox, margin_for, unbox
 
 CANVAS = 640
-CROP_MARGIN = 0.25   # letterbox margin on each side of a near-square image, of the target side
-SQUARE_ASPECT = 1.2  # long side / short side up to which an image counts as near-square
 # `faces="auto"`: one face whose box is at least this wide relative to the image means the
 # photo is already a face crop; it is classified whole, as the training crops were.
 CROP_FACE_FRACTION = 0.5
@@ -41,43 +41,6 @@ def tta_flag_problem(tta: str) -> str | None:
   if tta in FACE_TTA:
     return None
   return f"--tta {tta} works with --faces off only; with faces, --tta {' or '.join(FACE_TTA)}"
-
-
-class Letterbox(NamedTuple):
-  image: np.ndarray  # (side, side, 3) uint8
-  scale: tuple[float, float]  # target pixels per original pixel, x and y
-  offset: tuple[float, float]  # where the original's (0, 0) lands, in target pixels
-
-
-def margin_for(shape, margin: float | None = None) -> float:
-  """The letterbox margin of an image: `margin` if given, else CROP_MARGIN when near-square."""
-  if margin is not None:
-    return margin
-  h, w = shape[:2]
-  return CROP_MARGIN if max(h, w) <= SQUARE_ASPECT * min(h, w) else 0.0
-
-
-def letterbox_fit(shape, side: int, margin: float | None = None) -> float:
-  """Target pixels per original pixel of `letterbox` (before rounding to whole pixels)."""
-  return side * (1 - 2 * margin_for(shape, margin)) / max(shape[:2])
-
-
-def letterbox(image: np.ndarray, side: int, margin: float | None = None) -> Letterbox:
-  """Fits an HxWx3 uint8 image, aspect kept, inside a side x side black square (+ margin)."""
-  h, w = image.shape[:2]
-  fit = letterbox_fit(image.shape, side, margin)
-  nw, nh = max(1, round(w * fit)), max(1, round(h * fit))
-  x0, y0 = (side - nw) // 2, (side - nh) // 2
-  out = np.zeros((side, side, 3), np.uint8)
-  resized = image if (nw, nh) == (w, h) else np.asarray(
-      Image.fromarray(image).resize((nw, nh), Image.BILINEAR, reducing_gap=None))
-  out[y0:y0 + nh, x0:x0 + nw] = resized
-  return Letterbox(out, (nw / w, nh / h), (float(x0), float(y0)))
-
-
-def unbox(points: np.ndarray, lb: Letterbox) -> np.ndarray:
-  """Target-pixel (..., 2) coordinates → original-image pixels."""
-  return (points - np.asarray(lb.offset)) / np.asarray(lb.scale)
 
 
 def _pad(arrays: list[np.ndarray], n: int) -> np.ndarray:
@@ -127,15 +90,6 @@ def check_side(kind: str, side: int) -> int:
     raise ValueError(f"detector side {side}: the {kind} range model runs at {native}"
                      + (" or a multiple of 32" if kind == "full" else ""))
   return side
-
-
-def detect_images(model, images, kind: str, max_faces: int, min_score: float):
-  """uint8 (N, side, side, 3) → Detections with boxes and keypoints in input pixels."""
-  side = images.shape[1]
-  raw_boxes, raw_scores = model(images.astype(jnp.float32) / 127.5 - 1.0)
-  det = anchors.detect(raw_boxes, raw_scores, kind, max_faces=max_faces, min_score=min_score,
-                       size=side)
-  return det._replace(boxes=det.boxes * side, keypoints=det.keypoints * side)
 
 
 def _faces(det, i: int, lb: Letterbox) -> list[dict[str, Any]]:

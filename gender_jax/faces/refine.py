@@ -23,6 +23,7 @@ import numpy as np
 
 from gender_jax.faces import anchors
 from gender_jax.faces.align import ALIGN_KEYPOINTS, check_template, resample, similarity
+from gender_jax.faces.letterbox import margin_for
 
 KIND = "short"  # as `faces.template` measured the training crops
 SUPERSAMPLE = 2  # the view shrinks the canvas's face ~1.5-3x: 2x2 samples keep it unaliased
@@ -72,7 +73,6 @@ def refine(model, canvases, keypoints, valid, first_eyes, template: dict[str, An
   → (keypoints (N, F, 6, 2), refined (N, F) bool). `model` is the short-range BlazeFace.
   Only faces the view shows larger than the first look did take the second look's keypoints:
   a face the first look saw at the view's size or larger is measured as well already."""
-  from gender_jax.faces.fused import detect_images, margin_for  # fused imports this module
   side = model.input_size
   n, f = keypoints.shape[:2]
   template = check_template(template)
@@ -85,7 +85,7 @@ def refine(model, canvases, keypoints, valid, first_eyes, template: dict[str, An
   centre = jnp.asarray(fit * frame_pts.mean(0) + offset)  # where this face's centre should be
   reach = MAX_SHIFT * fit * eye_distance(frame_pts)
   # Two slots: a neighbour's face at the view's edge must not displace this one's.
-  det = detect_images(model, views.reshape(n * f, side, side, 3), KIND, 2, min_score)
+  det = anchors.detect_images(model, views.reshape(n * f, side, side, 3), KIND, 2, min_score)
   kp, found = _nearest(det, jnp.broadcast_to(centre, (n * f, 2)), reach)
   kp, found = kp.reshape(n, f, 6, 2), found.reshape(n, f)
   view_eyes = fit * eye_distance(frame_pts)
