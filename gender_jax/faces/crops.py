@@ -51,8 +51,8 @@ def align_folder(src: str, dst: str, *, detector: str = "full", template: dict |
 
   @jax.jit
   def warp(canvas, kp, eyes):
-    kp, _ = refine_lib.refine(second, canvas[None], kp[None, None], np.ones((1, 1), bool),
-                              eyes[None, None], template)
+    kp = refine_lib.refine(second, canvas[None], kp[None, None], np.ones((1, 1), bool),
+                           eyes[None, None], template)
     return align_lib.align(canvas, kp[0, 0], points, (side, side))
   os.makedirs(dst, exist_ok=True)
   rows, missed = [], []

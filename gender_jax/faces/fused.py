@@ -130,8 +130,10 @@ class FacePipeline:
     tpl = jnp.asarray(align_lib.template_points(self.template, self.crop_size))
     det_graph, det_state = nnx.split(self.model)
     # The second look (refine.py) sees each face as `faces.template` saw the training crops.
-    self.refine = refine
-    ref_graph, ref_state = nnx.split(create_detector(refine_lib.KIND)) if refine else (None, None)
+    ref_graph, ref_state = None, None
+    if refine:  # the short-range model: the first look's own where that is short range too
+      ref_graph, ref_state = nnx.split(
+          self.model if detector == refine_lib.KIND else create_detector(refine_lib.KIND))
     logits, cls_state = self.bundle.logits_fn()
     calibrated = self.bundle.probs_from_logits
     out_hw = (self.crop_size, self.crop_size)
@@ -151,7 +153,7 @@ class FacePipeline:
       scale, shift = to_canvas[:, None, None, 0], to_canvas[:, None, None, 1]
       keypoints = det.keypoints * scale + shift
       if refine:
-        keypoints, _ = refine_lib.refine(
+        keypoints = refine_lib.refine(
             nnx.merge(ref_graph, ref_state), canvases, keypoints, det.valid,
             refine_lib.eye_distance(det.keypoints), self.template, min_score=min_score)
         det = det._replace(keypoints=(keypoints - shift) / scale)  # answers report these

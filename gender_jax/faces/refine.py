@@ -23,7 +23,7 @@ import numpy as np
 
 from gender_jax.faces import anchors
 from gender_jax.faces.align import ALIGN_KEYPOINTS, check_template, resample, similarity
-from gender_jax.faces.letterbox import margin_for
+from gender_jax.faces.letterbox import letterbox_fit
 
 KIND = "short"  # as `faces.template` measured the training crops
 SUPERSAMPLE = 2  # the view shrinks the canvas's face ~1.5-3x: 2x2 samples keep it unaliased
@@ -48,11 +48,11 @@ def _nearest(det, centre, reach):
   return kp, jnp.min(dist, axis=-1) <= reach
 
 
-def view_geometry(template: dict[str, Any], side: int, margin: float):
-  """Where the template's frame sits in a `side`-px view letterboxed with `margin`, as
-  `letterbox` places an image: (pixels per frame pixel, (x, y) offset)."""
-  tw, th = check_template(template)["size"]
-  fit = side * (1 - 2 * margin) / max(tw, th)
+def view_geometry(template: dict[str, Any], side: int):
+  """Where the template's frame sits in a `side`-px view, letterboxed as `letterbox` places
+  an image of the frame's size: (pixels per frame pixel, (x, y) offset)."""
+  tw, th = template["size"]
+  fit = letterbox_fit((th, tw), side)
   return fit, np.asarray([(side - tw * fit) / 2, (side - th * fit) / 2], np.float32)
 
 
@@ -70,26 +70,25 @@ def refine(model, canvases, keypoints, valid, first_eyes, template: dict[str, An
            min_score: float = anchors.MIN_SCORE, supersample: int = SUPERSAMPLE):
   """canvases (N, H, W, 3) uint8, first keypoints (N, F, 6, 2) in canvas pixels, valid (N, F),
   first_eyes (N, F): the eyes' distance in the first look's own pixels
-  → (keypoints (N, F, 6, 2), refined (N, F) bool). `model` is the short-range BlazeFace.
+  → keypoints (N, F, 6, 2). `model` is the short-range BlazeFace.
   Only faces the view shows larger than the first look did take the second look's keypoints:
   a face the first look saw at the view's size or larger is measured as well already."""
   side = model.input_size
   n, f = keypoints.shape[:2]
   template = check_template(template)
   frame_pts = jnp.asarray(template["points"], jnp.float32)
-  tw, th = template["size"]
-  fit, offset = view_geometry(template, side, margin_for((th, tw)))
+  fit, offset = view_geometry(template, side)
+  view_eyes = fit * eye_distance(frame_pts)  # the face's eyes in the view
   mats = view_matrices(keypoints, frame_pts, fit, offset)  # (N, F, 2, 3)
   views = jax.vmap(jax.vmap(lambda img, m: resample(img, m, (side, side), supersample),
                             in_axes=(None, 0)))(canvases, mats)
   centre = jnp.asarray(fit * frame_pts.mean(0) + offset)  # where this face's centre should be
-  reach = MAX_SHIFT * fit * eye_distance(frame_pts)
+  reach = MAX_SHIFT * view_eyes
   # Two slots: a neighbour's face at the view's edge must not displace this one's.
   det = anchors.detect_images(model, views.reshape(n * f, side, side, 3), KIND, 2, min_score)
   kp, found = _nearest(det, jnp.broadcast_to(centre, (n * f, 2)), reach)
   kp, found = kp.reshape(n, f, 6, 2), found.reshape(n, f)
-  view_eyes = fit * eye_distance(frame_pts)
   ok = valid & found & (first_eyes < view_eyes)
   lin, shift = mats[..., None, :, :2], mats[..., None, :, 2]
   back = jnp.einsum("...ij,...j->...i", lin, kp) + shift
-  return jnp.where(ok[..., None, None], back, keypoints), ok
+  return jnp.where(ok[..., None, None], back, keypoints)
