@@ -4,6 +4,8 @@
   python benchmarks/faces.py --parts speed --one-core           # ms per photo, one CPU core
   python benchmarks/faces.py --parts accuracy --bundle runs/utk/bundle \
       --data UTKFACE_DIR --splits runs/utk/splits.csv           # --faces off vs detect
+  python benchmarks/faces.py --parts gap --bundle runs/utk/bundle --data UTKFACE_DIR \
+      --splits runs/utk/splits.csv --limit 800                  # where the photos' points go
 
 recall: group photos (640x480, 2–5 UTKFace crops pasted with 40–80 px sides, ±10°, on
 noise / gradient / stripes / blurred-photo backgrounds): the share of pasted faces found
@@ -18,7 +20,9 @@ as a person in a 250x250 photo (0.3–0.6 of the side, random place, ±8°, a te
 blurred corner of another test image behind): balanced accuracy with the photo classified
 whole (--faces off) and with the best-scoring detected face aligned and classified (--faces
 detect; no face found counts as wrong), beside the crops themselves. `--refine both` runs
-fused and accuracy with and without the second look at the keypoints (refine.py).
+fused and accuracy with and without the second look at the keypoints (refine.py). gap: where
+the crops lose accuracy on the way to photos, one change at a time (the crops' pixels alone,
+their own alignment, a plain paste on grey, a larger detector input, the second look).
 """
 from __future__ import annotations
 
@@ -48,15 +52,16 @@ COLUMNS = [("part", "part", ""), ("detector", "detector", ""), ("metric", "metri
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--parts", default="recall,speed,fused",
-                 help="comma-separated: recall, speed, fused, accuracy")
+                 help="comma-separated: recall, speed, fused, accuracy, gap")
   p.add_argument("--detectors", default="short,full,full@384",
                  help="KIND or KIND@SIDE: full range at a larger input side finds smaller faces")
   p.add_argument("--data", default=str(common.DEFAULT_FOLDER),
                  help="UTKFace folder (male/, female/, labels.csv)")
-  p.add_argument("--splits", help="splits.csv of the bundle's run (accuracy: its test rows)")
+  p.add_argument("--splits", help="splits.csv of the bundle's run (accuracy, gap: its --split rows)")
   p.add_argument("--bundle", help="inference bundle (fused: random resnet18/16 at 64 px if none)")
   p.add_argument("--photos", type=int, default=40, help="group photos for recall")
-  p.add_argument("--limit", type=int, help="at most this many test images (accuracy)")
+  p.add_argument("--limit", type=int, help="at most this many images (accuracy, gap)")
+  p.add_argument("--split", default="test", help="accuracy, gap: the split's rows of --splits")
   p.add_argument("--tta", default="none", choices=("none", "flip"),
                  help="accuracy: flip TTA for the crops and the aligned faces alike")
   p.add_argument("--refine", default="on", choices=("on", "off", "both"),
@@ -196,19 +201,25 @@ def _top_class(answer, names) -> int:
   return int(np.argmax([answer[f"p_{name}"] for name in names]))
 
 
-def accuracy(args, kinds, bundle):
+def split_crops(args, bundle, part):
+  """The bundle and the --split rows of its run (the first --limit): crops and labels."""
   from gender_jax.bundle import Bundle
-  from gender_jax.predictor import Predictor
   if not args.splits:
-    raise SystemExit("--parts accuracy needs --splits SPLITS_CSV (and --bundle, --data)")
+    raise SystemExit(f"--parts {part} needs --splits SPLITS_CSV (and --bundle, --data)")
   with open(args.splits) as f:
-    test = [r for r in csv.DictReader(f) if r["split"] == "test"]
-  test = test[:args.limit] if args.limit else test
+    rows = [r for r in csv.DictReader(f) if r["split"] == args.split]
+  rows = rows[:args.limit] if args.limit else rows
   bundle = Bundle(bundle)
   names = list(bundle.class_names)
-  crops = [np.asarray(Image.open(os.path.join(args.data, r["path"])).convert("RGB")) for r in test]
+  crops = [np.asarray(Image.open(os.path.join(args.data, r["path"])).convert("RGB")) for r in rows]
   labels = [names.index(os.path.dirname(r["path"])) if r["label"] not in ("0", "1")
-            else int(r["label"]) for r in test]
+            else int(r["label"]) for r in rows]
+  return bundle, names, crops, labels
+
+
+def accuracy(args, kinds, bundle):
+  from gender_jax.predictor import Predictor
+  bundle, names, crops, labels = split_crops(args, bundle, "accuracy")
   rng = np.random.default_rng(3)
   scenes_ = [scenes.in_the_wild(rng, c, crops) for c in crops]
   photos = [p.image for p in scenes_]
@@ -217,9 +228,9 @@ def accuracy(args, kinds, bundle):
   predictor = Predictor(bundle, batch_size=64, tta=args.tta)
   off = [_top_class(a, names) for a in predictor.predict(photos)]
   ref = [_top_class(a, names) for a in predictor.predict(crops)]
-  rows = [dict(part="accuracy", detector="—", metric="balanced acc, crops", n=len(test),
+  rows = [dict(part="accuracy", detector="—", metric="balanced acc, crops", n=len(crops),
                value=balanced_accuracy(labels, ref), note="the test crops themselves"),
-          dict(part="accuracy", detector="—", metric="balanced acc, --faces off", n=len(test),
+          dict(part="accuracy", detector="—", metric="balanced acc, --faces off", n=len(crops),
                value=balanced_accuracy(labels, off), note="250x250 photo, face 0.3-0.6")]
   for label, kind, refine in variants(args, kinds):
     pipe = FacePipeline(bundle, detector=split_kind(kind)[0], detector_side=split_kind(kind)[1],
@@ -230,13 +241,62 @@ def accuracy(args, kinds, bundle):
       found += best is not None
       got.append(_top_class(best, names) if best else -1)
     rows.append(dict(part="accuracy", detector=label, metric="balanced acc, --faces detect",
-                     value=balanced_accuracy(labels, got), n=len(test),
-                     note=f"face found in {found / len(test):.1%}; none = wrong"))
+                     value=balanced_accuracy(labels, got), n=len(crops),
+                     note=f"face found in {found / len(crops):.1%}; none = wrong"))
     for name, part in ((f"faces < {SMALL_FACE} px", small), (f"faces ≥ {SMALL_FACE} px", ~small)):
       rows.append(dict(part="accuracy", detector=label, metric=f"  {name}", n=int(part.sum()),
                        value=balanced_accuracy(np.asarray(labels)[part], np.asarray(got)[part]),
                        note="of the same photos"))
   return rows
+
+
+def _on_grey(rng, crop, side=250, scale=(0.3, 0.6)):
+  """The crop pasted whole on a grey photo at 0.3-0.6 of its side: no rotation, no border."""
+  canvas = Image.new("RGB", (side, side), (128, 128, 128))
+  s = int(round(side * rng.uniform(*scale)))
+  x0, y0 = int(rng.integers(0, side - s + 1)), int(rng.integers(0, side - s + 1))
+  canvas.paste(Image.fromarray(crop).resize((s, s), Image.BILINEAR), (x0, y0))
+  return np.asarray(canvas)
+
+
+def _shrunk(rng, crop, side=250, scale=(0.3, 0.6)):
+  """The crop at the size `_on_grey` would paste it, and back: its pixels, no photo."""
+  s = int(round(side * rng.uniform(*scale)))
+  small = Image.fromarray(crop).resize((s, s), Image.BILINEAR)
+  return np.asarray(small.resize(crop.shape[1::-1], Image.BILINEAR))
+
+
+def gap(args, bundle):
+  """Where crops lose accuracy on the way to photos, one change at a time (no TTA, full
+  range): the pixels alone, the crops' own alignment, a plain paste, and what wins it back."""
+  from gender_jax.predictor import Predictor
+  bundle, names, crops, labels = split_crops(args, bundle, "gap")
+  predictor = Predictor(bundle, batch_size=64)
+
+  def score(answers):
+    return balanced_accuracy(labels, [_top_class(a, names) if a else -1 for a in answers])
+
+  def detect(photos, refine=False, **kw):
+    pipe = FacePipeline(bundle, detector="full", max_faces=4, batch_size=16, refine=refine, **kw)
+    return score([max(fs, key=lambda f: f["score"]) if fs else None for fs in pipe(photos)])
+
+  def draw(make):  # each variant draws its photos from the same seed
+    rng = np.random.default_rng(3)
+    return [make(rng, c) for c in crops]
+  shrunk = draw(_shrunk)
+  grey = draw(_on_grey)
+  wild = draw(lambda rng, c: scenes.in_the_wild(rng, c, crops).image)
+  cases = [("crops themselves, no detector", lambda: score(predictor.predict(crops))),
+           ("shrunk to the pasted size and back", lambda: score(predictor.predict(shrunk))),
+           ("crops through detect → align", lambda: detect(crops)),
+           ("on grey at 0.3-0.6 of 250 px", lambda: detect(grey)),
+           ("  … letterboxed without margin", lambda: detect(grey, margin=0.0)),
+           ("  … full range at 384 px", lambda: detect(grey, detector_side=384)),
+           ("  … second look", lambda: detect(grey, refine=True)),
+           ("in the wild (as --parts accuracy)", lambda: detect(wild)),
+           ("  … second look", lambda: detect(wild, refine=True))]
+  return [dict(part="gap", detector="full", metric=name, value=fn(), n=len(crops),
+               note=f"{args.split} split, no TTA") for name, fn in cases]
 
 
 def main(argv=None):
@@ -251,7 +311,8 @@ def main(argv=None):
   rows = []
   for part, fn in (("recall", lambda: recall(args, kinds)), ("speed", lambda: speed(args, kinds)),
                    ("fused", lambda: fused(args, kinds, bundle)),
-                   ("accuracy", lambda: accuracy(args, kinds, bundle))):
+                   ("accuracy", lambda: accuracy(args, kinds, bundle)),
+                   ("gap", lambda: gap(args, bundle))):
     if part in parts:
       new = fn()
       rows += new
