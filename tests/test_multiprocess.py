@@ -186,15 +186,17 @@ def test_killing_one_process_stops_the_other(procs, tmp_path, victim):
   elapsed = time.monotonic() - t0
   out = survivor.output()
   assert rc != 0 and elapsed < timeout + 30, out[-2000:]
-  if victim == 1:
-    # Stuck in the all-reduce: only the watchdog can notice, and it names the dead peer.
-    assert rc == parallel.EXIT_PEER_LOST
-    assert "process 0 of 2: process 1 sent no heartbeat for over 4 s" in out
+  if rc == parallel.EXIT_PEER_LOST:
+    # The watchdog noticed first, and names who is gone: the dead peer, or the coordinator.
+    assert ("process 0 of 2: process 1 sent no heartbeat for over 4 s" in out if victim == 1
+            else "no answer from the coordinator (process 0" in out), out[-2000:]
   else:
-    # The coordination service went with process 0: JAX itself aborts at once, or the
-    # watchdog reports the lost coordinator, whichever comes first.
-    assert ("another task died" in out or "Connection closed by peer" in out
-            or "no answer from the coordinator (process 0" in out), out[-2000:]
+    # JAX or gloo noticed first and aborted with its own line: the coordination service
+    # reporting the lost task, or gloo's socket closed under the all-reduce. Usual for a dead
+    # coordinator; for a dead peer seen once, in CI under load.
+    assert rc == -signal.SIGABRT, f"rc {rc}:\n{out[-2000:]}"
+    assert any(s in out for s in ("another task died", "Connection closed by peer",
+                                  "Connection reset by peer")), out[-2000:]
 
 
 def test_slurm_environment_is_detected(procs, tmp_path):
