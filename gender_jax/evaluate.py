@@ -100,8 +100,18 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
                                  bootstrap=bootstrap, seed=seed)
                 for v in sorted(set(values[adults]), key=_sort_key)}
         for field, values in fields.items() if field not in AGE_FIELDS and adults.any()}
-    # Who the threshold leaves unanswered: children first, adults kept.
+    # Each group over the same age mix (the whole set's): the gap that remains once the
+    # groups' different shares of children are taken out (direct standardisation).
     groups = fields["age_group"]
+    known = groups != "unknown"
+    shares = {a: float((groups[known] == a).mean()) for a in set(groups[known])}
+    report["age_standardised"] = {
+        field: {v: stats.standardised_balanced_accuracy(
+                    correct[values == v], labels[values == v], groups[values == v], shares,
+                    bootstrap=bootstrap, seed=seed)
+                for v in sorted(set(values), key=_sort_key)}
+        for field, values in fields.items() if field not in AGE_FIELDS and known.any()}
+    # Who the threshold leaves unanswered: children first, adults kept.
     report["abstention"]["by_age_group"] = {
         v: dict(count=int((groups == v).sum()), coverage=float(answered[groups == v].mean()),
                 accuracy_answered=float(correct[(groups == v) & answered].mean())
@@ -124,7 +134,9 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
       out[key] = dict(balanced_accuracy=value(ages[name].get("balanced_accuracy")),
                       count=ages[name]["count"])
   for key, groups in (("race_gap", report["subgroups"].get("race", {})),
-                      ("race_gap_adults", report.get("within_adults", {}).get("race", {}))):
+                      ("race_gap_adults", report.get("within_adults", {}).get("race", {})),
+                      ("race_gap_age_standardised",
+                       report.get("age_standardised", {}).get("race", {}))):
     gap = _gap(groups)
     if gap:
       out[key] = gap
@@ -133,8 +145,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
 
 def _gap(groups: dict[str, dict]) -> dict[str, Any] | None:
   """Best − worst balanced accuracy over the named groups (not "unknown"), in points."""
-  values = {k: m["balanced_accuracy"]["value"] for k, m in groups.items()
-            if k != "unknown" and m.get("balanced_accuracy", {}).get("value") is not None}
+  values = {k: m.get("balanced_accuracy", m).get("value") for k, m in groups.items()}
+  values = {k: v for k, v in values.items() if k != "unknown" and v is not None}
   if len(values) < 2:
     return None
   best, worst = max(values, key=values.get), min(values, key=values.get)

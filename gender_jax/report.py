@@ -76,7 +76,8 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
   md += [f"- {name}: balanced accuracy {fmt(h[key]['balanced_accuracy'])} (n={h[key]['count']})"
          for key, name in (("adults_20_69", "Adults 20-69"), ("children_0_9", "Children 0-9"))
          if key in h]
-  for key, within in (("race_gap", ""), ("race_gap_adults", ", adults 20-69 only")):
+  for key, within in (("race_gap", ""), ("race_gap_adults", ", adults 20-69 only"),
+                      ("race_gap_age_standardised", ", each over the whole set's age mix")):
     if key in h:
       g = h[key]
       md.append(f"- Race groups{within}: best − worst balanced accuracy {g['points']:.1f} points "
@@ -88,6 +89,13 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
     md += ["", f"![{field}](subgroup_{field}.png)"]
   for field, groups in report.get("within_adults", {}).items():
     md += ["", f"## By {field}, adults 20-69 only", ""] + _group_table(groups, field)
+  for field, groups in report.get("age_standardised", {}).items():
+    md += ["", f"## By {field}, age-standardised", "",
+           "Each group's balanced accuracy over the whole set's age-group mix (its own age "
+           "groups reweighted), so groups with more children are compared like for like.", "",
+           f"| {field} | balanced accuracy [95% CI] | n | share of the age mix covered |",
+           "|---|---|---:|---:|"]
+    md += [f"| {v} | {fmt(g)} | {g['count']} | {g['coverage']:.2f} |" for v, g in groups.items()]
   md += ["", "## Calibration", "",
          f"Temperature {cal['temperature']:.4f} ({cal['source']}"
          + (f", fitted on {cal['fitted']['data']}, {cal['fitted']['count']} images" if cal["fitted"]

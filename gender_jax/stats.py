@@ -146,3 +146,39 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, *, class_names
                     count=n, bins=num_bins)
   out["mean_confidence"] = _f(probs.max(1).mean())
   return out
+
+
+def standardised_balanced_accuracy(correct: np.ndarray, labels: np.ndarray, strata: np.ndarray,
+                                   shares: dict[str, float], *, bootstrap: int = 1000,
+                                   seed: int = 0) -> dict:
+  """Balanced accuracy of one group as if its strata (age bands) had the reference `shares`.
+
+  Direct standardisation: each stratum's examples together weigh its reference share, so groups with different age mixes are compared over the same mix. Strata the group
+  lacks are left out and the reference renormalised over the rest (`coverage` says how much of
+  it remains). 95% percentile bootstrap over the group's examples.
+  """
+  correct, labels = np.asarray(correct, np.float64), np.asarray(labels).astype(int)
+  strata = np.asarray(strata, dtype=object)
+  n = len(labels)
+  present = sorted(set(strata) & set(shares))
+  coverage = float(sum(shares[s] for s in present))
+  if n == 0 or not present or labels.min() == labels.max():
+    return dict(value=None, ci=[None, None], count=n, coverage=coverage)
+
+  def standardised(counts):  # (..., n) resample counts → weights with the reference mix
+    w = np.zeros_like(counts)
+    for s in present:
+      m = strata == s
+      with np.errstate(invalid="ignore", divide="ignore"):
+        w[..., m] = counts[..., m] / counts[..., m].sum(-1, keepdims=True) * shares[s]
+    return w
+
+  def balanced(w):
+    with np.errstate(invalid="ignore", divide="ignore"):
+      return np.mean([(w[..., labels == c] * correct[labels == c]).sum(-1)
+                      / w[..., labels == c].sum(-1) for c in range(2)], axis=0)
+
+  rng = np.random.default_rng(seed)
+  counts = rng.multinomial(n, np.full(n, 1 / n), size=bootstrap).astype(np.float64)
+  return dict(**_value(balanced(standardised(np.ones(n))), balanced(standardised(counts))),
+              count=n, coverage=_f(coverage))

@@ -122,6 +122,39 @@ def test_evaluate_outputs_groups_and_age_bands():
       - within["1 Black"]["balanced_accuracy"]["value"]), abs=0.01)
 
 
+
+def test_age_standardised_race_gap_takes_out_the_age_mix():
+  """Two race groups, each right on every adult and on half its children, one with many more
+  children: their plain accuracies differ, over the same age mix they are equal."""
+  rng = np.random.default_rng(0)
+  metas, labels, margins = [], [], []
+  for race, children, adults in (("0", 40, 160), ("2", 120, 80)):
+    for i in range(children + adults):
+      child = i < children
+      label = i % 2
+      right = not child or (i // 2) % 2 == 0  # half the children of each class wrong
+      metas.append(dict(age="5" if child else "35", race=race))
+      labels.append(label)
+      margins.append((1.0 if label else -1.0) * (1 if right else -1) * rng.uniform(0.5, 2))
+  labels = np.array(labels)
+  logits = np.stack([np.zeros(len(margins)), np.array(margins)], axis=1)
+  r = evaluate.evaluate_outputs(logits, labels, metas, bootstrap=200)
+  plain = r["subgroups"]["race"]
+  assert plain["0 White"]["balanced_accuracy"]["value"] == pytest.approx(0.9)   # 40·½ + 160 of 200
+  assert plain["2 Asian"]["balanced_accuracy"]["value"] == pytest.approx(0.7)   # 120·½ + 80 of 200
+  assert r["headline"]["race_gap"]["points"] == pytest.approx(20.0)
+  # The whole set's mix: 160 children, 240 adults → 0.4·½ + 0.6·1 = 0.8 for both groups.
+  std = r["age_standardised"]["race"]
+  for race in ("0 White", "2 Asian"):
+    assert std[race]["value"] == pytest.approx(0.8) and std[race]["coverage"] == 1.0
+    lo, hi = std[race]["ci"]
+    assert lo < 0.8 < hi
+  assert r["headline"]["race_gap_age_standardised"]["points"] == pytest.approx(0.0, abs=1e-6)
+  # A group without children is standardised over the adults' share alone, and says so.
+  only = stats.standardised_balanced_accuracy(np.ones(4), np.array([0, 1, 0, 1]),
+                                              np.array(["a"] * 4), {"a": 0.6, "c": 0.4})
+  assert only["value"] == 1.0 and only["coverage"] == pytest.approx(0.6)
+
 def test_evaluate_cli_writes_report_and_plots(tmp_path):
   pytest.importorskip("matplotlib", reason="plots need the [report] extra")
   bundle = constant_bundle(tmp_path / "bundle", bias=(0.0, 1.0))
