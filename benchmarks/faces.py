@@ -53,8 +53,9 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--parts", default="recall,speed,fused",
                  help="comma-separated: recall, speed, fused, accuracy, gap")
-  p.add_argument("--detectors", default="short,full,full@384",
-                 help="KIND or KIND@SIDE: full range at a larger input side finds smaller faces")
+  p.add_argument("--detectors", default="short,full,full@384,full+tiles",
+                 help="KIND[@SIDE][+tiles]: full range at a larger input side, or a large photo "
+                      "also looked at in overlapping windows (+tiles), finds smaller faces")
   p.add_argument("--data", default=str(common.DEFAULT_FOLDER),
                  help="UTKFace folder (male/, female/, labels.csv)")
   p.add_argument("--splits", help="splits.csv of the bundle's run (accuracy, gap: its --split rows)")
@@ -82,8 +83,10 @@ def load_crops(folder, n=None, seed=0):
 
 
 def split_kind(name):
+  """KIND[@SIDE][+tiles] → (kind, side or None, tiles mode)."""
+  name, plus, _ = name.partition("+tiles")
   kind, _, side = name.partition("@")
-  return kind, int(side) if side else None
+  return kind, int(side) if side else None, "auto" if plus else "off"
 
 
 def recall(args, kinds):
@@ -94,7 +97,8 @@ def recall(args, kinds):
             for k in range(args.photos)]
   rows = []
   for kind in kinds:
-    found = Detector(*split_kind(kind)[:1], side=split_kind(kind)[1], max_faces=8,
+    name, side, tiles = split_kind(kind)
+    found = Detector(name, side=side, tiles=tiles, max_faces=8,
                      batch_size=8)([p.image for p in photos])
     hits = [scenes.match(p.squares, np.asarray([f["box"] for f in fs]).reshape(-1, 4))
             for p, fs in zip(photos, found)]
@@ -114,7 +118,7 @@ def speed(args, kinds):
   photo = scenes.group_photo(rng, crops[:3], size=(640, 480), sides=(60, 100), others=crops)
   rows = []
   for kind in kinds:
-    det = Detector(split_kind(kind)[0], side=split_kind(kind)[1], max_faces=8, batch_size=1)
+    det = Detector(*split_kind(kind)[:1], side=split_kind(kind)[1], max_faces=8, batch_size=1)
     batch = jax.device_put(letterbox(photo.image, det.size).image[None])
     jax.block_until_ready(det._run(det._state, batch))
     times = []
@@ -161,7 +165,8 @@ def fused(args, kinds, bundle):
                                   others=crops).image for k in range(args.batch_size)]
   rows = []
   for label, kind, refine in variants(args, kinds):
-    pipe = FacePipeline(bundle, detector=split_kind(kind)[0], detector_side=split_kind(kind)[1],
+    name, side, tiles = split_kind(kind)
+    pipe = FacePipeline(bundle, detector=name, detector_side=side, tiles=tiles,
                         max_faces=8, batch_size=args.batch_size, refine=refine)
     prepared = [pipe.prepare(p) for p in photos]
     arrays = [jax.device_put(np.stack([p[i].image if i < 2 else p[i] for p in prepared]))
@@ -233,7 +238,8 @@ def accuracy(args, kinds, bundle):
           dict(part="accuracy", detector="—", metric="balanced acc, --faces off", n=len(crops),
                value=balanced_accuracy(labels, off), note="250x250 photo, face 0.3-0.6")]
   for label, kind, refine in variants(args, kinds):
-    pipe = FacePipeline(bundle, detector=split_kind(kind)[0], detector_side=split_kind(kind)[1],
+    name, side, tiles = split_kind(kind)
+    pipe = FacePipeline(bundle, detector=name, detector_side=side, tiles=tiles,
                         max_faces=4, batch_size=16, tta=args.tta, refine=refine)
     got, found = [], 0
     for faces in pipe(photos):

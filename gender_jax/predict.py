@@ -165,6 +165,11 @@ def main(argv=None):
                       help="look again at each small face to place its keypoints before "
                            "aligning it (on, the default: +0.7 points on 250-px photos); off "
                            "is ~1.4x faster on CPU (example: --refine-keypoints off)")
+  parser.add_argument("--tiles", default="auto", choices=("auto", "off"),
+                      help="a photo at least 640 px long is also looked at in overlapping "
+                           "windows, for the small faces of a group photo (auto, the default; "
+                           "several times the detection work); off looks at it whole only "
+                           "(example: --tiles off)")
   parser.add_argument("--max-faces", type=int, default=8,
                       help="most faces reported per photo (default 8; example: --max-faces 16)")
   parser.add_argument("--save-crops", help="write each aligned face as DIR/<n>_<name>_face<i>.png "
@@ -221,7 +226,7 @@ def main(argv=None):
                             detector_side=side,
                             batch_size=max(1, args.batch_size // args.max_faces),
                             faces=args.faces, tta=args.tta,
-                            refine=args.refine_keypoints == "on")
+                            refine=args.refine_keypoints == "on", tiles=args.tiles)
     columns = CSV_COLUMNS + FACE_COLUMNS
     source = face_rows(pipeline, paths, args.save_crops, progress=not args.quiet)
   rows = []

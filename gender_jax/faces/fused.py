@@ -25,6 +25,7 @@ from flax import nnx
 from gender_jax.faces import align as align_lib
 from gender_jax.faces import anchors
 from gender_jax.faces import refine as refine_lib
+from gender_jax.faces import tiles as tiles_lib
 from gender_jax.faces.anchors import detect_images
 from gender_jax.faces.blazeface import create_detector
 from gender_jax.faces.letterbox import Letterbox, letterbox, margin_for, unbox
@@ -54,8 +55,10 @@ class Detector:
 
   def __init__(self, kind: str = "short", *, max_faces: int = 8, batch_size: int = 8,
                min_score: float = anchors.MIN_SCORE, margin: float | None = None,
-               side: int | None = None):
+               side: int | None = None, tiles: str = "off"):
     self.kind, self.max_faces, self.batch_size, self.margin = kind, max_faces, batch_size, margin
+    self.tiles = tiles
+    tiles_lib.windows((1, 1), tiles)  # an unknown mode fails here, not at the first photo
     self.model = create_detector(kind)
     self.size = check_side(kind, side or self.model.input_size)
     self.traces = 0
@@ -72,10 +75,15 @@ class Detector:
     return jax.device_get(self._run(self._state, batch))
 
   def __call__(self, images: Sequence[np.ndarray]) -> list[list[dict[str, Any]]]:
+    found = self._detect(images, self.margin)
+    return tiles_lib.add_tiled(images, found, lambda views: self._detect(views, 0.0),
+                               self.tiles, self.max_faces)
+
+  def _detect(self, images, margin):
     out = []
     for start in range(0, len(images), self.batch_size):
       chunk = images[start:start + self.batch_size]
-      boxes = [letterbox(im, self.size, self.margin) for im in chunk]
+      boxes = [letterbox(im, self.size, margin) for im in chunk]
       det = self.raw(_pad([b.image for b in boxes], self.batch_size))
       for i, lb in enumerate(boxes):
         out.append(_faces(det, i, lb))
@@ -113,7 +121,7 @@ class FacePipeline:
   def __init__(self, bundle, *, detector: str = "full", max_faces: int = 8, batch_size: int = 8,
                canvas: int = CANVAS, min_score: float = anchors.MIN_SCORE,
                margin: float | None = None, faces: str = "detect", detector_side: int | None = None,
-               tta: str = "none", refine: bool = True):
+               tta: str = "none", refine: bool = True, tiles: str = "auto"):
     from gender_jax.bundle import Bundle
     if faces not in ("auto", "detect"):
       raise ValueError(f"faces={faces!r}: choose auto or detect")
@@ -122,6 +130,8 @@ class FacePipeline:
     self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     self.kind, self.max_faces, self.batch_size = detector, max_faces, batch_size
     self.canvas, self.margin, self.faces = canvas, margin, faces
+    self.tiles = tiles
+    tiles_lib.windows((1, 1), tiles)  # an unknown mode fails here, not at the first photo
     self.model = create_detector(detector)
     self.size = check_side(detector, detector_side or self.model.input_size)
     self.crop_size = self.bundle.image_size
@@ -198,7 +208,10 @@ class FacePipeline:
     if again:
       for i, faces in zip(again, self._answer([images[i] for i in again], mode, crops, 0.0)):
         out[i] = faces
-    return out
+    # A large photo's small faces: its overlapping windows, each looked at as a photo.
+    return tiles_lib.add_tiled(images, out, lambda views: self._answer(views, "detect", crops, 0.0),
+                               self.tiles, self.max_faces,
+                               skip=lambda faces: any(not f["aligned"] for f in faces))
 
   def _answer(self, images, mode: str, crops: bool, margin: float | None = None):
     out = []
