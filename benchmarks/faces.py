@@ -9,7 +9,9 @@
 
 recall: group photos (640x480, 2–5 UTKFace crops pasted with 40–80 px sides, ±10°, on
 noise / gradient / stripes / blurred-photo backgrounds): the share of pasted faces found
-(a box centred on the crop, 0.3–1.2 of its side wide) and false detections per photo.
+(a box centred on the crop, 0.3–1.2 of its side wide), false detections and ms per photo;
+then the same photos at 3x (1920x1440, faces 120–240 px). `KIND+tiles` also looks at a
+photo in overlapping windows (faces/tiles.py).
 speed: one photo (batch 1, already letterboxed on the device) through detector + decoding +
 NMS; median ms. `--one-core` pins the process to CPU 0 (sched_setaffinity, as `taskset -c 0`)
 and gives XLA one thread (--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1).
@@ -96,19 +98,29 @@ def recall(args, kinds):
                                   size=(640, 480), sides=(40, 80), others=crops)
             for k in range(args.photos)]
   rows = []
-  for kind in kinds:
-    name, side, tiles = split_kind(kind)
-    found = Detector(name, side=side, tiles=tiles, max_faces=8,
-                     batch_size=8)([p.image for p in photos])
-    hits = [scenes.match(p.squares, np.asarray([f["box"] for f in fs]).reshape(-1, 4))
-            for p, fs in zip(photos, found)]
-    n_faces = sum(len(h) for h in hits)
-    false = sum(max(0, len(fs) - int(h.sum())) for fs, h in zip(found, hits))
-    rows.append(dict(part="recall", detector=kind, metric="recall 40-80 px",
-                     value=sum(h.sum() for h in hits) / n_faces, n=n_faces,
-                     note=f"{args.photos} photos 640x480"))
-    rows.append(dict(part="recall", detector=kind, metric="false per photo",
-                     value=false / len(photos), n=len(photos), note=""))
+  # The same photos at 3x (1920x1440, faces 120-240 px): a phone's group photo, downsized.
+  for scale in (1, 3):
+    images = [p.image if scale == 1 else np.asarray(Image.fromarray(p.image).resize(
+        (640 * scale, 480 * scale), Image.BILINEAR)) for p in photos]
+    for kind in kinds:
+      name, side, tiles = split_kind(kind)
+      detector = Detector(name, side=side, tiles=tiles, max_faces=8, batch_size=8)
+      detector(images[:8])  # compile
+      start = time.perf_counter()
+      found = detector(images)
+      ms = 1000 * (time.perf_counter() - start) / len(images)
+      hits = [scenes.match(p.squares * scale, np.asarray([f["box"] for f in fs]).reshape(-1, 4))
+              for p, fs in zip(photos, found)]
+      n_faces = sum(len(h) for h in hits)
+      false = sum(max(0, len(fs) - int(h.sum())) for fs, h in zip(found, hits))
+      size = f"{640 * scale}x{480 * scale}"
+      rows.append(dict(part="recall", detector=kind, metric=f"recall {40 * scale}-{80 * scale} px",
+                       value=sum(h.sum() for h in hits) / n_faces, n=n_faces,
+                       note=f"{args.photos} photos {size}"))
+      rows.append(dict(part="recall", detector=kind, metric="false per photo",
+                       value=false / len(photos), n=len(photos), note=size))
+      rows.append(dict(part="recall", detector=kind, metric="ms per photo (batch 8)", value=ms,
+                       n=len(photos), note=f"{size}, all cores"))
   return rows
 
 
