@@ -69,7 +69,7 @@ class GenderClassifier:
                batch_wait_timeout_s: float = 0.002, compute_dtype: str = "float32",
                max_body_bytes: int = 16 * 2**20, max_images: int = 32,
                max_image_pixels: int = 40_000_000, faces_detector: str = "full",
-               faces_batch_size: int = 8, max_faces: int = 8):
+               faces_batch_size: int = 8, max_faces: int = 8, faces_tiles: str = "auto"):
     import jax
     from gender_jax.bundle import Bundle
     from gender_jax.predictor import Predictor
@@ -100,7 +100,8 @@ class GenderClassifier:
       from gender_jax.faces.fused import FacePipeline
       self.face_pipeline = FacePipeline(self.bundle, detector=faces_detector,
                                         max_faces=int(max_faces),
-                                        batch_size=int(faces_batch_size), faces="auto")
+                                        batch_size=int(faces_batch_size), faces="auto",
+                                        tiles=faces_tiles)
       self.face_pipeline([np.zeros((size, size, 3), np.uint8)])
       self._infer_faces.set_max_batch_size(int(faces_batch_size))
       self._infer_faces.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
@@ -124,7 +125,7 @@ class GenderClassifier:
         preprocessing=self.bundle.preprocessing, batch_sizes=list(self.batch_sizes),
         backend=jax.default_backend(),
         faces=dict(detector=faces_detector or None, max_faces=int(max_faces),
-                   batch_size=int(faces_batch_size)) if faces_detector else None,
+                   batch_size=int(faces_batch_size), tiles=faces_tiles) if faces_detector else None,
         limits=dict(max_body_bytes=self.limits.max_body_bytes, max_images=self.limits.max_images,
                     max_image_pixels=self.limits.max_image_pixels))
     self.page = PAGE.read_text()
@@ -265,7 +266,8 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
   """Application builder for `serve run serve/config.yaml` (`import_path: serve.app:app`)."""
   args = dict(args or {})
   known = {"bundle", "batch_sizes", "batch_wait_timeout_s", "compute_dtype", "max_body_bytes",
-           "max_images", "max_image_pixels", "faces_detector", "faces_batch_size", "max_faces"}
+           "max_images", "max_image_pixels", "faces_detector", "faces_batch_size", "max_faces",
+           "faces_tiles"}
   unknown = sorted(set(args) - known)
   if unknown:
     raise ValueError(f"unknown serve args {unknown}; known: {sorted(known)}")
