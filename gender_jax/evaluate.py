@@ -111,6 +111,15 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
                     bootstrap=bootstrap, seed=seed)
                 for v in sorted(set(values), key=_sort_key)}
         for field, values in fields.items() if field not in AGE_FIELDS and known.any()}
+    # The other way round: what each group would score with the whole set's accuracy in every
+    # age group and only its own age mix. The spread of these is the part of the plain gap
+    # that the age mix alone explains.
+    by_age = {a: report["subgroups"]["age_group"].get(a, {}).get("balanced_accuracy", {})
+              .get("value") for a in shares}
+    report["age_mix_expected"] = {
+        field: {v: dict(value=_weighted(by_age, groups[(values == v) & known]))
+                for v in sorted(set(values), key=_sort_key)}
+        for field, values in fields.items() if field not in AGE_FIELDS and known.any()}
     # Who the threshold leaves unanswered: children first, adults kept.
     report["abstention"]["by_age_group"] = {
         v: dict(count=int((groups == v).sum()), coverage=float(answered[groups == v].mean()),
@@ -119,6 +128,12 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
         for v in sorted(set(groups), key=_sort_key)}
   report["headline"] = headline(report)
   return report
+
+
+def _weighted(values: dict[str, float | None], strata: np.ndarray) -> float | None:
+  """The mean of values[stratum] over `strata` (None where a stratum has no value)."""
+  got = [values.get(s) for s in strata]
+  return None if not got or None in got else round(float(np.mean(got)), 6)
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +151,9 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
   for key, groups in (("race_gap", report["subgroups"].get("race", {})),
                       ("race_gap_adults", report.get("within_adults", {}).get("race", {})),
                       ("race_gap_age_standardised",
-                       report.get("age_standardised", {}).get("race", {}))):
+                       report.get("age_standardised", {}).get("race", {})),
+                      ("race_gap_from_age_mix",
+                       report.get("age_mix_expected", {}).get("race", {}))):
     gap = _gap(groups)
     if gap:
       out[key] = gap

@@ -16,7 +16,7 @@ from gender_jax import CLASS_NAMES
 def fmt(m: dict | None, digits: int = 3) -> str:
   if not m or m.get("value") is None:
     return "–"
-  lo, hi = m["ci"]
+  lo, hi = m.get("ci") or (None, None)
   ci = "" if lo is None or hi is None or np.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]"
   return f"{m['value']:.{digits}f}{ci}"
 
@@ -77,7 +77,9 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
          for key, name in (("adults_20_69", "Adults 20-69"), ("children_0_9", "Children 0-9"))
          if key in h]
   for key, within in (("race_gap", ""), ("race_gap_adults", ", adults 20-69 only"),
-                      ("race_gap_age_standardised", ", each over the whole set's age mix")):
+                      ("race_gap_age_standardised", ", each over the whole set's age mix"),
+                      ("race_gap_from_age_mix", " expected from their age mixes alone (the "
+                       "whole set's accuracy per age group)")):
     if key in h:
       g = h[key]
       md.append(f"- Race groups{within}: best − worst balanced accuracy {g['points']:.1f} points "
@@ -93,9 +95,13 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
     md += ["", f"## By {field}, age-standardised", "",
            "Each group's balanced accuracy over the whole set's age-group mix (its own age "
            "groups reweighted), so groups with more children are compared like for like.", "",
-           f"| {field} | balanced accuracy [95% CI] | n | share of the age mix covered |",
-           "|---|---|---:|---:|"]
-    md += [f"| {v} | {fmt(g)} | {g['count']} | {g['coverage']:.2f} |" for v, g in groups.items()]
+           "The last column is the other way round: the whole set's accuracy in each age group, "
+           "over the group's own age mix — what its age mix alone would make of it.", "",
+           f"| {field} | age-standardised [95% CI] | n | share of the age mix covered | "
+           "expected from its age mix |", "|---|---|---:|---:|---:|"]
+    expected = report.get("age_mix_expected", {}).get(field, {})
+    md += [f"| {v} | {fmt(g)} | {g['count']} | {g['coverage']:.2f} | "
+           f"{fmt(expected.get(v))} |" for v, g in groups.items()]
   md += ["", "## Calibration", "",
          f"Temperature {cal['temperature']:.4f} ({cal['source']}"
          + (f", fitted on {cal['fitted']['data']}, {cal['fitted']['count']} images" if cal["fitted"]

@@ -150,6 +150,12 @@ def test_age_standardised_race_gap_takes_out_the_age_mix():
     lo, hi = std[race]["ci"]
     assert lo < 0.8 < hi
   assert r["headline"]["race_gap_age_standardised"]["points"] == pytest.approx(0.0, abs=1e-6)
+  # The other way round: the set's accuracy per age group (children ½, adults 1) over each
+  # group's own mix explains the whole plain gap here.
+  expected = r["age_mix_expected"]["race"]
+  assert expected["0 White"]["value"] == pytest.approx(0.2 * 0.5 + 0.8)
+  assert expected["2 Asian"]["value"] == pytest.approx(0.6 * 0.5 + 0.4)
+  assert r["headline"]["race_gap_from_age_mix"]["points"] == pytest.approx(20.0)
   # A group without children is standardised over the adults' share alone, and says so.
   only = stats.standardised_balanced_accuracy(np.ones(4), np.array([0, 1, 0, 1]),
                                               np.array(["a"] * 4), {"a": 0.6, "c": 0.4})
