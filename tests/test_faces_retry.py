@@ -7,7 +7,7 @@ from gender_jax.faces.fused import FacePipeline
 
 def test_photos_without_a_face_are_tried_again_without_the_margin():
   pipe = FacePipeline.__new__(FacePipeline)  # the host logic only: no detector, no bundle
-  pipe.faces, pipe.margin = "detect", None
+  pipe.faces, pipe.margin, pipe.tiles, pipe.max_faces = "detect", None, "auto", 8
   calls = []
 
   def answer(images, mode, crops, margin=None):
