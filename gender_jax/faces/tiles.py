@@ -84,7 +84,7 @@ def add_tiled(images: Sequence[np.ndarray], found: list[list[dict[str, Any]]], d
   `detect_views(views)`: crops → their faces, as for whole photos; `skip(faces)`: an image
   whose whole view already settled it (a face crop classified whole) is not tiled."""
   plans = [(i, wins) for i, image in enumerate(images)
-           if not skip(found[i]) and (wins := windows(image.shape, mode))]
+           if (wins := windows(image.shape, mode)) and not skip(found[i])]
   if not plans:
     return found
   views = [np.ascontiguousarray(images[i][y0:y1, x0:x1]) for i, wins in plans
