@@ -126,7 +126,9 @@ def main(argv=None):
     row(f"age {band}", lambda r, k=band: r["age_band"].get(k))
   row("ECE", lambda r: r["ece"])
   for key, label in (("race_gap", "race gap (points)"),
-                     ("race_gap_adults", "race gap, adults 20-69 (points)")):
+                     ("race_gap_adults", "race gap, adults 20-69 (points)"),
+                     ("race_gap_age_standardised", "race gap, age-standardised (points)"),
+                     ("race_gap_from_age_mix", "  of the race gap, from age mixes alone")):
     lines.append(f"| {label} | " + " | ".join(
         f"{results[n]['headline'].get(key, {}).get('points', float('nan')):.1f}"
         for n in names) + " |")
