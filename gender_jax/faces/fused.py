@@ -11,7 +11,9 @@ range 10% → 100%), and a wider photo keeps all of the detector's resolution.
 The device program: detector → decode → weighted NMS (`max_faces` slots per image and a
 validity mask) → a second look at each small face's keypoints (refine.py) → similarity warp
 of every slot onto the bundle's face template → classifier → calibrated probabilities.
-Batches are padded to `batch_size`, so one compile serves all.
+Batches are padded to `batch_size`, so one compile serves all. A photo at least 640 px long
+is also cut into overlapping windows, each answered as a photo by the same program and the
+faces merged (tiles.py): the small faces of a group photo.
 """
 from __future__ import annotations
 
@@ -57,8 +59,7 @@ class Detector:
                min_score: float = anchors.MIN_SCORE, margin: float | None = None,
                side: int | None = None, tiles: str = "off"):
     self.kind, self.max_faces, self.batch_size, self.margin = kind, max_faces, batch_size, margin
-    self.tiles = tiles
-    tiles_lib.windows((1, 1), tiles)  # an unknown mode fails here, not at the first photo
+    self.tiles = tiles_lib.check_mode(tiles)
     self.model = create_detector(kind)
     self.size = check_side(kind, side or self.model.input_size)
     self.traces = 0
@@ -130,8 +131,7 @@ class FacePipeline:
     self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     self.kind, self.max_faces, self.batch_size = detector, max_faces, batch_size
     self.canvas, self.margin, self.faces = canvas, margin, faces
-    self.tiles = tiles
-    tiles_lib.windows((1, 1), tiles)  # an unknown mode fails here, not at the first photo
+    self.tiles = tiles_lib.check_mode(tiles)
     self.model = create_detector(detector)
     self.size = check_side(detector, detector_side or self.model.input_size)
     self.crop_size = self.bundle.image_size

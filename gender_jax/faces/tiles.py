@@ -22,11 +22,16 @@ IOU_SAME = 0.3    # two boxes this close (or one mostly inside the other) are on
 INSIDE_SAME = 0.6
 
 
+def check_mode(mode: str) -> str:
+  if mode not in TILES:
+    raise ValueError(f"tiles={mode!r}: choose from {', '.join(TILES)}")
+  return mode
+
+
 def windows(shape, mode: str = "auto") -> list[tuple[int, int, int, int]]:
   """The (x0, y0, x1, y1) windows of an HxW photo, besides the whole photo; none for a
   photo under two windows long (a portrait, a face crop) or with mode 'off'."""
-  if mode not in TILES:
-    raise ValueError(f"tiles={mode!r}: choose from {', '.join(TILES)}")
+  check_mode(mode)
   h, w = shape[:2]
   side = max(MIN_TILE, math.ceil(max(h, w) / TILES_ACROSS))
   if mode == "off" or max(h, w) < 2 * side:
