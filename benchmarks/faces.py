@@ -25,6 +25,7 @@ detect; no face found counts as wrong), beside the crops themselves. `--refine b
 fused and accuracy with and without the second look at the keypoints (refine.py). gap: where
 the crops lose accuracy on the way to photos, one change at a time (the crops' pixels alone,
 their own alignment, a plain paste on grey, a larger detector input, the second look).
+auto: `--faces auto` against `detect` on the crops and on portraits framed a little wider.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ COLUMNS = [("part", "part", ""), ("detector", "detector", ""), ("metric", "metri
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--parts", default="recall,speed,fused",
-                 help="comma-separated: recall, speed, fused, accuracy, gap")
+                 help="comma-separated: recall, speed, fused, accuracy, gap, auto")
   p.add_argument("--detectors", default="short,full,full@384,full+tiles",
                  help="KIND[@SIDE][+tiles]: full range at a larger input side, or a large photo "
                       "also looked at in overlapping windows (+tiles), finds smaller faces")
@@ -63,8 +64,8 @@ def parse_args(argv=None):
   p.add_argument("--splits", help="splits.csv of the bundle's run (accuracy, gap: its --split rows)")
   p.add_argument("--bundle", help="inference bundle (fused: random resnet18/16 at 64 px if none)")
   p.add_argument("--photos", type=int, default=40, help="group photos for recall")
-  p.add_argument("--limit", type=int, help="at most this many images (accuracy, gap)")
-  p.add_argument("--split", default="test", help="accuracy, gap: the split's rows of --splits")
+  p.add_argument("--limit", type=int, help="at most this many images (accuracy, gap, auto)")
+  p.add_argument("--split", default="test", help="accuracy, gap, auto: the split's rows of --splits")
   p.add_argument("--tta", default="none", choices=("none", "flip"),
                  help="accuracy: flip TTA for the crops and the aligned faces alike")
   p.add_argument("--refine", default="on", choices=("on", "off", "both"),
@@ -317,6 +318,29 @@ def gap(args, bundle):
                note=f"{args.split} split, no TTA") for name, fn in cases]
 
 
+def auto(args, bundle):
+  """`--faces auto` against `detect`: on the crops themselves (classified whole where framed
+  like the template) and on 250-px portraits framed a little wider than the crops (the face at
+  0.7-0.95 of a crop's framing), where classifying whole would be a zoomed-out crop."""
+  bundle, names, crops, labels = split_crops(args, bundle, "auto")
+  rng = np.random.default_rng(7)
+  portraits = [scenes.in_the_wild(rng, c, crops, scale=(0.7, 0.95)).image for c in crops]
+  pipe = FacePipeline(bundle, detector="full", max_faces=4, batch_size=16, faces="auto",
+                      tta=args.tta)
+  rows = []
+  for name, photos in (("crops", crops), ("portraits 0.7-0.95", portraits)):
+    for mode in ("auto", "detect"):
+      got, whole = [], 0
+      for faces in pipe(photos, faces=mode):
+        best = max(faces, key=lambda f: f["score"]) if faces else None
+        whole += bool(best) and not best["aligned"]
+        got.append(_top_class(best, names) if best else -1)
+      rows.append(dict(part="auto", detector="full", metric=f"balanced acc, {name}, --faces {mode}",
+                       value=balanced_accuracy(labels, got), n=len(photos),
+                       note=f"{whole} classified whole"))
+  return rows
+
+
 def main(argv=None):
   args = parse_args(argv)
   parts, kinds = args.parts.split(","), args.detectors.split(",")
@@ -330,7 +354,7 @@ def main(argv=None):
   for part, fn in (("recall", lambda: recall(args, kinds)), ("speed", lambda: speed(args, kinds)),
                    ("fused", lambda: fused(args, kinds, bundle)),
                    ("accuracy", lambda: accuracy(args, kinds, bundle)),
-                   ("gap", lambda: gap(args, bundle))):
+                   ("gap", lambda: gap(args, bundle)), ("auto", lambda: auto(args, bundle))):
     if part in parts:
       new = fn()
       rows += new

@@ -11,8 +11,8 @@ Faces (`--faces`, default auto): photos go through BlazeFace, and every face fou
 onto the bundle's face template and classified, all in one jitted program; the CSV gets one
 row per face, with its index, detector score, box and six keypoints in the photo's pixels. A
 photo without a face gets one row with label "no_face". `auto` classifies a photo that already
-is one tight face crop (exactly one face, its box at least half the photo's width) whole, as
-the training crops were; `detect` always classifies the aligned face; `off` classifies every
+is one face crop framed like the training crops (exactly one face, its eyes and mouth where
+the bundle's template puts them, within 12% of scale) whole, as the training crops were; `detect` always classifies the aligned face; `off` classifies every
 image whole, one row each, with the columns above only. `--save-crops DIR` writes the aligned
 faces as PNG.
 
@@ -152,7 +152,7 @@ def main(argv=None):
                       "(example: --sort-into sorted/)")
   parser.add_argument("--faces", default="auto", choices=FACE_MODES,
                       help="find faces and classify each, aligned (detect); the same but a "
-                           "photo that is one tight face crop is classified whole (auto, the "
+                           "photo framed like the training crops is classified whole (auto, the "
                            "default); classify every image whole (off) (example: --faces off)")
   parser.add_argument("--detector", default="full", choices=("full", "short"),
                       help="BlazeFace model: full range (faces up to ~5 m, default) or short "

@@ -56,6 +56,23 @@ def test_bundle_face_template_from_meta_or_utkface(tmp_path):
   assert b.face_template["size"] == [100.0, 120.0]
 
 
+def test_framing_measures_a_photo_against_the_template():
+  tpl = align.UTKFACE_TEMPLATE
+  kp = np.zeros((6, 2))
+  kp[list(align.ALIGN_KEYPOINTS)] = np.asarray(tpl["points"])
+  assert np.allclose(align.framing(kp, (200, 200, 3), tpl), (1, 0, 0), atol=1e-5)
+  # The same face at 0.8 of the crop's framing, in the middle of a 250-px photo.
+  centre = np.asarray([100.0, 100.0])
+  smaller = (kp - centre) * 0.8 * 250 / 200 + 125
+  scale, degrees, shift = align.framing(smaller, (250, 250, 3), tpl)
+  assert scale == pytest.approx(0.8) and degrees == pytest.approx(0, abs=1e-5)
+  assert shift == pytest.approx(np.hypot(*(np.mean(np.asarray(tpl["points"]), 0) - centre))
+                                * 0.2 / 200)
+  rot = np.radians(20)
+  turned = (kp - 100) @ np.asarray([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]]) + 100
+  assert align.framing(turned, (200, 200, 3), tpl)[1] == pytest.approx(20)
+
+
 def test_letterbox_maps_points_back():
   image = np.zeros((90, 300, 3), np.uint8)
   lb = letterbox(image, 128)
@@ -136,8 +153,12 @@ def test_auto_classifies_a_tight_crop_whole(utkface_2k, tmp_path):
                       faces="auto")
   crop = _crops(utkface_2k, 1, seed=4)[0]
   photo = scenes.in_the_wild(np.random.default_rng(0), crop, [], side=300, scale=(0.5, 0.5))
-  [[whole], [small]] = pipe([crop, photo.image])
-  assert not whole["aligned"] and small["aligned"]
+  # Framed a little wider than the crops (a 250-px portrait): its face box is over half the
+  # photo wide, but classified whole it would be a zoomed-out crop, so it is aligned.
+  wider = scenes.in_the_wild(np.random.default_rng(0), crop, [], side=250, scale=(0.8, 0.8))
+  [[whole], [small], [portrait]] = pipe([crop, photo.image, wider.image])
+  assert not whole["aligned"] and small["aligned"] and portrait["aligned"]
+  assert portrait["box"][2] - portrait["box"][0] >= 0.5 * 250
   [direct] = Predictor(bundle).predict([crop])
   assert whole["p_male"] == pytest.approx(direct["p_male"], abs=1e-5)
 

@@ -53,6 +53,22 @@ def similarity(src, dst):
   return jnp.concatenate([rot, shift[..., None]], axis=-1)
 
 
+def framing(keypoints, shape, template: dict[str, Any]) -> tuple[float, float, float]:
+  """How far a photo's face sits from the template's framing when the whole photo is squashed
+  to the crop: (scale, degrees, shift) of the least-squares similarity from the template's
+  points (at the photo's size) to the face's eyes and mouth; shift in photo widths. A photo
+  framed like the training crops gives (1, 0, 0)."""
+  h, w = shape[:2]
+  src = template_points(template, (w, h)).astype(np.float64)
+  dst = np.asarray(keypoints, np.float64)[list(ALIGN_KEYPOINTS)]
+  s, d = src - src.mean(0), dst - dst.mean(0)
+  denom = max(float((s * s).sum()), 1e-12)
+  a = float((s * d).sum()) / denom
+  b = float((s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum()) / denom
+  shift = float(np.hypot(*(dst.mean(0) - src.mean(0)))) / w
+  return float(np.hypot(a, b)), float(np.degrees(np.arctan2(b, a))), shift
+
+
 def warp(image, matrix, out_hw: tuple[int, int]):
   """Samples image (H, W, C) at matrix @ (x, y, 1) for each output pixel centre → (h, w, C).
 
