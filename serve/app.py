@@ -102,7 +102,7 @@ class GenderClassifier:
                                         max_faces=int(max_faces),
                                         batch_size=int(faces_batch_size), faces="auto",
                                         tiles=faces_tiles)
-      self.face_pipeline([np.zeros((size, size, 3), np.uint8)])
+      self.face_pipeline.warm(size)
       self._infer_faces.set_max_batch_size(int(faces_batch_size))
       self._infer_faces.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
     self.warmup_s = time.perf_counter() - t0

@@ -91,7 +91,16 @@ def test_pipeline_classifies_the_faces_its_windows_find_in_one_compile(utkface_2
                              kind="gradient", max_angle=0)
   bundle = Bundle(random_bundle(tmp_path / "bundle", size=32))
   pipe = FacePipeline(bundle, detector="full", max_faces=4, batch_size=4, refine=False)
+  classified, answer = [], pipe._answer
+  pipe._answer = lambda views, *args: classified.append(len(views)) or answer(views, *args)
   [faces] = pipe([photo.image], crops=True)
+  # The detector alone picked the windows worth the whole program; all of them answer alike.
+  windows = tiles.windows(photo.image.shape)
+  assert classified[0] == 1 and 0 < classified[1] < len(windows), classified
+  [brute] = tiles.add_tiled([photo.image], answer([photo.image], "detect", False),
+                            lambda views: answer(views, "detect", False, 0.0), "auto", 4)
+  assert [f["box"].tolist() for f in brute] == [f["box"].tolist() for f in faces]
+  assert [f["p_male"] for f in brute] == pytest.approx([f["p_male"] for f in faces], abs=1e-6)
   [plain] = FacePipeline(bundle, detector="full", max_faces=4, batch_size=4, refine=False,
                          tiles="off")([photo.image])
   found = scenes.match(photo.squares, np.stack([f["box"] for f in faces]).reshape(-1, 4))

@@ -312,6 +312,33 @@ def test_faces_detect_returns_every_face_with_its_box(served, utkface_2k):
   np.testing.assert_allclose(got, sorted(f["p_male"] for f in offline_faces), atol=1e-4)
 
 
+def test_small_faces_of_a_large_photo_are_found_in_windows_without_compiles(served, utkface_2k):
+  """A 1440x1080 photo with two 120-px faces: 11 px for the short-range detector's whole look,
+  found in its windows; the windows' programs were compiled at warm-up."""
+  from gender_jax.faces.fused import FacePipeline
+  rng = np.random.default_rng(1)
+  canvas = rng.integers(90, 160, (1080, 1440, 3)).astype(np.uint8)
+  truth = []
+  for (x, y), label in zip(((200, 300), (1000, 600)), ("female", "male")):
+    crop = sorted((utkface_2k / label).glob("*.jpg"))[3]
+    canvas[y:y + 120, x:x + 120] = np.asarray(Image.open(crop).convert("RGB").resize((120, 120)))
+    truth.append((x, y, x + 120, y + 120))
+  buf = io.BytesIO()
+  Image.fromarray(canvas).save(buf, "JPEG", quality=92)
+  r = served.post(buf.getvalue(), "image/jpeg", params={"faces": "detect"})
+  assert r.status_code == 200, r.text
+  faces = sorted(r.json()["predictions"][0]["faces"], key=lambda f: f["box"][0])
+  assert len(faces) == 2, faces
+  for face, (x0, y0, x1, y1) in zip(faces, truth):
+    bx0, by0, bx1, by1 = face["box"]
+    assert x0 - 5 <= bx0 < bx1 <= x1 + 5 and y0 - 5 <= by0 < by1 <= y1 + 5, (face["box"], truth)
+  assert served.stats()["compiles_after_warmup"] == 0
+  offline = FacePipeline(served.bundle, detector="short", faces="auto")(
+      [preprocess.decode(buf.getvalue())], faces="detect")[0]
+  np.testing.assert_allclose(sorted(f["p_male"] for f in faces),
+                             sorted(f["p_male"] for f in offline), atol=1e-4)
+
+
 def test_faces_bad_mode_is_a_400(served):
   r = served.post(written_images(1)[0], "image/png", params={"faces": "yes"})
   assert r.status_code == 400 and "faces='yes'" in r.json()["error"]

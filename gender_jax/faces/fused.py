@@ -143,6 +143,7 @@ class FacePipeline:
     self.kind, self.max_faces, self.batch_size = detector, max_faces, batch_size
     self.canvas, self.margin, self.faces = canvas, margin, faces
     self.tiles = tiles_lib.check_mode(tiles)
+    self.min_score, self._locator = min_score, None
     self.model = create_detector(detector)
     self.size = check_side(detector, detector_side or self.model.input_size)
     self.crop_size = self.bundle.image_size
@@ -219,10 +220,25 @@ class FacePipeline:
     if again:
       for i, faces in zip(again, self._answer([images[i] for i in again], mode, crops, 0.0)):
         out[i] = faces
-    # A large photo's small faces: its overlapping windows, each looked at as a photo.
+    # A large photo's small faces: its overlapping windows, each looked at as a photo; the
+    # detector alone first tells which windows hold a face worth the whole program.
     return tiles_lib.add_tiled(images, out, lambda views: self._answer(views, "detect", crops, 0.0),
                                self.tiles, self.max_faces,
-                               skip=lambda faces: any(not f["aligned"] for f in faces))
+                               skip=lambda faces: any(not f["aligned"] for f in faces),
+                               locate_views=lambda views: self.locator()._detect(views, 0.0))
+
+  def warm(self, side: int) -> None:
+    """Compiles every program a request can reach: the pipeline, and the windows' locator."""
+    self([np.zeros((side, side, 3), np.uint8)])
+    if self.tiles != "off":
+      self.locator()._detect([np.zeros((side, side, 3), np.uint8)], 0.0)
+
+  def locator(self) -> Detector:
+    """The first look alone (same model, side and threshold), compiled at its first use."""
+    if self._locator is None:
+      self._locator = Detector(self.kind, max_faces=self.max_faces, batch_size=self.batch_size,
+                               min_score=self.min_score, side=self.size)
+    return self._locator
 
   def _answer(self, images, mode: str, crops: bool, margin: float | None = None):
     out = []

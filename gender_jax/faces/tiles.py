@@ -83,21 +83,41 @@ def merge(views: Sequence[Sequence[dict[str, Any]]], origins: Sequence[tuple[int
 
 
 def add_tiled(images: Sequence[np.ndarray], found: list[list[dict[str, Any]]], detect_views,
-              mode: str, max_faces: int, skip=lambda faces: False) -> list[list[dict[str, Any]]]:
+              mode: str, max_faces: int, skip=lambda faces: False,
+              locate_views=None) -> list[list[dict[str, Any]]]:
   """`found` (each image's faces, seen whole) with the faces of its windows merged in.
 
   `detect_views(views)`: crops → their faces, as for whole photos; `skip(faces)`: an image
-  whose whole view already settled it (a face crop classified whole) is not tiled."""
+  whose whole view already settled it (a face crop classified whole) is not tiled.
+  `locate_views(views)`: the same detector alone (the same boxes and scores, none of the
+  classifying): where given, only the windows that hold a face surviving the merge go through
+  `detect_views`. The answer is the same: a face that loses the merge suppresses no other."""
   plans = [(i, wins) for i, image in enumerate(images)
            if (wins := windows(image.shape, mode)) and not skip(found[i])]
   if not plans:
     return found
-  views = [np.ascontiguousarray(images[i][y0:y1, x0:x1]) for i, wins in plans
-           for x0, y0, x1, y1 in wins]
-  faces = iter(detect_views(views))
+  crop = lambda i, win: np.ascontiguousarray(images[i][win[1]:win[3], win[0]:win[2]])  # noqa: E731
+  if locate_views is not None:
+    located = iter(locate_views([crop(i, win) for i, wins in plans for win in wins]))
+    chosen = []
+    for i, wins in plans:
+      keep = _winning_views(images[i].shape, found[i], [next(located) for _ in wins], wins,
+                            max_faces)
+      chosen.append((i, [win for k, win in enumerate(wins) if k in keep]))
+    plans = chosen
+  faces = iter(detect_views([crop(i, win) for i, wins in plans for win in wins]))
   out = list(found)
   for i, wins in plans:
     h, w = images[i].shape[:2]
     out[i] = merge([found[i]] + [next(faces) for _ in wins], [(0, 0, w, h)] + wins,
                    images[i].shape, max_faces)
   return out
+
+
+def _winning_views(shape, whole, located, wins, max_faces) -> set[int]:
+  """Which windows (by index) contribute a face to the merge of `whole` and `located`."""
+  h, w = shape[:2]
+  tagged = [[dict(f, view=k) for f in faces] for k, faces in enumerate(located)]
+  kept = merge([[dict(f, view=-1) for f in whole]] + tagged, [(0, 0, w, h)] + list(wins),
+               shape, max_faces)
+  return {f["view"] for f in kept} - {-1}
