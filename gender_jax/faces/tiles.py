@@ -50,8 +50,8 @@ def _iou_inside(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
   iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
   inter = ix * iy
   area = lambda r: max(0.0, r[2] - r[0]) * max(0.0, r[3] - r[1])  # noqa: E731
-  union = area(a) + area(b) - inter
-  return (inter / union if union else 0.0), (inter / min(area(a), area(b) or 1.0) or 0.0)
+  union, smaller = area(a) + area(b) - inter, min(area(a), area(b))
+  return (inter / union if union else 0.0), (inter / smaller if smaller else 0.0)
 
 
 def merge(views: Sequence[Sequence[dict[str, Any]]], origins: Sequence[tuple[int, int, int, int]],
