@@ -30,6 +30,7 @@ import sys
 from typing import Any, Iterable, Sequence
 
 from gender_jax.data.preprocess import ImageError
+from gender_jax.faces.tiles import TILES
 from gender_jax.predictor import TTA_MODES, Predictor, to_array
 
 CSV_COLUMNS = ("path", "label", "p_female", "p_male", "abstained", "error")
@@ -165,7 +166,7 @@ def main(argv=None):
                       help="look again at each small face to place its keypoints before "
                            "aligning it (on, the default: +0.7 points on 250-px photos); off "
                            "is ~1.4x faster on CPU (example: --refine-keypoints off)")
-  parser.add_argument("--tiles", default="auto", choices=("auto", "off"),
+  parser.add_argument("--tiles", default="auto", choices=TILES,
                       help="a photo at least 640 px long is also looked at in overlapping "
                            "windows, for the small faces of a group photo (auto, the default; "
                            "several times the detection work); off looks at it whole only "

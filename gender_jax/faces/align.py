@@ -38,19 +38,20 @@ def template_points(template: dict[str, Any], out_size: int | tuple[int, int]) -
   return np.asarray(template["points"], np.float32) * np.asarray([out_w / w, out_h / h], np.float32)
 
 
-def similarity(src, dst):
+def similarity(src, dst, xp=jnp):
   """Least-squares similarity (rotation, uniform scale, shift) taking src (..., P, 2) to dst.
 
-  Returns (..., 2, 3) matrices M with dst ≈ M[:, :2] @ src + M[:, 2].
+  Returns (..., 2, 3) matrices M with dst ≈ M[:, :2] @ src + M[:, 2]. `xp=np` runs it on the
+  host (one photo's check, no device round trip).
   """
   mu_s, mu_d = src.mean(-2, keepdims=True), dst.mean(-2, keepdims=True)
   s, d = src - mu_s, dst - mu_d
-  denom = jnp.maximum(jnp.sum(s * s, axis=(-2, -1)), 1e-12)
-  a = jnp.sum(s * d, axis=(-2, -1)) / denom
-  b = jnp.sum(s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0], axis=-1) / denom
-  rot = jnp.stack([jnp.stack([a, -b], -1), jnp.stack([b, a], -1)], -2)
-  shift = mu_d[..., 0, :] - jnp.einsum("...ij,...j->...i", rot, mu_s[..., 0, :])
-  return jnp.concatenate([rot, shift[..., None]], axis=-1)
+  denom = xp.maximum(xp.sum(s * s, axis=(-2, -1)), 1e-12)
+  a = xp.sum(s * d, axis=(-2, -1)) / denom
+  b = xp.sum(s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0], axis=-1) / denom
+  rot = xp.stack([xp.stack([a, -b], -1), xp.stack([b, a], -1)], -2)
+  shift = mu_d[..., 0, :] - xp.einsum("...ij,...j->...i", rot, mu_s[..., 0, :])
+  return xp.concatenate([rot, shift[..., None]], axis=-1)
 
 
 def framing(keypoints, shape, template: dict[str, Any]) -> tuple[float, float, float]:
@@ -61,10 +62,7 @@ def framing(keypoints, shape, template: dict[str, Any]) -> tuple[float, float, f
   h, w = shape[:2]
   src = template_points(template, (w, h)).astype(np.float64)
   dst = np.asarray(keypoints, np.float64)[list(ALIGN_KEYPOINTS)]
-  s, d = src - src.mean(0), dst - dst.mean(0)
-  denom = max(float((s * s).sum()), 1e-12)
-  a = float((s * d).sum()) / denom
-  b = float((s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum()) / denom
+  (a, _, _), (b, _, _) = similarity(src, dst, xp=np)
   shift = float(np.hypot(*(dst.mean(0) - src.mean(0)))) / w
   return float(np.hypot(a, b)), float(np.degrees(np.arctan2(b, a))), shift
 
