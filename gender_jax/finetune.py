@@ -33,6 +33,11 @@ def param_labels(model, params, config) -> Any:
   """Optimizer group per parameter: "frozen", or "lr_x<multiplier>" from optimizer.lr_mult."""
   trainable = trainable_stages(model, config.finetune)
   lr_mult = dict(config.optimizer.lr_mult)
+  unknown = sorted(set(lr_mult) - set(model.stages))
+  if unknown:  # a typo would otherwise train that stage at the base rate, silently
+    from gender_jax.errors import UsageError
+    raise UsageError(f"optimizer.lr_mult names {', '.join(map(repr, unknown))}, not a stage of "
+                     f"{config.model.arch}; its stages: {', '.join(model.stages)}")
 
   def label(path, _):
     stage = model.stage_of(path_names(path))

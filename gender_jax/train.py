@@ -6,6 +6,7 @@ Configs (in the checkout's configs/; any path works, from any directory):
   configs/resnet18.py  ResNet-18;  configs/vgg16.py  VGG-16-BN;  configs/utkface.py  UTKFace, CPU
 List every key and its value:   --config configs/demo.py --workdir RUN --show_config
 Override any key:               --config.data.batch_size=64 --config.data.folder=/photos
+A stage's learning-rate multiplier: --config.optimizer.lr_mult.level3=0.3 (any stage name)
 A typo'd key stops with `Did you mean …`. Add --debug (or GENDER_JAX_DEBUG=1) for tracebacks.
 """
 from __future__ import annotations
@@ -76,9 +77,39 @@ def _config_path_on_sys_path(argv) -> None:
         sys.path.insert(0, root)
 
 
+# `--config.optimizer.lr_mult.STAGE=X` for any stage, where ml_collections only overrides keys
+# the config file already has: taken out of argv before absl parses it, set after loading.
+_LR_MULT_FLAG = "--config.optimizer.lr_mult."
+_lr_mults: dict[str, str] = {}
+
+
+def _take_lr_mults(argv: list[str]) -> list[str]:
+  kept = []
+  for arg in argv:
+    if arg.startswith(_LR_MULT_FLAG) and "=" in arg:
+      name, value = arg[len(_LR_MULT_FLAG):].split("=", 1)
+      _lr_mults[name] = value
+    else:
+      kept.append(arg)
+  return kept
+
+
+def _with_lr_mults(config):
+  with config.unlocked():
+    for name, value in _lr_mults.items():
+      try:
+        config.optimizer.lr_mult[name] = float(value)
+      except ValueError:
+        raise errors.UsageError(f"{_LR_MULT_FLAG}{name}={value}: the multiplier must be a "
+                                "number, e.g. 0.3") from None
+  return config
+
+
 def _load_config():
   try:
-    return _CONFIG.value
+    return _with_lr_mults(_CONFIG.value)
+  except errors.UsageError:
+    raise
   except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
     text = errors.one_line(e)
     if "No such file" in text or "not available" in text:
@@ -214,6 +245,7 @@ def _parse_flags(argv):
 
 
 def run():
+  sys.argv[:] = _take_lr_mults(sys.argv)  # ml_collections finds its overrides in sys.argv
   argv = list(sys.argv)
   try:
     _config_path_on_sys_path(argv)

@@ -66,6 +66,19 @@ def test_config_key_typo(tmp_path):
                "batch_sise", 'Did you mean "batch_size"')
 
 
+def test_stage_lr_multiplier_from_the_command_line(tmp_path):
+  """Any stage's multiplier can be set on the command line (not only those the config file
+  lists); a value that is not a number, or a name that is not a stage, stops in one line."""
+  shown = train(tmp_path / "run", "--show_config", "--config.optimizer.lr_mult.layer1=0.25")
+  assert shown.returncode == 0, shown.stderr
+  assert "layer1: 0.25" in shown.stdout
+  assert_error(train(tmp_path / "run", "--config.optimizer.lr_mult.layer1=fast"),
+               "lr_mult.layer1=fast", "number")
+  line = assert_error(train(tmp_path / "run", "--config.total_steps=1",
+                            "--config.optimizer.lr_mult.layr1=0.25"), "'layr1'", "not a stage")
+  assert "layer1" in line  # the stages it could have meant
+
+
 def test_batch_not_divisible_stops_before_the_workdir(tmp_path):
   line = assert_error(train(tmp_path / "run", "--config.data.batch_size=12"),
                       "data.batch_size=12", "8 devices", "--config.data.batch_size=16")

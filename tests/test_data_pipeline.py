@@ -178,6 +178,24 @@ def test_balance_by_subgroup_evens_out_the_groups(tmp_path):
   assert abs(share0 - 300 / 380) < 0.04
 
 
+def test_balance_by_joined_fields_evens_out_the_joint_cells():
+  """balance_by=race+age_group, power 1: each (race, age group) cell is drawn about equally
+  often — race alone would leave race 1's few children at their share within the race."""
+  from gender_jax.data import balance
+  rng = np.random.default_rng(0)
+  cells = {("0", 30): 300, ("0", 5): 100, ("1", 30): 80, ("1", 5): 8}
+  records = [{"label": int(rng.integers(2)), "subgroups": {"race": race, "age": age}}
+             for (race, age), n in cells.items() for _ in range(n)]
+  drawn = balance.Balanced(records, "race+age_group", power=1.0, seed=0)
+  counts = collections.Counter((drawn[i]["subgroups"]["race"], drawn[i]["subgroups"]["age"])
+                               for i in range(len(drawn)))
+  np.testing.assert_allclose([counts[c] / len(drawn) for c in cells], 1 / 4, atol=0.04)
+  by_race = balance.Balanced(records, "race", power=1.0, seed=0)
+  children1 = sum(r["subgroups"] == {"race": "1", "age": 5}
+                  for r in (by_race[i] for i in range(len(by_race))))
+  assert children1 / len(by_race) < 0.1  # 8/88 of race 1's half
+
+
 def test_store_size_caps_the_shorter_side_keeping_aspect(tmp_path):
   """Prepared with store_size=20, a 40×60 (w×h) JPEG is stored 20×30 (re-encoded), a 32×32
   one 20×20; smaller images are kept as they are; each size is its own prepared copy."""

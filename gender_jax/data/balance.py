@@ -4,6 +4,9 @@ A source option `balance_by` names a subgroup field (`race`, `age_band`, a Celeb
 and `balance_power` how far to go: each record is drawn with probability ∝ n_group^-power,
 so 0 keeps the data's mix, 1 makes every group equally frequent, 0.5 is in between. Labels
 are balanced within each group the same way, so a group's gender mix is not skewed by it.
+Fields joined by `+` (`race+age_group`) balance their joint cells: the few children of a race
+weigh more than that race's adults, where balancing by race alone draws its ages in the data's
+mix.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ DRAWS_PER_RECORD = 4
 
 
 def group_key(record, field: str) -> str:
-  return subgroup_fields(record.get("subgroups") or {}).get(field, "unknown")
+  values = subgroup_fields(record.get("subgroups") or {})
+  return "+".join(values.get(f.strip(), "unknown") for f in field.split("+"))
 
 
 class Balanced:
