@@ -13,7 +13,8 @@ lives in its own environment because it pins an older onnxruntime:
 Its confidence is an integer percentage of the answer it gives; that is its probability.
 
 Both go through the same report code as `gender_jax.evaluate`: balanced accuracy with its
-bootstrap CI overall, for adults (20-69), children (0-9), per race and per age band, and ECE.
+bootstrap CI overall, for adults (20-69), children (0-9) and infants (0-2) among them, per race
+and per age band, and ECE; the race gap plain, among adults, aged 3 and over, and by age mix.
 """
 from __future__ import annotations
 
@@ -120,6 +121,8 @@ def main(argv=None):
   row("balanced accuracy", lambda r: r["headline"]["balanced_accuracy"])
   row("adults 20-69", lambda r: r["headline"].get("adults_20_69", {}).get("balanced_accuracy"))
   row("children 0-9", lambda r: r["headline"].get("children_0_9", {}).get("balanced_accuracy"))
+  row("  of them infants 0-2",
+      lambda r: r["headline"].get("infants_0_2", {}).get("balanced_accuracy"))
   for race in results[names[0]]["race"]:
     row(f"race {race}", lambda r, k=race: r["race"].get(k))
   for band in results[names[0]]["age_band"]:
@@ -127,6 +130,7 @@ def main(argv=None):
   row("ECE", lambda r: r["ece"])
   for key, label in (("race_gap", "race gap (points)"),
                      ("race_gap_adults", "race gap, adults 20-69 (points)"),
+                     ("race_gap_without_infants", "race gap, aged 3 and over (points)"),
                      ("race_gap_age_standardised", "race gap, age-standardised (points)"),
                      ("race_gap_from_age_mix", "  of the race gap, from age mixes alone")):
     lines.append(f"| {label} | " + " | ".join(

@@ -15,7 +15,8 @@ import json
 import os
 from typing import Any, Sequence
 
-from gender_jax.data.subgroups import MAX_SUBGROUP_VALUES, age_band, subgroup_fields  # noqa: F401
+from gender_jax.data.subgroups import (  # noqa: F401
+    INFANT_MAX_AGE, MAX_SUBGROUP_VALUES, age_band, age_years, subgroup_fields)
 
 
 @dataclasses.dataclass

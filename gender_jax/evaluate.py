@@ -91,15 +91,23 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
     report["subgroups"][field] = {
         v: group_metrics(probs[values == v], labels[values == v], bootstrap=bootstrap, seed=seed)
         for v in sorted(set(values), key=_sort_key) if (values == v).sum() >= MIN_GROUP}
+  def within(mask):  # every non-age field's groups, restricted to `mask`
+    return {field: {v: group_metrics(probs[mask & (values == v)], labels[mask & (values == v)],
+                                     bootstrap=bootstrap, seed=seed)
+                    for v in sorted(set(values[mask]), key=_sort_key)}
+            for field, values in fields.items() if field not in AGE_FIELDS and mask.any()}
   if "age_group" in fields:
     # The race groups differ in their share of children (UTKFace: Asian 26% aged 0-9, Black
     # 3%), whose gender is hardest to tell; within adults the groups are compared like for like.
-    adults = fields["age_group"] == ADULTS
-    report["within_adults"] = {
-        field: {v: group_metrics(probs[adults & (values == v)], labels[adults & (values == v)],
-                                 bootstrap=bootstrap, seed=seed)
-                for v in sorted(set(values[adults]), key=_sort_key)}
-        for field, values in fields.items() if field not in AGE_FIELDS and adults.any()}
+    report["within_adults"] = within(fields["age_group"] == ADULTS)
+    # Infants most of all: without them, what is left of a gap is the model's.
+    years = np.array([np.nan if (y := eval_data.age_years(m.get("age"))) is None else y
+                      for m in metas], float)  # NaN (unknown) is neither an infant nor older
+    infants = years <= eval_data.INFANT_MAX_AGE
+    if infants.any():
+      report["infants"] = group_metrics(probs[infants], labels[infants], bootstrap=bootstrap,
+                                        seed=seed)
+      report["without_infants"] = within(years > eval_data.INFANT_MAX_AGE)
     # Each group over the same age mix (the whole set's): the gap that remains once the
     # groups' different shares of children are taken out (direct standardisation).
     groups = fields["age_group"]
@@ -144,12 +152,16 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
   out = dict(balanced_accuracy=value(report["overall"].get("balanced_accuracy")),
              ece_calibrated=value(report["calibration"]["ece_calibrated"]))
   ages = report["subgroups"].get("age_group", {})
-  for key, name in (("adults_20_69", "20-69 adults"), ("children_0_9", "0-9 children")):
-    if name in ages:
-      out[key] = dict(balanced_accuracy=value(ages[name].get("balanced_accuracy")),
-                      count=ages[name]["count"])
+  groups = {key: ages.get(name) for key, name in (("adults_20_69", "20-69 adults"),
+                                                    ("children_0_9", "0-9 children"))}
+  groups["infants_0_2"] = report.get("infants")
+  for key, m in groups.items():
+    if m:
+      out[key] = dict(balanced_accuracy=value(m.get("balanced_accuracy")), count=m["count"])
   for key, groups in (("race_gap", report["subgroups"].get("race", {})),
                       ("race_gap_adults", report.get("within_adults", {}).get("race", {})),
+                      ("race_gap_without_infants",
+                       report.get("without_infants", {}).get("race", {})),
                       ("race_gap_age_standardised",
                        report.get("age_standardised", {}).get("race", {})),
                       ("race_gap_from_age_mix",

@@ -74,9 +74,11 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
   h = report["headline"]
   md += ["", "## Headline", ""]
   md += [f"- {name}: balanced accuracy {fmt(h[key]['balanced_accuracy'])} (n={h[key]['count']})"
-         for key, name in (("adults_20_69", "Adults 20-69"), ("children_0_9", "Children 0-9"))
+         for key, name in (("adults_20_69", "Adults 20-69"), ("children_0_9", "Children 0-9"),
+                           ("infants_0_2", "Infants 0-2 (of the children)"))
          if key in h]
   for key, within in (("race_gap", ""), ("race_gap_adults", ", adults 20-69 only"),
+                      ("race_gap_without_infants", ", aged 3 and over"),
                       ("race_gap_age_standardised", ", each over the whole set's age mix"),
                       ("race_gap_from_age_mix", " expected from their age mixes alone (the "
                        "whole set's accuracy per age group)")):
@@ -89,8 +91,10 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
   for field, groups in report["subgroups"].items():
     md += ["", f"## By {field}", ""] + _group_table(groups, field)
     md += ["", f"![{field}](subgroup_{field}.png)"]
-  for field, groups in report.get("within_adults", {}).items():
-    md += ["", f"## By {field}, adults 20-69 only", ""] + _group_table(groups, field)
+  for key, within in (("within_adults", "adults 20-69 only"),
+                      ("without_infants", "aged 3 and over")):
+    for field, groups in report.get(key, {}).items():
+      md += ["", f"## By {field}, {within}", ""] + _group_table(groups, field)
   for field, groups in report.get("age_standardised", {}).items():
     md += ["", f"## By {field}, age-standardised", "",
            "Each group's balanced accuracy over the whole set's age-group mix (its own age "

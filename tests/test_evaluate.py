@@ -122,6 +122,32 @@ def test_evaluate_outputs_groups_and_age_bands():
       - within["1 Black"]["balanced_accuracy"]["value"]), abs=0.01)
 
 
+def test_infants_reported_apart_and_the_race_gap_without_them():
+  """One race group with many infants, each group right on everyone aged 3+ and on half its
+  infants: the plain gap is the infants', and without them it is 0. Unknown ages are in
+  neither group."""
+  metas, labels, margins = [], [], []
+  for race, infants, older in (("0", 12, 188), ("2", 80, 120)):
+    for i in range(infants + older):
+      infant, label = i < infants, i % 2
+      right = not infant or (i // 2) % 2 == 0
+      metas.append(dict(age="1" if infant else str(3 + i % 60), race=race))
+      labels.append(label)
+      margins.append((1.0 if label else -1.0) * (1 if right else -1))
+  metas += [dict(age="", race="0"), dict(age="n/a", race="2")]
+  labels += [0, 1]
+  margins += [1.0, -1.0]  # both wrong
+  logits = np.stack([np.zeros(len(margins)), np.array(margins)], axis=1)
+  r = evaluate.evaluate_outputs(logits, np.array(labels), metas, bootstrap=50)
+  assert r["headline"]["infants_0_2"]["count"] == 92
+  assert r["headline"]["infants_0_2"]["balanced_accuracy"]["value"] == pytest.approx(0.5)
+  older = r["without_infants"]["race"]
+  assert older["0 White"]["count"] == 188 and older["2 Asian"]["count"] == 120
+  assert r["headline"]["race_gap_without_infants"]["points"] == pytest.approx(0.0)
+  assert r["headline"]["race_gap"]["points"] > 10
+  assert "age_group" not in r["without_infants"]
+
+
 
 def test_age_standardised_race_gap_takes_out_the_age_mix():
   """Two race groups, each right on every adult and on half its children, one with many more
