@@ -30,6 +30,7 @@ from gender_jax.report import fmt, write_matrix, write_report
 
 MIN_GROUP = 1  # groups are reported at any size; the CI says how little a small one tells
 ADULTS = "20-69 adults"  # subgroups.age_group's name for the band reported apart
+INFANTS = "0-2 infants (of 0-9)"
 AGE_FIELDS = ("age_group", "age_band")
 
 
@@ -129,11 +130,14 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
                 for v in sorted(set(values), key=_sort_key)}
         for field, values in fields.items() if field not in AGE_FIELDS and known.any()}
     # Who the threshold leaves unanswered: children first, adults kept.
-    report["abstention"]["by_age_group"] = {
-        v: dict(count=int((groups == v).sum()), coverage=float(answered[groups == v].mean()),
-                accuracy_answered=float(correct[(groups == v) & answered].mean())
-                if ((groups == v) & answered).any() else None)
-        for v in sorted(set(groups), key=_sort_key)}
+    def coverage(mask):
+      return dict(count=int(mask.sum()), coverage=float(answered[mask].mean()),
+                  accuracy_answered=float(correct[mask & answered].mean())
+                  if (mask & answered).any() else None)
+    report["abstention"]["by_age_group"] = {v: coverage(groups == v)
+                                            for v in sorted(set(groups), key=_sort_key)}
+    if infants.any():
+      report["abstention"]["by_age_group"][INFANTS] = coverage(infants)
   report["headline"] = headline(report)
   return report
 

@@ -138,8 +138,12 @@ def test_infants_reported_apart_and_the_race_gap_without_them():
   labels += [0, 1]
   margins += [1.0, -1.0]  # both wrong
   logits = np.stack([np.zeros(len(margins)), np.array(margins)], axis=1)
-  r = evaluate.evaluate_outputs(logits, np.array(labels), metas, bootstrap=50)
+  r = evaluate.evaluate_outputs(logits, np.array(labels), metas, bootstrap=50,
+                                abstain_threshold=0.7)  # sigmoid(1) = 0.73: all answered
   assert r["headline"]["infants_0_2"]["count"] == 92
+  infants = r["abstention"]["by_age_group"][evaluate.INFANTS]
+  assert infants["count"] == 92 and infants["coverage"] == 1.0
+  assert infants["accuracy_answered"] == pytest.approx(0.5)
   assert r["headline"]["infants_0_2"]["balanced_accuracy"]["value"] == pytest.approx(0.5)
   older = r["without_infants"]["race"]
   assert older["0 White"]["count"] == 188 and older["2 Asian"]["count"] == 120
