@@ -156,10 +156,10 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
   out = dict(balanced_accuracy=value(report["overall"].get("balanced_accuracy")),
              ece_calibrated=value(report["calibration"]["ece_calibrated"]))
   ages = report["subgroups"].get("age_group", {})
-  groups = {key: ages.get(name) for key, name in (("adults_20_69", "20-69 adults"),
+  by_age = {key: ages.get(name) for key, name in (("adults_20_69", "20-69 adults"),
                                                     ("children_0_9", "0-9 children"))}
-  groups["infants_0_2"] = report.get("infants")
-  for key, m in groups.items():
+  by_age["infants_0_2"] = report.get("infants")
+  for key, m in by_age.items():
     if m:
       out[key] = dict(balanced_accuracy=value(m.get("balanced_accuracy")), count=m["count"])
   for key, groups in (("race_gap", report["subgroups"].get("race", {})),
