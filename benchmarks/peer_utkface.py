@@ -90,6 +90,14 @@ def summarize(report: dict) -> dict:
       age_band={k: v(m["balanced_accuracy"]) for k, m in sub.get("age_band", {}).items()})
 
 
+def gap(g) -> str:
+  """A headline race gap in points, with its CI where it has one."""
+  if not g:
+    return "–"
+  ci = g.get("ci")
+  return f"{g['points']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci and None not in ci else "")
+
+
 def fmt(m) -> str:
   return "–" if not m else f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"
 
@@ -133,9 +141,8 @@ def main(argv=None):
                      ("race_gap_without_infants", "race gap, aged 3 and over (points)"),
                      ("race_gap_age_standardised", "race gap, age-standardised (points)"),
                      ("race_gap_from_age_mix", "  of the race gap, from age mixes alone")):
-    lines.append(f"| {label} | " + " | ".join(
-        f"{results[n]['headline'].get(key, {}).get('points', float('nan')):.1f}"
-        for n in names) + " |")
+    lines.append(f"| {label} | " + " | ".join(gap(results[n]["headline"].get(key, {}))
+                                             for n in names) + " |")
   print(f"{args.split} split: {len(rows)} images of {args.data}\n")
   print("\n".join(lines))
   if args.json:

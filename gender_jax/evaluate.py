@@ -97,10 +97,12 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
                                      bootstrap=bootstrap, seed=seed)
                     for v in sorted(set(values[mask]), key=_sort_key)}
             for field, values in fields.items() if field not in AGE_FIELDS and mask.any()}
+  gap_masks = {"race_gap": np.ones(len(labels), bool)}  # headline gap → the records it covers
   if "age_group" in fields:
     # The race groups differ in their share of children (UTKFace: Asian 26% aged 0-9, Black
     # 3%), whose gender is hardest to tell; within adults the groups are compared like for like.
-    report["within_adults"] = within(fields["age_group"] == ADULTS)
+    gap_masks["race_gap_adults"] = fields["age_group"] == ADULTS
+    report["within_adults"] = within(gap_masks["race_gap_adults"])
     # Infants most of all: without them, what is left of a gap is the model's.
     years = np.array([np.nan if (y := eval_data.age_years(m.get("age"))) is None else y
                       for m in metas], float)  # NaN (unknown) is neither an infant nor older
@@ -108,7 +110,8 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
     if infants.any():
       report["infants"] = group_metrics(probs[infants], labels[infants], bootstrap=bootstrap,
                                         seed=seed)
-      report["without_infants"] = within(years > eval_data.INFANT_MAX_AGE)
+      gap_masks["race_gap_without_infants"] = years > eval_data.INFANT_MAX_AGE
+      report["without_infants"] = within(gap_masks["race_gap_without_infants"])
     # Each group over the same age mix (the whole set's): the gap that remains once the
     # groups' different shares of children are taken out (direct standardisation).
     groups = fields["age_group"]
@@ -139,6 +142,15 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
     if infants.any():
       report["abstention"]["by_age_group"][INFANTS] = coverage(infants)
   report["headline"] = headline(report)
+  # A gap between two groups of a few hundred is itself uncertain: its CI, each of the two
+  # named groups resampled on its own.
+  for key, mask in gap_masks.items():
+    gap = report["headline"].get(key)
+    if gap and "race" in fields and bootstrap:
+      best, worst = (mask & (fields["race"] == gap[end]) for end in ("best", "worst"))
+      ci = stats.difference_ci(correct[best], labels[best], correct[worst], labels[worst],
+                               bootstrap=bootstrap, seed=seed)
+      gap["ci"] = [None if x is None else round(100 * x, 2) for x in ci]
   return report
 
 

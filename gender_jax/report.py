@@ -84,8 +84,9 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
                        "whole set's accuracy per age group)")):
     if key in h:
       g = h[key]
-      md.append(f"- Race groups{within}: best − worst balanced accuracy {g['points']:.1f} points "
-                f"({g['best']} − {g['worst']})")
+      ci = f" [{g['ci'][0]:.1f}, {g['ci'][1]:.1f}]" if None not in g.get("ci", [None]) else ""
+      md.append(f"- Race groups{within}: best − worst balanced accuracy {g['points']:.1f} "
+                f"points{ci} ({g['best']} − {g['worst']})")
   if len(report["by_source"]) > 1:
     md += ["", "## Per source", ""] + _group_table(report["by_source"], "source")
   for field, groups in report["subgroups"].items():

@@ -102,6 +102,34 @@ def _f(x):
   return None if not np.isfinite(x) else round(x, 6)
 
 
+def resample_counts(n: int, bootstrap: int, seed: int) -> np.ndarray:
+  """(bootstrap, n) counts of each example in each resample: the bootstrap as weights."""
+  rng = np.random.default_rng(seed)
+  return rng.multinomial(n, np.full(n, 1 / n), size=bootstrap).astype(np.float64)
+
+
+def balanced_accuracy_draws(correct: np.ndarray, labels: np.ndarray,
+                            weights: np.ndarray) -> np.ndarray:
+  """Balanced accuracy (the mean of the per-class recalls, resampled together) under each row
+  of resample `weights`; NaN where a resample lacks a class."""
+  per_class = []
+  for c in range(2):
+    m = labels == c
+    with np.errstate(invalid="ignore", divide="ignore"):
+      per_class.append((weights[:, m] * correct[m]).sum(1) / weights[:, m].sum(1))
+  return np.mean(per_class, axis=0)
+
+
+def difference_ci(correct_a, labels_a, correct_b, labels_b, *, bootstrap: int = 1000,
+                  seed: int = 0) -> list:
+  """95% percentile bootstrap CI of balanced accuracy(a) − balanced accuracy(b), two disjoint
+  groups resampled independently."""
+  draws = [balanced_accuracy_draws(np.asarray(c, np.float64), np.asarray(y).astype(int),
+                                   resample_counts(len(y), bootstrap, seed + i))
+           for i, (c, y) in enumerate(((correct_a, labels_a), (correct_b, labels_b)))]
+  return _value(np.nan, draws[0] - draws[1])["ci"]
+
+
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, *, class_names=("female", "male"),
                            num_bins: int = 15, bootstrap: int = 1000, seed: int = 0) -> dict:
   """Every headline metric of a binary classifier, each with a 95% CI and its sample count.
@@ -128,17 +156,11 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, *, class_names
                                   for t in range(2)])
   if n == 0:
     return out
-  rng = np.random.default_rng(seed)
-  weights = rng.multinomial(n, np.full(n, 1 / n), size=bootstrap).astype(np.float64)
-  # Balanced accuracy: the mean of the per-class recalls, resampled together.
-  per_class = []
-  for c in range(2):
-    m = labels == c
-    with np.errstate(invalid="ignore", divide="ignore"):
-      per_class.append((weights[:, m] * correct[m]).sum(1) / weights[:, m].sum(1))
+  weights = resample_counts(n, bootstrap, seed)
   both = labels.min() != labels.max()
   out["balanced_accuracy"] = dict(
-      **_value(np.nanmean(recalls) if both else np.nan, np.mean(per_class, axis=0)), count=n)
+      **_value(np.nanmean(recalls) if both else np.nan,
+               balanced_accuracy_draws(correct, labels, weights)), count=n)
   out["roc_auc"] = dict(**_value(roc_auc(probs[:, 1], labels)[0] if both else np.nan,
                                  roc_auc(probs[:, 1], labels, weights) if both else np.array([])),
                         count=n)
@@ -178,7 +200,6 @@ def standardised_balanced_accuracy(correct: np.ndarray, labels: np.ndarray, stra
       return np.mean([(w[..., labels == c] * correct[labels == c]).sum(-1)
                       / w[..., labels == c].sum(-1) for c in range(2)], axis=0)
 
-  rng = np.random.default_rng(seed)
-  counts = rng.multinomial(n, np.full(n, 1 / n), size=bootstrap).astype(np.float64)
+  counts = resample_counts(n, bootstrap, seed)
   return dict(**_value(balanced(standardised(np.ones(n))), balanced(standardised(counts))),
               count=n, coverage=_f(coverage))

@@ -148,6 +148,7 @@ def test_infants_reported_apart_and_the_race_gap_without_them():
   older = r["without_infants"]["race"]
   assert older["0 White"]["count"] == 188 and older["2 Asian"]["count"] == 120
   assert r["headline"]["race_gap_without_infants"]["points"] == pytest.approx(0.0)
+  assert r["headline"]["race_gap_without_infants"]["ci"] == [0.0, 0.0]  # all right, always
   assert r["headline"]["race_gap"]["points"] > 10
   assert "age_group" not in r["without_infants"]
 
@@ -173,6 +174,9 @@ def test_age_standardised_race_gap_takes_out_the_age_mix():
   assert plain["0 White"]["balanced_accuracy"]["value"] == pytest.approx(0.9)   # 40·½ + 160 of 200
   assert plain["2 Asian"]["balanced_accuracy"]["value"] == pytest.approx(0.7)   # 120·½ + 80 of 200
   assert r["headline"]["race_gap"]["points"] == pytest.approx(20.0)
+  # The gap between 200 and 200 images has its own CI, well away from 0 here.
+  lo, hi = r["headline"]["race_gap"]["ci"]
+  assert 8 < lo < 20 < hi < 32
   # The whole set's mix: 160 children, 240 adults → 0.4·½ + 0.6·1 = 0.8 for both groups.
   std = r["age_standardised"]["race"]
   for race in ("0 White", "2 Asian"):
