@@ -12,8 +12,9 @@ onto the bundle's face template and classified, all in one jitted program; the C
 row per face, with its index, detector score, box and six keypoints in the photo's pixels. A
 photo without a face gets one row with label "no_face". `auto` classifies a photo that already
 is one face crop framed like the training crops (exactly one face, its eyes and mouth where
-the bundle's template puts them, within 12% of scale) whole, as the training crops were; `detect` always classifies the aligned face; `off` classifies every
-image whole, one row each, with the columns above only. `--save-crops DIR` writes the aligned
+the bundle's template puts them, within 12% of scale) whole, as the training crops were;
+`detect` always classifies the aligned face; `off` classifies every image whole, one row
+each, with the columns above only. `--save-crops DIR` writes the aligned
 faces as PNG.
 
 Library use: gender_jax.predictor.Predictor.

@@ -91,10 +91,15 @@ def coverage_curve(probs: np.ndarray, labels: np.ndarray,
   return out
 
 
-def _value(point, draws) -> dict[str, Any]:
+def _ci(draws) -> list:
+  """The 95% percentile interval of bootstrap draws (non-finite draws left out)."""
   draws = draws[np.isfinite(draws)]
   lo, hi = (np.percentile(draws, [2.5, 97.5]) if len(draws) else (np.nan, np.nan))
-  return dict(value=_f(point), ci=[_f(lo), _f(hi)], ci_method="bootstrap")
+  return [_f(lo), _f(hi)]
+
+
+def _value(point, draws) -> dict[str, Any]:
+  return dict(value=_f(point), ci=_ci(draws), ci_method="bootstrap")
 
 
 def _f(x):
@@ -127,7 +132,7 @@ def difference_ci(correct_a, labels_a, correct_b, labels_b, *, bootstrap: int = 
   draws = [balanced_accuracy_draws(np.asarray(c, np.float64), np.asarray(y).astype(int),
                                    resample_counts(len(y), bootstrap, seed + i))
            for i, (c, y) in enumerate(((correct_a, labels_a), (correct_b, labels_b)))]
-  return _value(np.nan, draws[0] - draws[1])["ci"]
+  return _ci(draws[0] - draws[1])
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, *, class_names=("female", "male"),

@@ -108,8 +108,6 @@ def _with_lr_mults(config):
 def _load_config():
   try:
     return _with_lr_mults(_CONFIG.value)
-  except errors.UsageError:
-    raise
   except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
     text = errors.one_line(e)
     if "No such file" in text or "not available" in text:

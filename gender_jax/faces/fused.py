@@ -40,13 +40,13 @@ CANVAS = 640
 # the face at 0.7-0.95 of a crop's framing) is aligned instead: classified whole, such photos
 # lose 6 points (0.840 against 0.900 aligned).
 CROP_FRAMING = dict(scale=0.12, degrees=10.0, shift=0.08)
+FACE_TTA = ("none", "flip")  # crops TTA would cut into an aligned face's own framing
 
 
 def framed_like_crop(face: dict[str, Any], shape, template: dict[str, Any]) -> bool:
   scale, degrees, shift = align_lib.framing(face["keypoints"], shape, template)
   return (abs(scale - 1) <= CROP_FRAMING["scale"] and abs(degrees) <= CROP_FRAMING["degrees"]
           and shift <= CROP_FRAMING["shift"])
-FACE_TTA = ("none", "flip")  # crops TTA would cut into an aligned face's own framing
 
 
 def tta_flag_problem(tta: str) -> str | None:
