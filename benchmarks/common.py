@@ -117,11 +117,11 @@ def train_config(arch: str, batch_size: int, image_size: int, compute_dtype: str
 
 
 def create_train_setup(config, mesh, total_steps: int):
-  """The trainer's own model/optimizer/state/jitted step (`trainer.create_train_setup`)."""
-  from gender_jax import trainer
+  """The trainer's own model/optimizer/state/jitted step (`steps.create_train_setup`)."""
+  from gender_jax.train import steps
   from gender_jax.data import preprocess
   spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
-  return trainer.create_train_setup(config, mesh, total_steps, spec)
+  return steps.create_train_setup(config, mesh, total_steps, spec)
 
 
 def synthetic_batch(mesh, batch_size: int, image_size: int, seed: int = 0):

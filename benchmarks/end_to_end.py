@@ -6,7 +6,7 @@ on a batch already on the device — the fraction of step throughput the input s
   python benchmarks/end_to_end.py --arch resnet_tiny --batch 8 --size 32 --steps 3
 
 The dataset is a folder (male/, female/) prepared once with the project's folder builder
-(JPEG array_record, cached under --data_dir). Three measurements in one process:
+(JPEG array_record, cached under --data-dir). Three measurements in one process:
   pipeline   `pipeline.train_dataset` alone: read, JPEG decode, random-resized crop, flip,
              batch, on the host (grain: --read_threads threads, --workers processes)
   disk       the trainer's loop: next batch → `parallel.put_batch` → jitted step, at most
@@ -34,7 +34,7 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--folder", default=str(common.DEFAULT_FOLDER),
                  help="image folder with male/ and female/ (optional labels.csv)")
-  p.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "gender_jax_bench"),
+  p.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "gender_jax_bench"),
                  help="where the prepared copy is cached")
   p.add_argument("--arch", default="resnet18")
   p.add_argument("--batch", type=int, default=256)
@@ -68,7 +68,8 @@ def make_config(args):
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  from gender_jax import parallel, trainer
+  from gender_jax import parallel
+  from gender_jax.train import loop as trainer
   from gender_jax.data import pipeline, prepare, sources
 
   info = common.device_info(with_torch=False)

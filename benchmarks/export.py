@@ -46,7 +46,7 @@ VARIANTS = (
 
 def make_bundle(directory, arch: str, size: int) -> str:
   import ml_collections
-  from gender_jax.bundle import save_bundle
+  from gender_jax.inference.bundle import save_bundle
   from gender_jax.data import preprocess
   from gender_jax.models import create_model
   model_config = dict(arch=arch, num_classes=2, compute_dtype="float32")
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
   import jax
   import tensorflow as tf
   from gender_jax import export
-  from gender_jax.bundle import Bundle
+  from gender_jax.inference.bundle import Bundle
   tf.config.threading.set_intra_op_parallelism_threads(args.threads)
   tf.config.threading.set_inter_op_parallelism_threads(1)
 

@@ -45,8 +45,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gender_jax.faces import scenes  # noqa: E402
-from gender_jax.faces.fused import Detector, FacePipeline, letterbox  # noqa: E402
+from tests.fixtures import scenes  # noqa: E402
+from gender_jax.faces.letterbox import letterbox  # noqa: E402
+from gender_jax.inference.photos import FacePipeline  # noqa: E402
+from gender_jax.faces.detect import Detector
 
 COLUMNS = [("part", "part", ""), ("detector", "detector", ""), ("metric", "metric", ""),
            ("value", "value", ".4g"), ("n", "n", ""), ("note", "note", "")]
@@ -155,7 +157,7 @@ def speed(args, kinds):
 def random_bundle(directory):
   import ml_collections
   from flax import nnx
-  from gender_jax.bundle import save_bundle
+  from gender_jax.inference.bundle import save_bundle
   from gender_jax.data.preprocess import make_spec
   from gender_jax.models import create_model
   cfg = dict(arch="resnet18", width=16, num_classes=2, compute_dtype="float32", dropout=0.0)
@@ -221,7 +223,7 @@ def _top_class(answer, names) -> int:
 
 def split_crops(args, bundle, part):
   """The bundle and the --split rows of its run (the first --limit): crops and labels."""
-  from gender_jax.bundle import Bundle
+  from gender_jax.inference.bundle import Bundle
   if not args.splits:
     raise SystemExit(f"--parts {part} needs --splits SPLITS_CSV (and --bundle, --data)")
   with open(args.splits) as f:
@@ -236,7 +238,7 @@ def split_crops(args, bundle, part):
 
 
 def accuracy(args, kinds, bundle):
-  from gender_jax.predictor import Predictor
+  from gender_jax.inference.predictor import Predictor
   bundle, names, crops, labels = split_crops(args, bundle, "accuracy")
   rng = np.random.default_rng(3)
   scenes_ = [scenes.in_the_wild(rng, c, crops) for c in crops]
@@ -288,7 +290,7 @@ def _shrunk(rng, crop, side=250, scale=(0.3, 0.6)):
 def gap(args, bundle):
   """Where crops lose accuracy on the way to photos, one change at a time (no TTA, full
   range): the pixels alone, the crops' own alignment, a plain paste, and what wins it back."""
-  from gender_jax.predictor import Predictor
+  from gender_jax.inference.predictor import Predictor
   bundle, names, crops, labels = split_crops(args, bundle, "gap")
   predictor = Predictor(bundle, batch_size=64)
 

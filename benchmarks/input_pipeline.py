@@ -1,6 +1,6 @@
 """Input pipeline throughput, grain beside plain tf.data, per core, at several sizes.
 
-  python benchmarks/input_pipeline.py [--folder ../shared/data/utkface-2k] [--data_dir DIR]
+  python benchmarks/input_pipeline.py [--folder ../shared/data/utkface-2k] [--data-dir DIR]
       [--sizes 224,112] [--batch_size 64] [--batches 12] [--json results/input.json]
 
 Prepares the folder (cached; at each size also a copy stored at ~1.15x that size), then, at
@@ -21,7 +21,7 @@ Prints images/s of wall time and images per CPU-second (CPU time of the process 
 worker processes: the per-core figure, fair on a machine shared with other jobs), as a
 Markdown table; --json writes every row with the machine's load.
 
-  python benchmarks/input_pipeline.py --startup FOLDER [--data_dir DIR] [--config configs/utkface.py]
+  python benchmarks/input_pipeline.py --startup FOLDER [--data-dir DIR] [--config configs/utkface.py]
 
 times instead the data work of a training launch on FOLDER, in a fresh process (prepared
 first if needed): the sanity counts, the train and validation sizes, the bad-file report and
@@ -160,7 +160,7 @@ import importlib.util, os, sys, tempfile, time
 sys.path.insert(0, {repo!r})
 spec = importlib.util.spec_from_file_location("bench_config", {config!r})
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-from gender_jax import train
+from gender_jax.train import main as train
 from gender_jax.data import pipeline, sources
 config = module.get_config()
 with config.unlocked():
@@ -203,7 +203,7 @@ def startup(args) -> dict:
 def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument("--folder", default=str(DEFAULT_FOLDER))
-  parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "gender_jax_bench"))
+  parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "gender_jax_bench"))
   parser.add_argument("--sizes", default="224,112", help="comma-separated image sizes")
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--batches", type=int, default=12)

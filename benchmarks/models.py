@@ -12,12 +12,12 @@ optimizer for every arch — the CPU budget printed with the table) on the UTKFa
   JAX ms          median batch-1 latency of the bundle's jitted probs function on the CPU
   int8 ms / MB    the TFLite int8 export (`gender_jax.export`, calibrated on the train
                   folder), median batch-1 latency in LiteRT on --threads threads, file size
-  test bal. acc.  balanced accuracy on the test split (`gender_jax.evaluate`), 95% CI
+  test bal. acc.  balanced accuracy on the test split (`gender_jax.evaluation.evaluate`), 95% CI
   train s         wall time of the training run
 Precise BN (`--precise-bn N`, default 40; 0 = off): after training, every BatchNorm's
 running mean/var of an arch that has BatchNorm is replaced by the average of its batch
 statistics over N training batches (the trainer's own input stream: its crops and flips),
-and the bundle re-saved (`gender_jax.precise_bn`); the row also keeps the test balanced
+and the bundle re-saved (`gender_jax.train.precise_bn`); the row also keeps the test balanced
 accuracy on the running averages the training left (`bal. acc. before`), so the effect shows.
 `--plot PATH` draws test balanced accuracy (95% CI bars) against JAX batch-1 latency;
 `--merge a.json,...` adds the rows of earlier runs (another image size, say) to the table
@@ -58,7 +58,7 @@ def parse_args(argv=None):
   p.add_argument("--arch", default="", help="comma-separated names (default: every arch of "
                  "the issue's list the registry has)")
   p.add_argument("--folder", default=str(common.DEFAULT_FOLDER), help="UTKFace folder layout")
-  p.add_argument("--data_dir", default="", help="prepared data (default: the project's)")
+  p.add_argument("--data-dir", default="", help="prepared data (default: the project's)")
   p.add_argument("--size", type=int, default=32, help="image size (px), every arch")
   p.add_argument("--epochs", type=float, default=3.0, help="training epochs, every arch")
   p.add_argument("--batch", type=int, default=32)
@@ -123,7 +123,7 @@ def train_config(arch: str, args):
 
 def random_bundle(directory: str, arch: str, size: int) -> str:
   import ml_collections
-  from gender_jax.bundle import save_bundle
+  from gender_jax.inference.bundle import save_bundle
   from gender_jax.data import preprocess
   from gender_jax.models import create_model
   model_config = dict(arch=arch, num_classes=2, compute_dtype="float32")
@@ -176,8 +176,9 @@ def tflite_int8(bundle_dir: str, out: pathlib.Path, calibration_dir: str, image,
 
 def test_accuracy(bundle_dir: str, workdir: str, out: str) -> dict:
   """Balanced accuracy on the run's test split, with its bootstrap 95% CI."""
-  from gender_jax import evaluate, eval_data
-  report = evaluate.evaluate_bundle(bundle_dir, eval_data.load(None, workdir=workdir), out,
+  from gender_jax.evaluation import datasets as eval_data
+  from gender_jax.evaluation import scoring
+  report = scoring.evaluate_bundle(bundle_dir, eval_data.load(None, workdir=workdir), out,
                                     bootstrap=200, progress=False)
   acc = report["overall"]["balanced_accuracy"]
   return dict(test_bal_acc=acc["value"], ci_lo=acc["ci"][0], ci_hi=acc["ci"][1],
@@ -187,7 +188,7 @@ def test_accuracy(bundle_dir: str, workdir: str, out: str) -> dict:
 def apply_precise_bn(config, bundle_dir: str, step: int, batches: int) -> dict:
   """Precise BN on the bundle from `batches` batches of the training stream as the trainer
   reads it (from the step after the last one trained: new shuffles, same augmentation)."""
-  from gender_jax import precise_bn
+  from gender_jax.train import precise_bn
   from gender_jax.data import pipeline
   if not batches:
     return dict(batches=0, examples=0)
@@ -196,8 +197,9 @@ def apply_precise_bn(config, bundle_dir: str, step: int, batches: int) -> dict:
 
 
 def bench_arch(arch: str, args, root: str) -> dict:
-  from gender_jax import precise_bn, trainer
-  from gender_jax.bundle import Bundle
+  from gender_jax.train import precise_bn
+  from gender_jax.train import loop as trainer
+  from gender_jax.inference.bundle import Bundle
   row: dict = dict(arch=arch, size=args.size)
   workdir = os.path.join(root, arch)
   if args.train:

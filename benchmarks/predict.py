@@ -51,7 +51,7 @@ def parse_args(argv=None):
 
 def make_bundle(directory: str, arch: str, size: int, compute_dtype: str) -> str:
   import ml_collections
-  from gender_jax.bundle import save_bundle
+  from gender_jax.inference.bundle import save_bundle
   from gender_jax.data import preprocess
   from gender_jax.models import create_model
   model_config = dict(arch=arch, num_classes=2, compute_dtype=compute_dtype)
@@ -107,7 +107,7 @@ def bench_torch_eager(torch, model, spec, batch_size: int, size: int, compute_dt
 def main(argv=None) -> dict:
   args = parse_args(argv)
   info = common.device_info(with_torch=args.peer)  # torch before anything imports TensorFlow
-  from gender_jax.bundle import Bundle
+  from gender_jax.inference.bundle import Bundle
   compute_dtype = common.resolve_dtype(args.dtype)
   with tempfile.TemporaryDirectory(prefix="predict_bench_") as tmp:
     bundle_dir = args.bundle or make_bundle(os.path.join(tmp, "bundle"), args.arch, args.size,

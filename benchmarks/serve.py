@@ -54,7 +54,7 @@ def load_images(folder: str, count: int) -> list[bytes]:
 def make_random_bundle(directory: str) -> str:
   import ml_collections
   from flax import nnx
-  from gender_jax.bundle import save_bundle
+  from gender_jax.inference.bundle import save_bundle
   from gender_jax.data import preprocess
   from gender_jax.models import create_model
   config = dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32")
@@ -140,7 +140,7 @@ def run_mode(mode: str, bundle: str, images: list[bytes], concurrencies, seconds
   from ray import serve
   from ray.serve._private import api as serve_api
   from ray.serve.schema import ServeDeploySchema
-  from gender_jax.bundle import Bundle
+  from gender_jax.inference.bundle import Bundle
 
   port = free_port()
   ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace="serve",
@@ -186,7 +186,7 @@ def run_mode(mode: str, bundle: str, images: list[bytes], concurrencies, seconds
 # ----------------------------------------------------------------------------- in-process
 def in_process(bundle_dir: str, images: list[bytes], concurrencies, seconds, batch_sizes) -> dict:
   """The same model called directly: decode + pad + probs + decide, `c` images per call."""
-  from gender_jax.bundle import Bundle
+  from gender_jax.inference.bundle import Bundle
   from gender_jax.data import preprocess
   bundle = Bundle(bundle_dir, compute_dtype="float32")
   probs_fn, size = bundle.probs_fn(), bundle.image_size
@@ -276,7 +276,7 @@ def main():
       with open(child_out) as f:
         results["http"][mode] = {k: ({int(c): v for c, v in r.items()} if k != "model_stats" else r)
                                  for k, r in json.load(f).items()}
-    from gender_jax.bundle import Bundle
+    from gender_jax.inference.bundle import Bundle
     batch_sizes = [int(s) for s in __import__("yaml").safe_load(open(os.path.join(
         REPO, "serve", "config.yaml")))["applications"][0]["args"]["batch_sizes"]]
     results["in_process"] = in_process(bundle, images, concurrencies, args.seconds, batch_sizes)

@@ -101,7 +101,8 @@ def forward_flops(setup, mesh, batch, spec: dict, compute_dtype: str) -> float |
 
 
 def bench_jax(config, args, with_forward: bool = False) -> dict:
-  from gender_jax import parallel, trainer
+  from gender_jax import parallel
+  from gender_jax.train import loop as trainer
   from gender_jax.data import preprocess
   mesh = parallel.create_mesh(args.devices or None)
   parallel.local_batch_size(args.batch, mesh)  # a clear error when it does not divide

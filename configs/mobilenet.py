@@ -9,7 +9,7 @@ Fine-tune ported ImageNet weights (python -m gender_jax.convert --arch mobilenet
 From scratch on a short budget, precise BN matters: V3's BatchNorm averages slowly (flax
 momentum 0.99, torchvision's), so after a few hundred steps the running statistics are still
 near their initial values and the eval-mode model answers one class; recomputing them on
-training batches after training (`gender_jax.precise_bn`) fixes that. utkface-2k, 32 px,
+training batches after training (`gender_jax.train.precise_bn`) fixes that. utkface-2k, 32 px,
 3 epochs (150 steps), benchmarks/models.py's shared recipe, test balanced accuracy
 (before → after precise BN on 40 training batches): mobilenet_v3_small 0.500 → 0.618,
 mobilenet_v3_large 0.500 → 0.756, mobilenet_v2 (momentum 0.9) 0.627 → 0.613. The whole

@@ -1,6 +1,6 @@
 """UTKFace from scratch on a CPU budget: a narrow ResNet-18 at 96 px, race-balanced sampling.
 
-  python -m gender_jax.data prepare --source folder --manual_dir UTKFACE_DIR   # optional, else on first use
+  python -m gender_jax.data prepare --source folder --manual-dir UTKFACE_DIR   # optional, else on first use
   python -m gender_jax.train --config configs/utkface.py --workdir runs/utkface \
       --config.data.folder=UTKFACE_DIR
   python -m gender_jax.evaluate --workdir runs/utkface --out runs/utkface/report

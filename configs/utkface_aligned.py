@@ -2,7 +2,7 @@
 `--faces detect` feeds the classifier (BlazeFace full range + alignment onto the UTKFace
 framing), alone or mixed with the original crops.
 
-  python -m gender_jax.data align --manual_dir UTKFACE_DIR --out ALIGNED_DIR --detector full
+  python -m gender_jax.data align --manual-dir UTKFACE_DIR --out ALIGNED_DIR --detector full
   python -c "from gender_jax.faces import crops; crops.keep_missed_photos('UTKFACE_DIR', 'ALIGNED_DIR')"
   python -m gender_jax.train --config configs/utkface_aligned.py --workdir runs/utk_aligned \
       --config.data.folder=ALIGNED_DIR

@@ -16,12 +16,15 @@ import sys
 
 import numpy as np
 
+from gender_jax import cli
+from gender_jax.models import ports
+from gender_jax.models.ports import ARCHS, SOURCES
+from gender_jax.models.weights import save_weights
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-  from gender_jax.models.ports import ARCHS, SOURCES
-  parser = argparse.ArgumentParser(
-      prog="python -m gender_jax.convert", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.Parser("gender_jax.convert", __doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--from", dest="source", required=True, choices=SOURCES,
                       help="which library's weights --src holds (example: --from torchvision)")
   parser.add_argument("--arch", required=True,
@@ -37,20 +40,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  from gender_jax import errors
-  from gender_jax.weights import save_weights
   try:  # before reading a multi-GB file: the input exists, the output can be written
-    errors.require_exists(args.src, "--src")
-    errors.require_writable(args.out, "--out")
-  except errors.UsageError as e:
+    cli.require_exists(args.src, "--src")
+    cli.require_writable(args.out, "--out")
+  except cli.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
-    return errors.EXIT_USAGE
-  from gender_jax.models import ports
+    return cli.EXIT_USAGE
   try:
     flat, meta = ports.convert_file(args.src, source=args.source, arch=args.arch,
                                       keep_head=args.keep_head)
   except (ValueError, FileNotFoundError) as e:
-    print(f"error: {errors.one_line(e)}", file=sys.stderr)
+    print(f"error: {cli.one_line(e)}", file=sys.stderr)
     return 1  # the file does not hold what --from/--arch say (tests/test_convert.py)
   save_weights(args.out, flat, meta)
   count = sum(int(np.prod(v.shape)) for v in flat.values())

@@ -3,313 +3,24 @@
   python -m gender_jax.evaluate --workdir RUN [--data …] --out REPORT_DIR
   python -m gender_jax.evaluate --bundle DIR --data FOLDER [--data NAME=FOLDER …] --out REPORT_DIR
 
-`--data`: a male/ female/ folder (with an optional labels.csv of subgroup columns), NAME=FOLDER,
-or source:NAME[:SPLIT] of the run's config; with none, the run's configured sources (test split).
-Every number comes with its 95% CI and sample count. Writes report.json, report.md and PNGs
-(reliability diagram, accuracy vs coverage, one bar chart per subgroup field, and with several
-bundles or sources a cross-dataset matrix). `--calibrate-on DATA` fits the temperature on held-out
-data first; `--write-calibration` stores it (and `--target-accuracy`'s threshold) in the bundle.
-`--faces detect` evaluates photos of people: each photo's most confident face is found,
-aligned to the bundle's template and classified (`gender_jax.faces`); photos without a face
-are listed and left out of the numbers, the share found is reported.
+What the report holds: `gender_jax.evaluation.scoring`.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from typing import Any, Sequence
 
-import numpy as np
-
-from gender_jax import CLASS_NAMES, calibration, eval_data, stats
-from gender_jax.bundle import Bundle
-from gender_jax.predictor import TTA_MODES, Predictor
-from gender_jax.report import fmt, write_matrix, write_report
-
-MIN_GROUP = 1  # groups are reported at any size; the CI says how little a small one tells
-ADULTS = "20-69 adults"  # subgroups.age_group's name for the band reported apart
-INFANTS = "0-2 infants (of 0-9)"
-AGE_FIELDS = ("age_group", "age_band")
+from gender_jax import cli
+from gender_jax.evaluation import datasets
+from gender_jax.evaluation.report import fmt, write_matrix
+from gender_jax.evaluation.scoring import bundle_name, evaluate_bundle
+from gender_jax.inference.photos import tta_flag_problem
+from gender_jax.inference.predictor import TTA_MODES
 
 
-def group_metrics(probs, labels, *, bootstrap: int, seed: int) -> dict[str, Any]:
-  return stats.classification_metrics(probs, labels, class_names=CLASS_NAMES,
-                                      bootstrap=bootstrap, seed=seed)
-
-
-def subgroups(metas: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-  """{field: per-record value array} for every subgroup field with 2..MAX distinct values."""
-  per_record = [eval_data.subgroup_fields(m) for m in metas]
-  fields = sorted({k for r in per_record for k in r})
-  out = {}
-  for field in fields:
-    values = np.array([r.get(field, "unknown") for r in per_record], dtype=object)
-    if 2 <= len(set(values)) <= eval_data.MAX_SUBGROUP_VALUES:
-      out[field] = values
-  return out
-
-
-def _sort_key(value: str):
-  head = value.split("-")[0].split(" ")[0].rstrip("+")
-  return (0, float(head), value) if head.replace(".", "", 1).isdigit() else (1, 0.0, value)
-
-
-def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dict[str, Any]], *,
-                     temperature: float = 1.0, abstain_threshold: float = 0.0,
-                     bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-  """Logits + labels + per-record fields → the report's numbers (no files)."""
-  labels = np.asarray(labels).astype(int)
-  probs = calibration.softmax(logits, temperature)
-  raw = calibration.softmax(logits)
-  report: dict[str, Any] = {"count": int(len(labels))}
-  report["overall"] = group_metrics(probs, labels, bootstrap=bootstrap, seed=seed)
-  report["calibration"] = dict(
-      temperature=temperature,
-      ece_uncalibrated=stats.classification_metrics(raw, labels, bootstrap=bootstrap,
-                                                    seed=seed)["ece"] if len(labels) else None,
-      ece_calibrated=report["overall"].get("ece"),
-      nll_uncalibrated=calibration.nll(logits, labels) if len(labels) else None,
-      nll_calibrated=calibration.nll(logits, labels, temperature) if len(labels) else None,
-      reliability_uncalibrated=stats.reliability_bins(raw, labels),
-      reliability_calibrated=stats.reliability_bins(probs, labels))
-  conf, correct = probs.max(1), probs.argmax(1) == labels
-  answered = conf >= abstain_threshold
-  report["abstention"] = dict(
-      threshold=abstain_threshold, coverage=float(answered.mean()) if len(labels) else None,
-      answered=int(answered.sum()),
-      accuracy_answered=float(correct[answered].mean()) if answered.any() else None,
-      accuracy_answered_ci=list(stats.wilson(int(correct[answered].sum()), int(answered.sum()))),
-      curve=stats.coverage_curve(probs, labels))
-  sources = np.array([str(m.get("source", "data")) for m in metas], dtype=object)
-  report["by_source"] = {s: group_metrics(probs[sources == s], labels[sources == s],
-                                          bootstrap=bootstrap, seed=seed)
-                         for s in sorted(set(sources))}
-  report["subgroups"] = {}
-  fields = subgroups(metas)
-  for field, values in fields.items():
-    report["subgroups"][field] = {
-        v: group_metrics(probs[values == v], labels[values == v], bootstrap=bootstrap, seed=seed)
-        for v in sorted(set(values), key=_sort_key) if (values == v).sum() >= MIN_GROUP}
-  def within(mask):  # every non-age field's groups, restricted to `mask`
-    return {field: {v: group_metrics(probs[mask & (values == v)], labels[mask & (values == v)],
-                                     bootstrap=bootstrap, seed=seed)
-                    for v in sorted(set(values[mask]), key=_sort_key)}
-            for field, values in fields.items() if field not in AGE_FIELDS and mask.any()}
-  gap_masks = {"race_gap": np.ones(len(labels), bool)}  # headline gap → the records it covers
-  if "age_group" in fields:
-    # The race groups differ in their share of children (UTKFace: Asian 26% aged 0-9, Black
-    # 3%), whose gender is hardest to tell; within adults the groups are compared like for like.
-    gap_masks["race_gap_adults"] = fields["age_group"] == ADULTS
-    report["within_adults"] = within(gap_masks["race_gap_adults"])
-    # Infants most of all: without them, what is left of a gap is the model's.
-    years = np.array([np.nan if (y := eval_data.age_years(m.get("age"))) is None else y
-                      for m in metas], float)  # NaN (unknown) is neither an infant nor older
-    infants = years <= eval_data.INFANT_MAX_AGE
-    if infants.any():
-      report["infants"] = group_metrics(probs[infants], labels[infants], bootstrap=bootstrap,
-                                        seed=seed)
-      gap_masks["race_gap_without_infants"] = years > eval_data.INFANT_MAX_AGE
-      report["without_infants"] = within(gap_masks["race_gap_without_infants"])
-    # Each group over the same age mix (the whole set's): the gap that remains once the
-    # groups' different shares of children are taken out (direct standardisation).
-    groups = fields["age_group"]
-    known = groups != "unknown"
-    shares = {a: float((groups[known] == a).mean()) for a in set(groups[known])}
-    report["age_standardised"] = {
-        field: {v: stats.standardised_balanced_accuracy(
-                    correct[values == v], labels[values == v], groups[values == v], shares,
-                    bootstrap=bootstrap, seed=seed)
-                for v in sorted(set(values), key=_sort_key)}
-        for field, values in fields.items() if field not in AGE_FIELDS and known.any()}
-    # The other way round: what each group would score with the whole set's accuracy in every
-    # age group and only its own age mix. The spread of these is the part of the plain gap
-    # that the age mix alone explains.
-    by_age = {a: report["subgroups"]["age_group"].get(a, {}).get("balanced_accuracy", {})
-              .get("value") for a in shares}
-    report["age_mix_expected"] = {
-        field: {v: dict(value=_weighted(by_age, groups[(values == v) & known]))
-                for v in sorted(set(values), key=_sort_key)}
-        for field, values in fields.items() if field not in AGE_FIELDS and known.any()}
-    # Who the threshold leaves unanswered: children first, adults kept.
-    def coverage(mask):
-      return dict(count=int(mask.sum()), coverage=float(answered[mask].mean()),
-                  accuracy_answered=float(correct[mask & answered].mean())
-                  if (mask & answered).any() else None)
-    report["abstention"]["by_age_group"] = {v: coverage(groups == v)
-                                            for v in sorted(set(groups), key=_sort_key)}
-    if infants.any():
-      report["abstention"]["by_age_group"][INFANTS] = coverage(infants)
-  report["headline"] = headline(report)
-  # A gap between two groups of a few hundred is itself uncertain: its CI, each of the two
-  # named groups resampled on its own.
-  for key, mask in gap_masks.items():
-    gap = report["headline"].get(key)
-    if gap and "race" in fields and bootstrap:
-      best, worst = (mask & (fields["race"] == gap[end]) for end in ("best", "worst"))
-      ci = stats.difference_ci(correct[best], labels[best], correct[worst], labels[worst],
-                               bootstrap=bootstrap, seed=seed)
-      gap["ci"] = [None if x is None else round(100 * x, 2) for x in ci]
-  return report
-
-
-def _weighted(values: dict[str, float | None], strata: np.ndarray) -> float | None:
-  """The mean of values[stratum] over `strata` (None where a stratum has no value)."""
-  got = [values.get(s) for s in strata]
-  return None if not got or None in got else round(float(np.mean(got)), 6)
-
-
-def headline(report: dict[str, Any]) -> dict[str, Any]:
-  """The figures a reader looks for first: balanced accuracy overall, for adults and for
-  children apart, the gap between the best and worst race group, calibrated ECE."""
-  def value(m):
-    return None if not m else dict(value=m.get("value"), ci=m.get("ci"))
-  out = dict(balanced_accuracy=value(report["overall"].get("balanced_accuracy")),
-             ece_calibrated=value(report["calibration"]["ece_calibrated"]))
-  ages = report["subgroups"].get("age_group", {})
-  by_age = {key: ages.get(name) for key, name in (("adults_20_69", "20-69 adults"),
-                                                    ("children_0_9", "0-9 children"))}
-  by_age["infants_0_2"] = report.get("infants")
-  for key, m in by_age.items():
-    if m:
-      out[key] = dict(balanced_accuracy=value(m.get("balanced_accuracy")), count=m["count"])
-  for key, groups in (("race_gap", report["subgroups"].get("race", {})),
-                      ("race_gap_adults", report.get("within_adults", {}).get("race", {})),
-                      ("race_gap_without_infants",
-                       report.get("without_infants", {}).get("race", {})),
-                      ("race_gap_age_standardised",
-                       report.get("age_standardised", {}).get("race", {})),
-                      ("race_gap_from_age_mix",
-                       report.get("age_mix_expected", {}).get("race", {}))):
-    gap = _gap(groups)
-    if gap:
-      out[key] = gap
-  return out
-
-
-def _gap(groups: dict[str, dict]) -> dict[str, Any] | None:
-  """Best − worst balanced accuracy over the named groups (not "unknown"), in points."""
-  values = {k: m.get("balanced_accuracy", m).get("value") for k, m in groups.items()}
-  values = {k: v for k, v in values.items() if k != "unknown" and v is not None}
-  if len(values) < 2:
-    return None
-  best, worst = max(values, key=values.get), min(values, key=values.get)
-  return dict(points=round(100 * (values[best] - values[worst]), 2), best=best, worst=worst)
-
-
-def bundle_name(bundle_dir: str) -> str:
-  """What a bundle was trained on (its run's config.json), for the cross-dataset matrix."""
-  config = os.path.join(os.path.dirname(os.path.abspath(bundle_dir)), "config.json")
-  if os.path.exists(config):
-    with open(config) as f:
-      names = list(json.load(f).get("data", {}).get("sources", {}))
-    if names:
-      return "+".join(names)
-  return os.path.basename(os.path.abspath(bundle_dir).rstrip("/"))
-
-
-def evaluate_bundle(bundle_dir: str, datasets: Sequence[eval_data.Dataset], out_dir: str, *,
-                    calibrate_on: eval_data.Dataset | None = None, write_calibration: bool = False,
-                    target_accuracy: float | None = None, tta: str = "none", batch_size: int = 64,
-                    bootstrap: int = 1000, compute_dtype: str | None = None,
-                    progress: bool = True, faces: str = "off",
-                    detector: str = "full") -> dict[str, Any]:
-  """Runs the bundle over the datasets; writes report.json, report.md and plots to out_dir."""
-  os.makedirs(out_dir, exist_ok=True)
-  bundle = Bundle(bundle_dir, compute_dtype)
-  predictor = Predictor(bundle, batch_size=batch_size, tta=tta)
-  temperature = bundle.temperature
-  threshold = float(bundle.calibration.get("abstain_threshold", 0.0))
-  fitted = None
-  if calibrate_on is not None:
-    val = predictor.logits_for_records(calibrate_on.records, progress=progress)
-    temperature = calibration.fit_temperature(val.values, val.labels)
-    if target_accuracy is not None:
-      threshold = calibration.threshold_for_accuracy(
-          calibration.softmax(val.values, temperature), val.labels, target_accuracy)
-    fitted = dict(data=calibrate_on.description, count=int(len(val.labels)),
-                  temperature=temperature, abstain_threshold=threshold,
-                  target_accuracy=target_accuracy, unreadable=len(val.errors))
-    if write_calibration:
-      calibration.write_calibration(bundle_dir, temperature, threshold,
-                                    fitted_on=dict(data=calibrate_on.description,
-                                                   count=int(len(val.labels)),
-                                                   target_accuracy=target_accuracy))
-  logits, labels, metas, errors = [], [], [], []
-  face_pipeline = None
-  if faces != "off":
-    from gender_jax.faces.fused import FacePipeline
-    face_pipeline = FacePipeline(bundle, detector=detector, faces=faces, tta=tta)
-  no_face: list[dict[str, str]] = []
-  for ds in datasets:
-    if face_pipeline is not None:
-      out, missed = face_logits(face_pipeline, ds.records, temperature)
-      no_face += [dict(source=ds.name, key=k) for k in missed]
-    else:
-      out = predictor.logits_for_records(ds.records, progress=progress)
-    logits.append(out.values)
-    labels.append(out.labels)
-    metas += out.metas
-    errors += [dict(source=ds.name, key=k, reason=r) for k, r in out.errors]
-  logits, labels = np.concatenate(logits), np.concatenate(labels)
-  report = dict(bundle=os.path.abspath(bundle_dir), trained_on=bundle_name(bundle_dir),
-                data={ds.name: ds.description for ds in datasets}, tta=tta, bootstrap=bootstrap,
-                **evaluate_outputs(logits, labels, metas, temperature=temperature,
-                                   abstain_threshold=threshold, bootstrap=bootstrap))
-  report["calibration"]["fitted"] = fitted
-  report["calibration"]["source"] = "fitted now" if fitted else "stored in the bundle"
-  report["unreadable"] = errors
-  if face_pipeline is not None:
-    total = report["count"] + len(no_face)
-    report["faces"] = dict(mode=faces, detector=detector, images=total, no_face=no_face,
-                           found_fraction=report["count"] / total if total else None)
-  write_report(report, out_dir)
-  return report
-
-
-def face_logits(pipeline, records, temperature: float, chunk: int = 64):
-  """Each record's photo through detect → align → classify; the answer for a labelled photo
-  is its most confident detection's (one person per labelled photo). Logits are recovered
-  from the calibrated probabilities as T·log p, equal to the raw logits up to a per-image
-  constant, so the report's calibration section still compares T=1 with T.
-  Returns (Outputs, keys of the photos where no face was found)."""
-  from gender_jax.data import preprocess
-  from gender_jax.predictor import Outputs
-  values, labels, metas, errors, missed = [], [], [], [], []
-  for lo in range(0, len(records), chunk):
-    images, kept = [], []
-    for i in range(lo, min(lo + chunk, len(records))):
-      meta = eval_data.record_meta(records, i)
-      try:
-        images.append(preprocess.decode(records[i]["image"]))
-        kept.append(meta)
-      except preprocess.ImageError as e:
-        errors.append((str(meta.get("key", i)), str(e)))
-    for meta, found in zip(kept, pipeline(images) if images else []):
-      if not found:
-        missed.append(str(meta.get("key", "")))
-        continue
-      best = max(found, key=lambda f: f["score"])
-      p = np.clip([best["p_female"], best["p_male"]], 1e-12, 1.0)
-      values.append(temperature * np.log(p))
-      labels.append(int(meta.get("label", -1)))
-      metas.append(meta)
-  values = np.stack(values).astype(np.float32) if values else np.zeros((0, 2), np.float32)
-  return Outputs(values, np.asarray(labels, np.int64), metas, errors), missed
-
-
-# ------------------------------------------------------------------------------ output
 def main(argv=None):
-  from gender_jax import errors
-  parser = argparse.ArgumentParser(
-      prog="python -m gender_jax.evaluate", description=__doc__.split("\n\n")[0],
-      epilog="Add --debug (or GENDER_JAX_DEBUG=1) to see tracebacks.")
-  parser.add_argument("--bundle", action="append", default=[],
-                      help="bundle dir, repeatable (example: --bundle runs/demo/bundle)")
-  parser.add_argument("--workdir", action="append", default=[],
-                      help="training run, repeatable; its bundle is RUN/bundle "
-                           "(example: --workdir runs/demo)")
+  parser = cli.Parser("gender_jax.evaluate", __doc__)
+  cli.add_bundle_options(parser, repeat=True)
   parser.add_argument("--data", action="append", default=[],
                       help="FOLDER, NAME=FOLDER or source:NAME[:SPLIT], repeatable "
                            "(example: --data photos/ --data source:folder:validation)")
@@ -329,56 +40,35 @@ def main(argv=None):
                            "(example: --target-accuracy 0.95)")
   parser.add_argument("--tta", default="none", choices=TTA_MODES,
                       help="test-time augmentation (default none; example: --tta flip)")
-  parser.add_argument("--batch-size", type=int, default=64,
-                      help="images per model call (default 64; example: --batch-size 256)")
+  cli.add_batch_size(parser)
   parser.add_argument("--bootstrap", type=int, default=1000,
                       help="bootstrap resamples for the 95%% CIs (default 1000; example: "
                            "--bootstrap 200 for a quick look)")
-  parser.add_argument("--compute-dtype", help="override the bundle's compute dtype "
-                      "(example: --compute-dtype float32 for a bfloat16 bundle on CPU)")
-  parser.add_argument("--faces", default="off", choices=("off", "detect", "auto"),
-                      help="find and align faces first (default off: the images are face "
-                           "crops already; example: --faces detect for photos of people)")
-  parser.add_argument("--detector", default="full", choices=("full", "short"),
-                      help="BlazeFace model for --faces (default full: small faces too; "
-                           "short: faces filling much of the photo, faster; example: "
-                           "--detector short)")
-  parser.add_argument("--quiet", action="store_true", help="no progress bar (example: --quiet)")
+  cli.add_compute_dtype(parser)
+  cli.add_face_options(parser, default="off")
+  cli.add_quiet(parser)
   args = parser.parse_args(argv)
-  runs = [(b, None) for b in args.bundle] + [(os.path.join(w, "bundle"), w) for w in args.workdir]
-  if not runs:
-    raise errors.UsageError("give --bundle DIR or --workdir RUN")
-  from gender_jax.faces.fused import tta_flag_problem
-  if args.faces != "off" and tta_flag_problem(args.tta):
-    raise errors.UsageError(tta_flag_problem(args.tta))
   # Before any data is read: every bundle is there and complete, the report can be written.
-  errors.require_writable(args.out, "--out")
-  for bundle_dir, workdir in runs:
-    if workdir is not None:
-      errors.require_dir(workdir, "--workdir")
-      if not os.path.isdir(bundle_dir):
-        has_ckpt = os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
-            os.path.join(workdir, "checkpoints"))
-        raise errors.UsageError(
-            f"--workdir {workdir!r} has no bundle/: " +
-            ("training has not finished (checkpoints only); rerun the train command to finish it"
-             if has_ckpt else "no checkpoints or bundle there; is it the train command's --workdir?"))
-    errors.require_weights_dir(bundle_dir, "--bundle")
+  runs = cli.bundles(args)
+  if args.faces != "off" and tta_flag_problem(args.tta):
+    raise cli.UsageError(tta_flag_problem(args.tta))
+  face_options = cli.face_options(args)
+  cli.require_writable(args.out, "--out")
   reports = {}
   for bundle_dir, workdir in runs:
-    datasets = eval_data.load(args.data, workdir=workdir, config_file=args.config, split=args.split)
-    calibrate_on = (eval_data.load_one(args.calibrate_on, workdir=workdir, config_file=args.config,
-                                       split="validation") if args.calibrate_on else None)
+    data = datasets.load(args.data, workdir=workdir, config_file=args.config, split=args.split)
+    calibrate_on = (datasets.load_one(args.calibrate_on, workdir=workdir, config_file=args.config,
+                                      split="validation") if args.calibrate_on else None)
     name = bundle_name(bundle_dir)
     while name in reports:
       name += "'"
     out_dir = args.out if len(runs) == 1 else os.path.join(args.out, name.replace("/", "_"))
     reports[name] = evaluate_bundle(
-        bundle_dir, datasets, out_dir, calibrate_on=calibrate_on,
+        bundle_dir, data, out_dir, calibrate_on=calibrate_on,
         write_calibration=args.write_calibration, target_accuracy=args.target_accuracy,
         tta=args.tta, batch_size=args.batch_size, bootstrap=args.bootstrap,
         compute_dtype=args.compute_dtype, progress=not args.quiet, faces=args.faces,
-        detector=args.detector)
+        face_options=face_options)
     o = reports[name]["overall"]
     print(f"{name}: n={o['count']} accuracy {fmt(o['accuracy'])} balanced "
           f"{fmt(o.get('balanced_accuracy'))} → {out_dir}/report.md", file=sys.stderr)
@@ -387,5 +77,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  from gender_jax import errors
-  errors.run(main)
+  cli.run(main)

@@ -314,3 +314,17 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh):
   """This process's slice of the global batch → one global array per key, sharded on `data`."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def persistent_compilation_cache() -> None:
+  """XLA's on-disk cache of compiled programs, so a restart or resume of a run (a preempted
+  job, a crashed host) skips the compiles: ~20 s of 33 s from launch to step 0 on CPU, minutes
+  for a large model on a GPU. `JAX_COMPILATION_CACHE_DIR` (read by JAX itself) wins;
+  `GENDER_JAX_XLA_CACHE=DIR` moves ours, `=off` turns it off."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  import jax
+  path = os.environ.get("GENDER_JAX_XLA_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gender_jax", "xla")
+  if path != "off":  # an entry per program (~0.3 MB for ResNet-18); delete the folder to clear
+    jax.config.update("jax_compilation_cache_dir", path)

@@ -71,8 +71,8 @@ class GenderClassifier:
                max_image_pixels: int = 40_000_000, faces_detector: str = "full",
                faces_batch_size: int = 8, max_faces: int = 8, faces_tiles: str = "auto"):
     import jax
-    from gender_jax.bundle import Bundle
-    from gender_jax.predictor import Predictor
+    from gender_jax.inference.bundle import Bundle
+    from gender_jax.inference.predictor import Predictor
 
     # The environment wins so one config file serves any bundle (a KubeRay pod, a CI run).
     path = os.environ.get("GENDER_JAX_BUNDLE") or bundle
@@ -97,7 +97,7 @@ class GenderClassifier:
     # program, compiled here for its one padded batch size.
     self.face_pipeline = None
     if faces_detector:
-      from gender_jax.faces.fused import FacePipeline
+      from gender_jax.inference.photos import FacePipeline
       self.face_pipeline = FacePipeline(self.bundle, detector=faces_detector,
                                         max_faces=int(max_faces),
                                         batch_size=int(faces_batch_size), faces="auto",

@@ -39,7 +39,7 @@ def tiny_config(**overrides):
 
 
 def bundle_weights(workdir: str) -> dict[str, np.ndarray]:
-  from gender_jax.weights import load_weights
+  from gender_jax.models.weights import load_weights
   flat, _ = load_weights(os.path.join(workdir, "bundle"))
   return flat
 
@@ -58,8 +58,8 @@ def constant_bundle(directory, bias=(0.0, 1.0), size=16, abstain_threshold=0.0):
   """A resnet_tiny whose weights are all zero but the head bias: logits = bias for any image."""
   import ml_collections
   from flax import nnx
-  from gender_jax.bundle import save_bundle
-  from gender_jax.weights import flat_key, load_flat
+  from gender_jax.inference.bundle import save_bundle
+  from gender_jax.models.weights import flat_key, load_flat
   from gender_jax.data.preprocess import make_spec
   from gender_jax.models import create_model
   cfg = ml_collections.ConfigDict(dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32",
@@ -87,8 +87,8 @@ def random_bundle(directory, size=16, preset="scratch", temperature=1.0, seed=0,
   direction)."""
   import ml_collections
   from flax import nnx
-  from gender_jax.bundle import save_bundle
-  from gender_jax.weights import flat_key, load_flat
+  from gender_jax.inference.bundle import save_bundle
+  from gender_jax.models.weights import flat_key, load_flat
   from gender_jax.data.preprocess import make_spec
   from gender_jax.models import create_model
   cfg = dict(arch="resnet_tiny", num_classes=2, compute_dtype="float32", dropout=0.0)
@@ -135,7 +135,7 @@ def reference_logits(model, spec, images):
 
 
 def load_bundle_model(directory):
-  from gender_jax.bundle import Bundle
+  from gender_jax.inference.bundle import Bundle
   bundle = Bundle(str(directory))
   return bundle.model, bundle.preprocessing, float(bundle.calibration["temperature"])
 

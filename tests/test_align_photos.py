@@ -24,7 +24,7 @@ def test_align_recovers_the_crop_and_lists_photos_without_a_face(tmp_path, utkfa
     Image.fromarray(np.full((300, 300, 3), 90, np.uint8)).save(photos / label / "wall.png")
     rows.append(f"{label}/wall.png,{label},30")
   (photos / "labels.csv").write_text("\n".join(rows) + "\n")
-  assert main(["align", "--manual_dir", str(photos), "--out", str(tmp_path / "crops"),
+  assert main(["align", "--manual-dir", str(photos), "--out", str(tmp_path / "crops"),
                "--detector", "short"]) == 0
   with open(tmp_path / "crops" / "labels.csv") as f:
     got = list(csv.DictReader(f))

@@ -41,9 +41,9 @@ def test_train_step_tiny_sharded(tmp_path, capsys):
 
 
 def test_end_to_end_tiny(tmp_path):
-  from gender_jax.data import fixtures
+  from tests.fixtures import datasets as fixtures
   fixtures.folder(str(tmp_path / "photos"), per_class=12)
-  result = end_to_end.main(["--folder", str(tmp_path / "photos"), "--data_dir",
+  result = end_to_end.main(["--folder", str(tmp_path / "photos"), "--data-dir",
                             str(tmp_path / "prepared"), "--arch", "resnet_tiny", *TINY,
                             "--json", str(tmp_path / "e2e.json")])
   synthetic, disk, pipe = result["rows"]
@@ -106,10 +106,10 @@ def test_train_step_several_archs_one_process_each(tmp_path):
 
 def test_models_table_tiny(tmp_path, capsys):
   import models as models_bench
-  from gender_jax.data import fixtures
+  from tests.fixtures import datasets as fixtures
   fixtures.folder(str(tmp_path / "photos"), per_class=12)
   argv = ["--arch", "cnn_small,no_such_arch", "--folder", str(tmp_path / "photos"),
-          "--data_dir", str(tmp_path / "prepared"), "--size", "16", "--runs", "2",
+          "--data-dir", str(tmp_path / "prepared"), "--size", "16", "--runs", "2",
           "--workdir", str(tmp_path / "runs"), "--json", str(tmp_path / "m.json")]
   # Sizes, FLOPs and latencies on random weights; the trained path for one arch below.
   result = models_bench.main([*argv, "--no-train"])
@@ -124,10 +124,10 @@ def test_models_table_tiny(tmp_path, capsys):
 @pytest.mark.slow
 def test_models_trains_and_evaluates_tiny(tmp_path):
   import models as models_bench
-  from gender_jax.data import fixtures
+  from tests.fixtures import datasets as fixtures
   fixtures.folder(str(tmp_path / "photos"), per_class=12)
   result = models_bench.main(["--arch", "resnet_tiny", "--folder", str(tmp_path / "photos"),
-                              "--data_dir", str(tmp_path / "prepared"), "--size", "16",
+                              "--data-dir", str(tmp_path / "prepared"), "--size", "16",
                               "--epochs", "1", "--batch", "8", "--runs", "2", "--no-tflite",
                               "--workdir", str(tmp_path / "runs")])
   (row,) = result["rows"]

@@ -8,19 +8,21 @@ import types
 import jax
 import pytest
 
-from gender_jax import config as config_lib, parallel, trainer
+from gender_jax import parallel
+from gender_jax.train import schedule as config_lib
+from gender_jax.train import steps, validation
 from tests.helpers import tiny_config
 
 
 def test_mixture_headline_accuracy_excludes_balanced_accuracy():
   per_source = {"a": dict(accuracy=0.9, balanced_accuracy=0.5, loss=0.2),
                 "b": dict(accuracy=0.7, balanced_accuracy=0.5, loss=0.4)}
-  results = trainer.validation_results(per_source)
+  results = validation.validation_results(per_source)
   assert results["val_accuracy"] == pytest.approx(0.8)  # was 0.65: the balanced ones mixed in
   assert results["val_balanced_accuracy"] == pytest.approx(0.5)
   assert results["val_loss"] == pytest.approx(0.3)
   assert results["val_a_accuracy"] == 0.9 and results["val_b_balanced_accuracy"] == 0.5
-  assert trainer.validation_results({"a": per_source["a"]}) == {
+  assert validation.validation_results({"a": per_source["a"]}) == {
       "val_accuracy": 0.9, "val_balanced_accuracy": 0.5, "val_loss": 0.2}
 
 
@@ -76,7 +78,7 @@ def test_warmup_in_epochs_is_that_many_epochs_of_steps():
   """optimizer.warmup_epochs was turned into steps with one example and a batch of one: 0.5
   epochs became a 1-step warmup in every AdamW config (configs.common.use_adamw), and
   configs/resnet.py's 1-epoch SGD warmup too."""
-  from gender_jax import steps
+  from gender_jax.train import steps
   config = tiny_config(**{"optimizer.warmup_steps": None, "optimizer.warmup_epochs": 0.5,
                           "data.batch_size": 10})
   _, schedule = steps.create_optimizer(config, {"w": "lr_x1.0"}, total_steps=100,
@@ -99,7 +101,7 @@ def test_frozen_gradients_are_outside_clipping_and_grad_norm():
   """Head mode: the logged grad_norm is the head's own and clipping scales by it alone.
   Reference: the head's gradient from an `all`-mode SGD step (update = −lr·g, same forward)."""
   import numpy as np
-  from gender_jax.weights import to_flat
+  from gender_jax.models.weights import to_flat
   from flax import nnx
   from gender_jax.data import preprocess
   from gender_jax.models import create_model
@@ -114,7 +116,7 @@ def test_frozen_gradients_are_outside_clipping_and_grad_norm():
                             "optimizer.warmup_steps": 0, "optimizer.end_lr_fraction": 1.0,
                             "optimizer.lr": 0.1, "optimizer.grad_clip_norm": clip})
     spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
-    setup = trainer.create_train_setup(config, mesh, 10, spec)
+    setup = steps.create_train_setup(config, mesh, 10, spec)
     # A random head (it starts at zero): else no gradient reaches the backbone in `all` mode.
     model = create_model(config.model, rngs=nnx.Rngs(config.seed))
     model.fc.kernel.value = 0.3 * jax.random.normal(jax.random.key(1), model.fc.kernel.shape)

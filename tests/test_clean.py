@@ -7,7 +7,10 @@ import os
 import numpy as np
 from PIL import Image
 
-from gender_jax import clean, eval_data, label_issues
+from gender_jax.evaluation import label_issues
+from gender_jax import clean
+from gender_jax.evaluation import cleaning
+from gender_jax.evaluation import datasets as eval_data
 
 
 def _blob_image(rng, tint):
@@ -80,9 +83,9 @@ def test_cross_split_groups_keep_the_evaluation_copy():
   metas = [dict(key=k, label=0, split=s) for k, s in (("a", "train"), ("b", "test"), ("c", "train"))]
   scanned = dict(metas=metas, sha=["x", "x", "y"], phash=np.array([0, 0, 2 ** 64 - 1], np.uint64),
                  thumbs=np.zeros((3, 4)), errors=[])
-  found = clean.find_issues(scanned, folds=1)
+  found = cleaning.find_issues(scanned, folds=1)
   assert found["cross_split_groups"] == [[0, 1]]
-  assert clean.exclusions(found, metas) == {0: "duplicate of b (other split)"}
+  assert cleaning.exclusions(found, metas) == {0: "duplicate of b (other split)"}
 
 
 def test_confident_learning_rule_by_hand():

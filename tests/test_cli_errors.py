@@ -131,7 +131,7 @@ def test_one_class_folder_stops_with_the_counts(tmp_path):
 
 def test_mixture_is_announced(caplog, monkeypatch):
   import logging
-  from gender_jax import train as train_cli
+  from gender_jax.train import main as train_cli
   from tests.helpers import tiny_config
   config = tiny_config()
   with config.unlocked():
@@ -217,7 +217,7 @@ def test_prepare_log_is_clean_in_a_file(tmp_path):
   for label in ("male", "female"):
     write_images(tmp_path / "photos" / label, 10, seed=len(label))
   result = cli("gender_jax.data", "prepare", "--source", "folder",
-               "--manual_dir", str(tmp_path / "photos"), "--data_dir", str(tmp_path / "data"))
+               "--manual-dir", str(tmp_path / "photos"), "--data-dir", str(tmp_path / "data"))
   out = result.stdout + result.stderr
   assert result.returncode == 0, out
   assert "\x1b[" not in out and "\r" not in out, out

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gender_jax import trainer
+from gender_jax.train import loop as trainer
 from gender_jax.models import ARCHS, create_model
 from tests.helpers import tiny_config
 

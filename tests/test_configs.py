@@ -7,7 +7,7 @@ import ml_collections
 import pytest
 from flax import nnx
 
-from gender_jax import config as config_lib
+from gender_jax.train import schedule as config_lib
 from gender_jax.models import create_model
 from tests.helpers import REPO
 

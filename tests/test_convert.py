@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gender_jax.weights import flat_key, load_flat, load_pretrained, load_weights
+from gender_jax.models.weights import flat_key, load_flat, load_pretrained, load_weights
 from gender_jax.models import create_model, ports as convert
 from tests.helpers import randomize_torch, state_dict_numpy, torch_libs, torchvision_port
 

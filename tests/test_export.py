@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from gender_jax import export
-from gender_jax.bundle import Bundle, save_bundle
-from gender_jax.export import cli as export_cli
+from gender_jax.inference.bundle import Bundle, save_bundle
+from gender_jax.export import command as export_cli
 from gender_jax.data import preprocess
 from gender_jax.models import create_model
 
@@ -193,7 +193,7 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
   bundle = str(tmp_path / "missing")
   assert export_cli.main(["--bundle", bundle, "--format", "tflite", "--out", str(tmp_path / "m"),
                       "--quantize", "int8"]) == 1
-  assert "needs --calibration_dir" in capsys.readouterr().err
+  assert "needs --calibration-dir" in capsys.readouterr().err
   assert export_cli.main(["--bundle", bundle, "--format", "onnx", "--out", str(tmp_path / "m"),
                       "--quantize", "float16"]) == 1
   assert "is for TFLite" in capsys.readouterr().err

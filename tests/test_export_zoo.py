@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from gender_jax import export
-from gender_jax.bundle import Bundle, save_bundle
+from gender_jax.inference.bundle import Bundle, save_bundle
 from gender_jax.data import preprocess
 from gender_jax.models import create_model
 from tests import test_export

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gender_jax import trainer
+from gender_jax.train import loop as trainer
 from gender_jax.faces import align
 from tests.helpers import random_bundle, tiny_config
 
@@ -29,7 +29,7 @@ def test_images_without_faces_give_no_template():
 
 
 def test_bundle_reads_its_template(tmp_path):
-  from gender_jax.bundle import Bundle
+  from gender_jax.inference.bundle import Bundle
   bundle = Bundle(random_bundle(tmp_path / "b"))
   assert bundle.face_template["points"] == align.UTKFACE_TEMPLATE["points"]  # the fallback
   bundle.meta["face_template"] = dict(size=[100, 120], points=[[30, 40], [70, 40], [50, 90]])

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_jax.faces import scenes, tiles
-from gender_jax.faces.fused import Detector
+from tests.fixtures import scenes
+
+from gender_jax.faces import tiles
+from gender_jax.faces.detect import Detector
 
 
 @pytest.mark.parametrize("h,w", [(480, 640), (1440, 1920), (3000, 4000), (700, 641)])
@@ -81,9 +83,9 @@ def test_small_faces_of_a_group_photo_are_found_with_tiles(utkface_2k):
 def test_pipeline_classifies_the_faces_its_windows_find_in_one_compile(utkface_2k, tmp_path):
   """The fused program answers the windows' faces like the whole photo's: aligned crops of the
   photo at the photo's own scale, classified as the Predictor would, one compile for both."""
-  from gender_jax.bundle import Bundle
-  from gender_jax.faces.fused import FacePipeline
-  from gender_jax.predictor import Predictor
+  from gender_jax.inference.bundle import Bundle
+  from gender_jax.inference.photos import FacePipeline
+  from gender_jax.inference.predictor import Predictor
   from tests.helpers import random_bundle
   files = sorted(glob.glob(str(utkface_2k / "*" / "*.jpg")))
   crops = [np.asarray(Image.open(files[i]).convert("RGB")) for i in (3, 300, 900, 1500)]

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_jax.bundle import Bundle
-from gender_jax.faces import align, scenes
-from gender_jax.faces.fused import Detector, FacePipeline, letterbox, unbox
+from gender_jax.inference.bundle import Bundle
+from tests.fixtures import scenes
+from gender_jax.faces import align
+from gender_jax.faces.letterbox import letterbox, unbox
+from gender_jax.inference.photos import FacePipeline
+from gender_jax.faces.detect import Detector
 from tests.helpers import constant_bundle, random_bundle
 
 
@@ -125,7 +128,7 @@ def test_pasted_faces_found_where_they_are_and_blank_images_have_none(utkface_2k
 
 @pytest.mark.slow
 def test_pipeline_classifies_the_crops_it_aligns_in_one_compile(utkface_2k, tmp_path):
-  from gender_jax.predictor import Predictor
+  from gender_jax.inference.predictor import Predictor
   bundle = Bundle(random_bundle(tmp_path / "bundle", size=32))
   pipe = FacePipeline(bundle, detector="short", max_faces=4, batch_size=4, canvas=320)
   rng = np.random.default_rng(5)
@@ -147,7 +150,7 @@ def test_pipeline_classifies_the_crops_it_aligns_in_one_compile(utkface_2k, tmp_
 
 
 def test_auto_classifies_a_tight_crop_whole(utkface_2k, tmp_path):
-  from gender_jax.predictor import Predictor
+  from gender_jax.inference.predictor import Predictor
   bundle = Bundle(random_bundle(tmp_path / "bundle", size=32))
   pipe = FacePipeline(bundle, detector="short", max_faces=2, batch_size=2, canvas=320,
                       faces="auto")
@@ -166,7 +169,7 @@ def test_auto_classifies_a_tight_crop_whole(utkface_2k, tmp_path):
 def test_flip_tta_averages_each_aligned_face_with_its_mirror(utkface_2k, tmp_path):
   """`tta="flip"` in the fused program answers as the Predictor's flip TTA does on the same
   aligned crop; and only flip is offered (crops would cut into the aligned framing)."""
-  from gender_jax.predictor import Predictor
+  from gender_jax.inference.predictor import Predictor
   # A high temperature keeps the random model's answers away from 0 and 1, where the
   # mirror's effect would be lost in rounding.
   bundle = Bundle(random_bundle(tmp_path / "bundle", size=32, seed=3, temperature=50.0))

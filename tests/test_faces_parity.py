@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_jax.faces import anchors, blazeface, scenes, tflite
-from gender_jax.faces.fused import letterbox
+from tests.fixtures import scenes
+from gender_jax.faces import anchors, blazeface, tflite
+from gender_jax.faces.letterbox import letterbox
 
 NAMES = {"short": "face_detection_short_range.tflite", "full": "face_detection_full_range.tflite"}
 

@@ -2,7 +2,7 @@
 once more without the margin (its face may be small); other photos are not run twice."""
 import numpy as np
 
-from gender_jax.faces.fused import FacePipeline
+from gender_jax.inference.photos import FacePipeline
 
 
 def test_photos_without_a_face_are_tried_again_without_the_margin():

@@ -12,8 +12,12 @@ import optax
 import pytest
 from flax import nnx
 
-from gender_jax import checkpoint, config as config_lib, parallel, trainer
-from gender_jax.weights import to_flat
+from gender_jax import parallel
+from gender_jax.train import schedule as config_lib
+from gender_jax.train import checkpoint
+from gender_jax.train import loop as trainer
+from gender_jax.train import steps
+from gender_jax.models.weights import to_flat
 from gender_jax.data import preprocess
 from gender_jax.models import create_model
 from tests.helpers import bundle_weights, tiny_config
@@ -62,7 +66,7 @@ def loaded_model(config):
 
 def setup_and_state(config, mesh):
   spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
-  setup = trainer.create_train_setup(config, mesh, 10, spec)
+  setup = steps.create_train_setup(config, mesh, 10, spec)
   # Built under jit: one compile, not one per parameter shape (slow on a busy CPU).
   state = jax.jit(lambda: setup.init_state(loaded_model(config)),
                   out_shardings=setup.state_sharding)()
@@ -241,7 +245,7 @@ def test_ema_after_k_steps_is_the_closed_form_average_of_the_trajectory(mesh, ba
 
 
 def test_ema_warmup_ramps_the_decay():
-  from gender_jax import steps
+  from gender_jax.train import steps
   config = tiny_config(**{"optimizer.ema_decay": 0.5, "optimizer.ema_warmup": True})
   got = [float(steps.ema_decay_at(config, jnp.int32(t))) for t in (0, 1, 8, 100)]
   assert got == pytest.approx([1 / 10, 2 / 11, 0.5, 0.5])
@@ -271,7 +275,7 @@ def test_bundle_holds_the_ema_weights_and_both_are_validated(ema_run, mesh):
   assert result["step"] == 6
   assert "val_accuracy" in result and "val_live_accuracy" in result
   spec = preprocess.make_spec(16)
-  setup = trainer.create_train_setup(config(), mesh, 6, spec)
+  setup = steps.create_train_setup(config(), mesh, 6, spec)
   state, _ = checkpoint.restore(os.path.join(ref, "checkpoints"), setup.abstract_state, step=6)
   ema = {**to_flat(state["ema"]["params"]),
          **to_flat(state["ema"]["batch_stats"])}
@@ -300,7 +304,7 @@ def test_ema_switched_on_or_off_at_resume(ema_run, mesh, tmp_path):
   weights; one with an EMA resumed without is refused clearly."""
   config, ref, *_ = ema_run
   spec = preprocess.make_spec(16)
-  plain = trainer.create_train_setup(tiny_config(), mesh, 6, spec)
+  plain = steps.create_train_setup(tiny_config(), mesh, 6, spec)
   with pytest.raises(ValueError, match="checkpoint keeps an EMA"):
     trainer._restore(os.path.join(ref, "checkpoints"), plain)
   manager = checkpoint.create_manager(str(tmp_path / "plain"), keep=1, best_metric=None,
@@ -308,7 +312,7 @@ def test_ema_switched_on_or_off_at_resume(ema_run, mesh, tmp_path):
   checkpoint.save(manager, 1, jax.jit(plain.init_state, out_shardings=plain.state_sharding)(),
                   {})
   manager.wait_until_finished()
-  with_ema = trainer.create_train_setup(config(), mesh, 6, spec)
+  with_ema = steps.create_train_setup(config(), mesh, 6, spec)
   state, _ = trainer._restore(manager, with_ema)
   assert jax.tree.structure(state) == jax.tree.structure(with_ema.abstract_state)
   for part in ("params", "batch_stats"):

@@ -9,7 +9,10 @@ import optax
 import pytest
 from flax import nnx
 
-from gender_jax import config as config_lib, mixup, parallel, trainer
+from gender_jax import parallel
+from gender_jax.train import schedule as config_lib
+from gender_jax.train import mixup
+from gender_jax.train import steps
 from gender_jax.data import preprocess
 from gender_jax.models import create_model
 from tests.helpers import tiny_config
@@ -39,7 +42,7 @@ def test_the_step_trains_on_the_mixed_batch_and_is_deterministic():
   mesh = parallel.create_mesh()
   config = tiny_config(**{"mixup_alpha": 0.4, "label_smoothing": 0.0, "model.dropout": 0.0})
   spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
-  setup = trainer.create_train_setup(config, mesh, 10, spec)
+  setup = steps.create_train_setup(config, mesh, 10, spec)
   rng = np.random.default_rng(0)
   host = dict(image=rng.integers(0, 256, (32, 16, 16, 3), np.uint8),
               label=rng.integers(0, 2, 32).astype(np.int32))
@@ -74,7 +77,7 @@ def test_the_step_trains_on_the_mixed_batch_and_is_deterministic():
   assert float(again["loss"][0]) == float(sums["loss"][0])
   # Off, the same batch gives another loss: the mixing is what changed it.
   plain = tiny_config(**{"label_smoothing": 0.0, "model.dropout": 0.0})
-  off = trainer.create_train_setup(plain, mesh, 10, spec)
+  off = steps.create_train_setup(plain, mesh, 10, spec)
   _, unmixed = off.train_step(start(off), parallel.put_batch(host, mesh))
   assert abs(float(unmixed["loss"][0] / unmixed["loss"][1]) - loss) > 1e-3
 

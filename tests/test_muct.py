@@ -7,7 +7,9 @@ import pytest
 
 pytest.importorskip("tensorflow_datasets")
 
-from gender_jax.data import fixtures, muct, prepare  # noqa: E402
+from tests.fixtures import datasets as fixtures
+
+from gender_jax.data import muct, prepare  # noqa: E402
 
 
 def test_parse_name():
@@ -51,7 +53,9 @@ def test_prepare_both_layouts(tmp_path, archives):
 
 @pytest.mark.slow  # ~40 s alone; minutes on a shared 2-core machine
 def test_trains_and_reports_per_camera(tmp_path):
-  from gender_jax import eval_data, evaluate, trainer
+  from gender_jax.evaluation import datasets as eval_data
+  from gender_jax.evaluation import scoring
+  from gender_jax.train import loop as trainer
   from tests.helpers import tiny_config
   fixtures.muct(str(tmp_path / "m"))
   config = tiny_config(total_steps=3, eval_every_steps=3,
@@ -62,7 +66,7 @@ def test_trains_and_reports_per_camera(tmp_path):
   config.calibrate = False
   workdir = str(tmp_path / "run")
   assert trainer.train_and_evaluate(config, workdir)["step"] == 3
-  report = evaluate.evaluate_bundle(os.path.join(workdir, "bundle"),
+  report = scoring.evaluate_bundle(os.path.join(workdir, "bundle"),
                                     eval_data.load(None, workdir=workdir),
                                     str(tmp_path / "report"), bootstrap=20, progress=False)
   assert report["count"] == 10  # two test subjects × five cameras

@@ -23,7 +23,7 @@ import pytest
 
 from gender_jax import parallel
 from tests.xla_flags import xla_flags
-from gender_jax.weights import load_weights
+from gender_jax.models.weights import load_weights
 
 pytestmark = pytest.mark.multiprocess
 

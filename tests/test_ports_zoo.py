@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gender_jax.weights import load_flat
+from gender_jax.models.weights import load_flat
 from gender_jax.models import inception, ports as convert
 from tests.helpers import torchvision_port
 from tests.test_convert import (_assert_parity, _keras, _keras_model, _keras_reference,
@@ -134,7 +134,8 @@ def test_trains_one_step_with_head_finetune(arch):
   """create_train_setup with finetune.mode=head: steps run, only the head moves."""
   import jax
   from configs import demo
-  from gender_jax import parallel, trainer
+  from gender_jax import parallel
+  from gender_jax.train import steps
   from gender_jax.data import preprocess
   config = demo.get_config()
   with config.unlocked():
@@ -144,7 +145,7 @@ def test_trains_one_step_with_head_finetune(arch):
     config.finetune.mode = "head"
   mesh = parallel.create_mesh()
   spec = preprocess.make_spec(32)
-  setup = trainer.create_train_setup(config, mesh, total_steps=2, spec=spec)
+  setup = steps.create_train_setup(config, mesh, total_steps=2, spec=spec)
   state = jax.device_put(setup.init_state(), setup.state_sharding)
   before = jax.device_get(state["params"])
   n = 8

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gender_jax import precise_bn
+from gender_jax.train import precise_bn
 
 
 class TinyBN(nnx.Module):
@@ -73,10 +73,7 @@ def test_model_without_batchnorm_is_unchanged():
 
 
 def test_recalibrate_bundle(tmp_path):
-  try:
-    from gender_jax.bundle import Bundle
-  except ImportError:
-    from gender_jax.checkpoint import Bundle
+  from gender_jax.inference.bundle import Bundle
   from tests.helpers import random_bundle
   directory = random_bundle(tmp_path / "bundle", size=16, temperature=1.5)
   rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from gender_jax import predict
-from gender_jax.predictor import Predictor, views
+from gender_jax.inference.predictor import Predictor, views
 from tests.helpers import constant_bundle
 
 
@@ -83,7 +83,7 @@ def test_abstention_and_tta_views(tmp_path):
 def test_faces_one_row_per_face_no_face_rows_and_crops(bundle, tmp_path, utkface_2k):
   """--faces detect on a photo with two pasted real faces, a tight crop, a blank image."""
   import glob
-  from gender_jax.faces import scenes
+  from tests.fixtures import scenes
   files = sorted(glob.glob(str(utkface_2k / "*" / "*.jpg")))[:3]
   crops = [np.asarray(Image.open(f).convert("RGB")) for f in files]
   photo = scenes.group_photo(np.random.default_rng(0), crops[:2], size=(480, 300),

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_jax import calibrate, calibration, eval_data, evaluate
-from gender_jax.predictor import Predictor
+from gender_jax.evaluation import datasets as eval_data
+from gender_jax.evaluation.calibration import calibrate_bundle
+from gender_jax.evaluation import calibration
+from gender_jax.evaluation import scoring
+from gender_jax.inference.predictor import Predictor
 from tests.helpers import load_bundle_model, random_bundle, reference_logits
 
 SIZE = 16
@@ -59,7 +62,7 @@ def test_predict_matches_reference(case):
 
 
 def test_evaluate_matches_reference(case, tmp_path):
-  report = evaluate.evaluate_bundle(case["bundle"], [eval_data.load_one(case["data"])],
+  report = scoring.evaluate_bundle(case["bundle"], [eval_data.load_one(case["data"])],
                                     str(tmp_path / "report"), bootstrap=20, progress=False)
   correct = case["logits"].argmax(1) == case["labels"]
   assert report["overall"]["accuracy"]["value"] == pytest.approx(correct.mean())
@@ -71,7 +74,7 @@ def test_evaluate_matches_reference(case, tmp_path):
 def test_calibrate_matches_reference(case, tmp_path):
   import shutil
   bundle = shutil.copytree(case["bundle"], tmp_path / "bundle")
-  summary = calibrate.calibrate_bundle(str(bundle), eval_data.load_one(case["data"]).records,
+  summary = calibrate_bundle(str(bundle), eval_data.load_one(case["data"]).records,
                                        batch_size=4)
   expected = calibration.fit_temperature(case["logits"], case["labels"])
   assert summary["temperature"] == pytest.approx(expected, rel=1e-3)

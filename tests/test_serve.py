@@ -26,7 +26,7 @@ pytest.importorskip("ray.serve")
 requests = pytest.importorskip("requests")
 yaml = pytest.importorskip("yaml")
 
-from gender_jax.bundle import BUNDLE_VERSION, Bundle  # noqa: E402
+from gender_jax.inference.bundle import BUNDLE_VERSION, Bundle  # noqa: E402
 from gender_jax.data import preprocess  # noqa: E402
 from serve import inputs  # noqa: E402
 from tests.helpers import random_bundle  # noqa: E402
@@ -288,7 +288,7 @@ def group_photo(utkface_2k, seed=0):
 
 
 def test_faces_detect_returns_every_face_with_its_box(served, utkface_2k):
-  from gender_jax.faces.fused import FacePipeline
+  from gender_jax.inference.photos import FacePipeline
   photo, truth = group_photo(utkface_2k)
   blank = io.BytesIO()
   Image.fromarray(np.full((200, 260, 3), 127, np.uint8)).save(blank, "PNG")
@@ -315,7 +315,7 @@ def test_faces_detect_returns_every_face_with_its_box(served, utkface_2k):
 def test_small_faces_of_a_large_photo_are_found_in_windows_without_compiles(served, utkface_2k):
   """A 1440x1080 photo with two 120-px faces: 11 px for the short-range detector's whole look,
   found in its windows; the windows' programs were compiled at warm-up."""
-  from gender_jax.faces.fused import FacePipeline
+  from gender_jax.inference.photos import FacePipeline
   rng = np.random.default_rng(1)
   canvas = rng.integers(90, 160, (1080, 1440, 3)).astype(np.uint8)
   truth = []

@@ -7,7 +7,9 @@ import os
 import pytest
 from tensorflow_datasets.core.data_sources import base as tfds_sources
 
-from gender_jax.data import fixtures, pipeline, prepare, sources
+from tests.fixtures import datasets as fixtures
+
+from gender_jax.data import pipeline, prepare, sources
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from gender_jax import trainer
+from gender_jax.train import loop as trainer
+from gender_jax.train import steps
+from gender_jax.train import validation
 from tests.helpers import bundle_weights, tiny_config, train_cli
 
 TINY_OVERRIDES = [
@@ -36,7 +38,7 @@ def test_run_writes_checkpoints_bundle_and_metrics(run8):
   assert result["step"] == 6 and not result["preempted"]
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert steps[-1] == 6 and len(steps) <= 3  # keep=2 latest (+ the best, which is step 6)
-  from gender_jax.bundle import Bundle
+  from gender_jax.inference.bundle import Bundle
   bundle = Bundle(os.path.join(workdir, "bundle"))
   probs = bundle.probs_fn()(np.zeros((3, 16, 16, 3), np.uint8))
   assert probs.shape == (3, 2) and np.allclose(probs.sum(-1), 1, atol=1e-5)
@@ -178,14 +180,14 @@ def preempted_run(run8, tmp_path_factory):
   rerun to the end. Returns (workdir, first result, resumed result, (the two TrainSetups,
   the two runs' Validations))."""
   import signal as signal_lib
-  from gender_jax import checkpoint
+  from gender_jax.train import checkpoint
   workdir = str(tmp_path_factory.mktemp("preempted"))
   config = lambda: tiny_config(**{"checkpoint.checkpoint_every_steps": 1,  # noqa: E731
                                   "eval_every_steps": 3})  # both runs evaluate
-  real_save, real_setup, setups = checkpoint.save, trainer.create_train_setup, []
+  real_save, real_setup, setups = checkpoint.save, steps.create_train_setup, []
   validations = []
 
-  class RecordingValidation(trainer.Validation):
+  class RecordingValidation(validation.Validation):
     def __init__(self, *args, **kwargs):
       super().__init__(*args, **kwargs)
       validations.append(self)
@@ -231,9 +233,9 @@ def test_train_and_eval_steps_compile_once(preempted_run):
   dtype, weak type or sharding in the loop would recompile (minutes for a ResNet-50)."""
   *_, (setups, validations) = preempted_run
   assert len(setups) == 2 and len(validations) == 2
-  for setup, validation in zip(setups, validations):
+  for setup, run_validation in zip(setups, validations):
     assert setup.train_step._cache_size() == 1
-    assert validation.predictor.traces == 1 and validation.predictor._logits._cache_size() == 1
+    assert run_validation.predictor.traces == 1 and run_validation.predictor._logits._cache_size() == 1
 
 
 def test_validation_equals_evaluate_on_the_same_split(run8, tmp_path):

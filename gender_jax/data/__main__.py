@@ -1,5 +1,5 @@
-"""python -m gender_jax.data prepare --source NAME --manual_dir PATH [--data_dir DIR]
-   python -m gender_jax.data align --manual_dir PHOTOS --out CROPS [--detector full]
+"""python -m gender_jax.data prepare --source NAME --manual-dir PATH [--data-dir DIR]
+   python -m gender_jax.data align --manual-dir PHOTOS --out CROPS [--detector full]
 
 `align` turns a male/ female/ folder of photos of people into aligned face crops (each
 photo's most confident face on the UTKFace framing), a folder source of its own, listing in
@@ -17,12 +17,14 @@ The builders are ordinary registered TFDS builders, usable through the TFDS API:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 import time
+
+from gender_jax import cli
+from gender_jax.data import prepare, schema
 
 
 def _print_summary(summary: dict, seconds: float) -> None:
@@ -41,18 +43,17 @@ def _print_summary(summary: dict, seconds: float) -> None:
 
 
 def _align(args) -> int:
-  from gender_jax import errors
   out = args.out if args.command == "align" else args.align_faces
   try:
-    errors.require_dir(args.manual_dir, "--manual_dir")
-    errors.require_class_folders(args.manual_dir, "--manual_dir")
-    errors.require_writable(out, "--out" if args.command == "align" else "--align-faces")
+    cli.require_dir(args.manual_dir, "--manual-dir")
+    cli.require_class_folders(args.manual_dir, "--manual-dir")
+    cli.require_writable(out, "--out" if args.command == "align" else "--align-faces")
     if args.command == "prepare" and args.source != "folder":
-      raise errors.UsageError(f"--align-faces works on --source folder, not {args.source!r}")
-  except errors.UsageError as e:
+      raise cli.UsageError(f"--align-faces works on --source folder, not {args.source!r}")
+  except cli.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
-    return errors.EXIT_USAGE
-  from gender_jax.faces import crops
+    return cli.EXIT_USAGE
+  from gender_jax.faces import crops  # jax and the detector: only for `align`
   t0 = time.perf_counter()
   found = crops.align_folder(args.manual_dir, out, detector=getattr(args, "detector", "full"),
                              size=getattr(args, "size", None))
@@ -63,27 +64,24 @@ def _align(args) -> int:
 
 
 def main(argv=None) -> int:
-  from gender_jax import errors
-  from gender_jax.data import prepare, schema
-  parser = argparse.ArgumentParser(prog="python -m gender_jax.data",
-                                   epilog="Add --debug (or GENDER_JAX_DEBUG=1) for tracebacks.")
+  parser = cli.Parser("gender_jax.data", __doc__)
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("prepare", help="prepare a source into array_record")
   p.add_argument("--source", required=True, choices=sorted(prepare.KINDS),
                  help="dataset kind (example: --source folder)")
-  p.add_argument("--manual_dir", help="the dataset's own files, a male/ + female/ folder for "
-                 "--source folder (example: --manual_dir ~/photos)")
-  p.add_argument("--data_dir", default=None,
+  p.add_argument("--manual-dir", help="the dataset's own files, a male/ + female/ folder for "
+                 "--source folder (example: --manual-dir ~/photos)")
+  p.add_argument("--data-dir", default=None,
                  help=f"where prepared datasets live (default {prepare.default_data_dir()}; "
-                      "example: --data_dir /data/prepared)")
+                      "example: --data-dir /data/prepared)")
   p.add_argument("--version", default=None,
                  help="RAP only: v1 or v2 (default v2; example: --version v1)")
-  p.add_argument("--store_size", type=int, default=None,
+  p.add_argument("--store-size", type=int, default=None,
                  help="cap the stored images' shorter side in pixels, aspect kept (0: as they "
-                      "are; default ~1.15x the largest --image_size, else 0; example: "
-                      "--store_size 258). Train with the same --config.data.store_size")
-  p.add_argument("--image_size", default="",
-                 help="training sizes this copy is for (example: --image_size 112,224)")
+                      "are; default ~1.15x the largest --image-size, else 0; example: "
+                      "--store-size 258). Train with the same --config.data.store_size")
+  p.add_argument("--image-size", default="",
+                 help="training sizes this copy is for (example: --image-size 112,224)")
   p.add_argument("--overwrite", action="store_true",
                  help="prepare again even if prepared (example: --overwrite)")
   p.add_argument("--json", action="store_true",
@@ -93,8 +91,8 @@ def main(argv=None) -> int:
                       "first, then prepare DIR (example: --align-faces ~/photos_aligned)")
   p.add_argument("--debug", action="store_true", help="show tracebacks (example: --debug)")
   a = sub.add_parser("align", help="photos of people → aligned face crops (a folder source)")
-  a.add_argument("--manual_dir", required=True,
-                 help="male/ + female/ folder of photos (example: --manual_dir ~/photos)")
+  a.add_argument("--manual-dir", required=True,
+                 help="male/ + female/ folder of photos (example: --manual-dir ~/photos)")
   a.add_argument("--out", required=True, help="where the crops go (example: --out ~/crops)")
   a.add_argument("--detector", default="full", choices=("full", "short"),
                  help="BlazeFace model (default full: small faces too)")
@@ -109,25 +107,25 @@ def main(argv=None) -> int:
     args.manual_dir = args.align_faces
   try:  # before any work: the files are there, the output can be written
     if args.manual_dir:
-      errors.require_dir(args.manual_dir, "--manual_dir")
+      cli.require_dir(args.manual_dir, "--manual-dir")
     if args.source == "folder" and args.manual_dir:
-      errors.require_class_folders(args.manual_dir, "--manual_dir")
+      cli.require_class_folders(args.manual_dir, "--manual-dir")
     if args.data_dir:
-      errors.require_writable(args.data_dir, "--data_dir")
+      cli.require_writable(args.data_dir, "--data-dir")
     store = args.store_size
     if store is None:
       try:
         sizes = [int(s) for s in args.image_size.split(",") if s.strip()]
       except ValueError:
-        raise errors.UsageError(f"--image_size {args.image_size!r}: expected pixel sizes "
-                                "separated by commas (example: --image_size 112,224)") from None
+        raise cli.UsageError(f"--image-size {args.image_size!r}: expected pixel sizes "
+                                "separated by commas (example: --image-size 112,224)") from None
       store = prepare.store_size_for(sizes) if sizes else 0
     if store < 0:
-      raise errors.UsageError(f"--store_size {store}: expected 0 (keep the images as they are) "
+      raise cli.UsageError(f"--store-size {store}: expected 0 (keep the images as they are) "
                               "or a side in pixels")
-  except errors.UsageError as e:
+  except cli.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
-    return errors.EXIT_USAGE
+    return cli.EXIT_USAGE
   logging.basicConfig(level=logging.WARNING)
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
@@ -135,11 +133,11 @@ def main(argv=None) -> int:
   try:
     b = prepare.prepare(args.source, args.manual_dir, args.data_dir, version=args.version,
                         overwrite=args.overwrite, store_size=store)
-  except (errors.UsageError, schema.AnnotationError, OSError, ValueError) as e:
-    if args.debug or errors.debug_requested():
+  except (cli.UsageError, schema.AnnotationError, OSError, ValueError) as e:
+    if args.debug or cli.debug_requested():
       raise
-    print(f"error: {errors.one_line(e)}", file=sys.stderr)
-    return errors.EXIT_USAGE
+    print(f"error: {cli.one_line(e)}", file=sys.stderr)
+    return cli.EXIT_USAGE
   summary = prepare.summary(b)
   if args.json:
     print(json.dumps(dict(summary, seconds=time.perf_counter() - t0), indent=2))

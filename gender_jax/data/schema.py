@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gender_jax import cli
 from gender_jax.data import preprocess
 
 CLASS_NAMES = ("female", "male")
@@ -34,7 +35,7 @@ JPEG_QUALITY = 95
 INDEX_FIELDS = ("label", "path", "identity", "subgroups")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(cli.UsageError, ValueError):
   """A malformed annotation file; the message names the file, the line and the reason."""
 
   def __init__(self, path, line: int | str | None, reason: str):
@@ -184,3 +185,10 @@ def index_fields(record: dict[str, Any]) -> dict[str, Any]:
 
 def relpath(path: str, root: str) -> str:
   return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def record_meta(records, index: int) -> dict[str, Any]:
+  """A record's fields without its image (the records' own `meta` where they have one)."""
+  if hasattr(records, "meta"):
+    return records.meta(index)
+  return {k: v for k, v in records[index].items() if k != "image"}

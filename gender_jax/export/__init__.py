@@ -1,7 +1,7 @@
 """Export an inference bundle to TFLite, SavedModel or ONNX, each checked against JAX.
 
     python -m gender_jax.export --bundle WORKDIR/bundle --format tflite --out model.tflite \
-        [--quantize float32|float16|dynamic_range|int8 --calibration_dir DIR] [--batch 1|0]
+        [--quantize float32|float16|dynamic_range|int8 --calibration-dir DIR] [--batch 1|0]
 
 Every exported model takes raw RGB pixels (uint8, or float32 in 0..255) as NHWC at the
 bundle's image size and returns calibrated class probabilities, softmax(logits / T): the
@@ -34,7 +34,7 @@ from gender_jax.export.parity import (FORMATS, _batched, TOLERANCES, ParityError
 
 __all__ = [
     "FORMATS", "QUANTIZATIONS", "INPUT_DTYPES", "TOLERANCES", "IMAGE_SUFFIXES", "ONNX_OPSET",
-    "ExportError", "ParityError", "export", "contract", "contract_path", "main",
+    "ExportError", "ParityError", "export", "contract", "contract_path",
     "probs_function", "tflite_bytes", "write_tflite", "write_saved_model", "write_onnx",
     "list_images", "load_images", "sample_images", "synthetic_images",
     "load_runtime", "reference_probs", "check_parity", "_edge_padded_max_pool", "_batched"]
@@ -85,7 +85,7 @@ def export(bundle_dir, fmt: str, out, *, quantization: str = "float32", batch: i
            input_dtype: str = "uint8", calibration_dir=None, calibration_count: int = 200,
            check_dir=None, check_count: int = 64, log=print) -> dict[str, Any]:
   """Writes one export plus its contract JSON, after checking it against JAX; returns the contract."""
-  from gender_jax.bundle import Bundle
+  from gender_jax.inference.bundle import Bundle
   if fmt not in FORMATS:
     raise ExportError(f"unknown format {fmt!r}; choose from {FORMATS}")
   if quantization not in QUANTIZATIONS:
@@ -97,7 +97,7 @@ def export(bundle_dir, fmt: str, out, *, quantization: str = "float32", batch: i
   if batch is not None and batch < 1:
     raise ExportError(f"batch must be >= 1 (or None for a dynamic batch), got {batch}")
   if quantization == "int8" and not calibration_dir:
-    raise ExportError("--quantize int8 needs --calibration_dir: a folder of representative "
+    raise ExportError("--quantize int8 needs --calibration-dir: a folder of representative "
                      "images (e.g. with male/ and female/ inside)")
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)

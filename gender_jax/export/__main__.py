@@ -1,5 +1,5 @@
 import sys
 
-from gender_jax.export.cli import main
+from gender_jax.export.command import main
 
 sys.exit(main())

@@ -101,7 +101,7 @@ def tflite_bytes(bundle, *, quantization: str = "float32", batch: int | None = 1
   size = bundle.image_size
   int8 = quantization == "int8"
   if int8 and calibration_images is None:
-    raise ExportError("int8 quantisation needs calibration images (--calibration_dir)")
+    raise ExportError("int8 quantisation needs calibration images (--calibration-dir)")
   # int8: the graph takes float pixels and the converter puts a uint8 input on it, quantised
   # with scale 1 / zero point 0 (pinned below) — raw pixels, no cast op to quantise around.
   traced_dtype = "float32" if int8 else input_dtype

@@ -15,7 +15,7 @@ from PIL import Image
 from gender_jax.faces import align as align_lib
 from gender_jax.faces import refine as refine_lib
 from gender_jax.faces.blazeface import create_detector
-from gender_jax.faces.fused import CANVAS, Detector
+from gender_jax.faces.detect import CANVAS, Detector
 from gender_jax.faces.letterbox import letterbox, letterbox_fit
 
 NO_FACE_LIST = "no_face.txt"

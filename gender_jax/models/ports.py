@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from flax import nnx
 
-from gender_jax.weights import HEAD, flat_key
+from gender_jax.models.weights import HEAD, flat_key
 from gender_jax.data import preprocess
 from gender_jax.models import ports_zoo
 from gender_jax.models.keymaps import (_KERAS_BN_LEAF, _KERAS_LEAF, _TORCH_LEAF, IDENTITY,

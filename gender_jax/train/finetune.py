@@ -35,7 +35,7 @@ def param_labels(model, params, config) -> Any:
   lr_mult = dict(config.optimizer.lr_mult)
   unknown = sorted(set(lr_mult) - set(model.stages))
   if unknown:  # a typo would otherwise train that stage at the base rate, silently
-    from gender_jax.errors import UsageError
+    from gender_jax.cli import UsageError
     raise UsageError(f"optimizer.lr_mult names {', '.join(map(repr, unknown))}, not a stage of "
                      f"{config.model.arch}; its stages: {', '.join(model.stages)}")
 

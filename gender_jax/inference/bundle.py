@@ -6,14 +6,22 @@ face template. The temperature is applied here and nowhere else (`Bundle.calibra
 """
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+import threading
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from gender_jax import CLASS_NAMES
-from gender_jax.weights import load_flat, load_weights, save_weights, to_flat
+from gender_jax import CLASS_NAMES, cli
+from gender_jax.data.preprocess import normalize
+from gender_jax.faces.align import UTKFACE_TEMPLATE, check_template
+from gender_jax.models import create_model
+from gender_jax.models.weights import load_flat, load_weights, save_weights, to_flat
 
 BUNDLE_VERSION = 1
 
@@ -33,13 +41,18 @@ def save_bundle(directory: str, model: nnx.Module, *, model_config: dict, prepro
   save_weights(directory, flat, bundle_meta(model_config, preprocessing, calibration, extra))
 
 
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+  """softmax(logits / T) on the host, in float64 (calibration fits and reports use it too)."""
+  z = np.asarray(logits, np.float64) / temperature
+  z = np.exp(z - z.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
 class Bundle:
   """A loaded inference bundle: the eval-mode model plus its contract."""
 
   def __init__(self, directory: str, compute_dtype: str | None = None):
     """`compute_dtype` overrides the training dtype (e.g. float32 for CPU serving/export)."""
-    import ml_collections
-    from gender_jax.models import create_model
     flat, meta = load_weights(directory)
     if meta.get("format_version") != BUNDLE_VERSION:
       raise ValueError(f"{directory}: bundle format {meta.get('format_version')!r}, "
@@ -56,7 +69,6 @@ class Bundle:
   def from_model(cls, model: nnx.Module, *, model_config: dict, preprocessing: dict,
                  calibration: dict | None = None) -> "Bundle":
     """The bundle a model in memory would be (the trainer's weights, for validation)."""
-    import ml_collections
     self = cls.__new__(cls)
     self._set(None, bundle_meta(model_config, preprocessing, calibration),
               ml_collections.ConfigDict(dict(model_config)), model)
@@ -74,12 +86,10 @@ class Bundle:
   def face_template(self) -> dict[str, Any]:
     """Where the eyes and mouth sit on the training crops (meta `face_template`), for
     aligning detected faces; bundles without one were trained on UTKFace-style crops."""
-    from gender_jax.faces.align import UTKFACE_TEMPLATE, check_template
     return check_template(self.meta.get("face_template") or UTKFACE_TEMPLATE)
 
   def logits_fn(self):
     """A pure function (state, uint8 NHWC) → float32 logits, for jit, export and serving."""
-    from gender_jax.data.preprocess import normalize
     graphdef, state = nnx.split(self.model)
     spec, dtype = self.preprocessing, self.model_config.compute_dtype
 
@@ -95,8 +105,7 @@ class Bundle:
   def probs_from_logits(self, logits):
     """softmax(logits / T), in jax (traced or not) or numpy: the one place T is applied."""
     if isinstance(logits, np.ndarray):
-      from gender_jax import calibration
-      return calibration.softmax(logits, self.temperature)
+      return softmax(logits, self.temperature)
     return jax.nn.softmax(logits / self.temperature, axis=-1)
 
   def probs_fn(self):
@@ -119,3 +128,41 @@ class Bundle:
                   "abstained": bool(p[top] < threshold),
                   **{f"p_{name}": float(p[i]) for i, name in enumerate(self.class_names)}})
     return out
+
+
+def load_bundle(path: str, compute_dtype: str | None = None, what: str = "bundle"):
+  """Bundle(path), with an incomplete copy answered in one line, not by tensorstore."""
+  cli.require_weights_dir(path, what)
+  if cli.debug_requested():
+    return Bundle(path, compute_dtype)
+  # A damaged checkpoint makes tensorstore's callbacks into Orbax's closed event loop print
+  # dozens of thread tracebacks straight to fd 2; hold that output back, and replay it only
+  # when the load succeeds (then it is whatever the libraries meant to say).
+  sys.stderr.flush()
+  saved = os.dup(2)
+  held = tempfile.TemporaryFile()
+  os.dup2(held.fileno(), 2)
+  try:
+    bundle = Bundle(path, compute_dtype)
+  except Exception as failure:  # noqa: BLE001 — tensorstore/zarr internals: files damaged
+    # fd 2 stays on the held file until exit (the callbacks keep firing); our own messages
+    # go to the real stderr.
+    _HELD.append(held)
+    sys.stderr = os.fdopen(saved, "w")
+    # The same callbacks also raise in Python threads, whose tracebacks would go through the
+    # real sys.stderr now; the process is about to exit with the one line below.
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda unraisable: None
+    first = (str(failure).strip().splitlines() or [type(failure).__name__])[0][:120]
+    raise cli.UsageError(f"{what} {path!r} could not be loaded ({first}); its weights files are "
+                     "missing or damaged: copy the whole directory again") from None
+  sys.stderr.flush()
+  os.dup2(saved, 2)
+  os.close(saved)
+  held.seek(0)
+  sys.stderr.write(held.read().decode(errors="replace"))
+  held.close()
+  return bundle
+
+
+_HELD: list = []

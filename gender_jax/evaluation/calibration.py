@@ -4,16 +4,22 @@ A network trained with cross-entropy is usually over-confident; dividing its log
 fitted temperature T fixes most of that without changing a single prediction (Guo et al. 2017).
 The abstain threshold turns the calibrated top probability into "uncertain" below it.
 
-This module is the maths (and the bundle's calibration record); `gender_jax.calibrate` runs
-a bundle over held-out data and writes the fit into it.
+The maths, the bundle's calibration record, and `calibrate_bundle`: a bundle run over held-out
+data (through the Predictor) and the fit written into it — what `python -m gender_jax.calibrate`
+and `evaluate --calibrate-on` both call.
 """
 from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 from scipy import optimize, special
+
+from gender_jax.evaluation import stats
+from gender_jax.inference.bundle import Bundle, softmax
+from gender_jax.inference.predictor import Predictor
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -32,10 +38,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray,
                                     bounds=np.log(bounds), method="bounded",
                                     options=dict(xatol=1e-6))
   return float(np.exp(result.x))
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-  return special.softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
 
 
 def threshold_for_accuracy(probs: np.ndarray, labels: np.ndarray, target: float) -> float:
@@ -86,3 +88,33 @@ def write_calibration(bundle_dir: str, temperature: float | None = None,
     json.dump(meta, f, indent=2)
   os.replace(tmp, path)  # a reader never sees half a file
   return calibration
+
+
+def calibrate_bundle(bundle_dir: str, records, *, target_accuracy: float | None = None,
+                     abstain_threshold: float | None = None, batch_size: int = 64,
+                     description: str = "") -> dict[str, Any]:
+  """Fits the bundle's temperature on held-out `records` and stores it (and a threshold).
+
+  `records`: a random-access sequence of {"image", "label"} (a validation source or folder).
+  The threshold is `abstain_threshold` if given, else the one reaching `target_accuracy` on
+  the same records, else the bundle's current one is kept. Returns the fit summary.
+  """
+  bundle = Bundle(bundle_dir)
+  predictor = Predictor(bundle, batch_size=batch_size)
+  logits, labels, _, _ = predictor.logits_for_records(records)
+  if len(labels) == 0:
+    raise ValueError(f"no readable images to calibrate {bundle_dir} on")
+  temperature = fit_temperature(logits, labels)
+  probs = softmax(logits, temperature)
+  if abstain_threshold is None and target_accuracy is not None:
+    abstain_threshold = threshold_for_accuracy(probs, labels, target_accuracy)
+  summary = dict(
+      count=int(len(labels)), temperature=temperature,
+      nll_before=nll(logits, labels), nll_after=nll(logits, labels, temperature),
+      ece_before=float(stats.ece(softmax(logits), labels)[0]),
+      ece_after=float(stats.ece(probs, labels)[0]))
+  write_calibration(bundle_dir, temperature, abstain_threshold,
+                    fitted_on=dict(data=description, count=int(len(labels)),
+                                   target_accuracy=target_accuracy))
+  summary["abstain_threshold"] = abstain_threshold
+  return summary

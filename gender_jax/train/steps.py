@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gender_jax import config as config_lib, finetune, mixup, parallel
+from gender_jax import parallel
+from gender_jax.train import schedule as config_lib
+from gender_jax.train import mixup
+from gender_jax.train import finetune
 from gender_jax.data import device_augment, preprocess
 from gender_jax.models import create_model
 

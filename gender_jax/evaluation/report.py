@@ -34,7 +34,7 @@ def _group_table(groups: dict[str, dict], label: str) -> list[str]:
 
 
 def write_report(report: dict[str, Any], out_dir: str) -> None:
-  from gender_jax import plots
+  from gender_jax.evaluation import plots
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(report, f, indent=2, default=float)
@@ -152,7 +152,7 @@ def write_report(report: dict[str, Any], out_dir: str) -> None:
 
 def write_matrix(reports: dict[str, dict], out_dir: str) -> dict[str, Any]:
   """Trained-on × tested-on accuracy and balanced accuracy, from per-bundle reports."""
-  from gender_jax import plots
+  from gender_jax.evaluation import plots
   rows = list(reports)
   cols = sorted({s for r in reports.values() for s in r["by_source"]})
   out = {}

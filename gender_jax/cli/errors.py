@@ -1,14 +1,16 @@
-"""How every command answers a user's mistake: one `error: …` line naming the thing and the fix.
+"""The error policy every command shares, and the checks that need no data.
 
 `UsageError` is a mistake the user can fix (a path, a key, a number); `run(main)` prints it as
-one line and exits 2. The traceback appears only with `--debug` or GENDER_JAX_DEBUG=1, so a
-real bug can still be reported in full. The `require_*` checks need no data: commands call
-them before any work starts (and before a workdir is created).
+one `error: …` line and exits 2. The traceback appears only with `--debug` or
+GENDER_JAX_DEBUG=1, so a real bug can still be reported in full. The `require_*` checks need
+no data: commands call them before any work starts (and before a workdir is created). Only the
+standard library is imported, so every layer may raise these errors.
 """
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from typing import Callable
 
 EXIT_USAGE = 2
@@ -29,14 +31,10 @@ def strip_debug(argv):
 
 # Errors that, raised by our own checks or the libraries' file handling, are the user's to fix.
 # Anything else is a bug and keeps its traceback.
+# (Library errors that are the user's to fix, such as a malformed annotation file, subclass
+# UsageError.)
 def _user_errors() -> tuple[type[BaseException], ...]:
-  errors = [UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError]
-  try:
-    from gender_jax.data.schema import AnnotationError
-    errors.append(AnnotationError)
-  except ImportError:
-    pass
-  return tuple(errors)
+  return (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def run(main: Callable[..., int | None], argv=None) -> None:
@@ -100,7 +98,6 @@ def require_writable(path: str, what: str) -> str:
 
 def _can_write(folder: str) -> bool:
   # A real write, not os.access: root passes os.access on read-only folders and mounts.
-  import tempfile
   try:
     with tempfile.TemporaryFile(dir=folder):
       return True
@@ -137,44 +134,3 @@ def require_weights_dir(path: str, what: str) -> str:
 def _checkpoint_complete(weights: str) -> bool:
   """Orbax's metadata files are there; a file missing deeper is caught by `load_bundle`."""
   return all(os.path.exists(os.path.join(weights, f)) for f in ("_METADATA", "manifest.ocdbt"))
-
-
-def load_bundle(path: str, compute_dtype: str | None = None, what: str = "bundle"):
-  """Bundle(path), with an incomplete copy answered in one line, not by tensorstore."""
-  require_weights_dir(path, what)
-  from gender_jax.bundle import Bundle
-  if debug_requested():
-    return Bundle(path, compute_dtype)
-  # A damaged checkpoint makes tensorstore's callbacks into Orbax's closed event loop print
-  # dozens of thread tracebacks straight to fd 2; hold that output back, and replay it only
-  # when the load succeeds (then it is whatever the libraries meant to say).
-  import tempfile
-  sys.stderr.flush()
-  saved = os.dup(2)
-  held = tempfile.TemporaryFile()
-  os.dup2(held.fileno(), 2)
-  try:
-    bundle = Bundle(path, compute_dtype)
-  except Exception as failure:  # noqa: BLE001 — tensorstore/zarr internals: files damaged
-    # fd 2 stays on the held file until exit (the callbacks keep firing); our own messages
-    # go to the real stderr.
-    _HELD.append(held)
-    sys.stderr = os.fdopen(saved, "w")
-    # The same callbacks also raise in Python threads, whose tracebacks would go through the
-    # real sys.stderr now; the process is about to exit with the one line below.
-    import threading
-    threading.excepthook = lambda args: None
-    sys.unraisablehook = lambda unraisable: None
-    first = (str(failure).strip().splitlines() or [type(failure).__name__])[0][:120]
-    raise UsageError(f"{what} {path!r} could not be loaded ({first}); its weights files are "
-                     "missing or damaged: copy the whole directory again") from None
-  sys.stderr.flush()
-  os.dup2(saved, 2)
-  os.close(saved)
-  held.seek(0)
-  sys.stderr.write(held.read().decode(errors="replace"))
-  held.close()
-  return bundle
-
-
-_HELD: list = []

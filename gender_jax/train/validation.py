@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from gender_jax import CLASS_NAMES, calibration, metrics as metrics_lib
-from gender_jax.bundle import Bundle
-from gender_jax.predictor import Predictor
-from gender_jax.steps import inference_weights
+from gender_jax import CLASS_NAMES
+from gender_jax.evaluation import calibration
+from gender_jax.train import metrics_writer as metrics_lib
+from gender_jax.inference.bundle import Bundle
+from gender_jax.inference.predictor import Predictor
+from gender_jax.train.steps import inference_weights
 
 
 def logit_sums(logits: np.ndarray, labels: np.ndarray) -> dict[str, tuple[float, float]]:

@@ -1,6 +1,6 @@
 """train_and_evaluate(config, workdir): the training loop, in labelled sections.
 
-Order: logging → mesh → input (train_input.py) → model, optimizer, state and steps
+Order: logging → mesh → input (input.py) → model, optimizer, state and steps
 (steps.create_train_setup) → load checkpoint → evals → loop → bundle.
 """
 from __future__ import annotations
@@ -23,21 +23,18 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from gender_jax import checkpoint, config as config_lib, metrics as metrics_lib, parallel
-from gender_jax.bundle import save_bundle
-from gender_jax.weights import load_pretrained, read_meta
+from gender_jax import parallel
+from gender_jax.train import metrics_writer as metrics_lib
+from gender_jax.train import schedule as config_lib
+from gender_jax.train import checkpoint
+from gender_jax.inference.bundle import save_bundle
+from gender_jax.models.weights import load_pretrained, read_meta
 from gender_jax.data import pipeline, preprocess
-from gender_jax.finetune import param_labels, trainable_stages
 from gender_jax.models import create_model
-from gender_jax.steps import (TrainSetup, create_optimizer, create_train_setup,
-                              inference_weights, make_train_step)
-from gender_jax.train_input import create_train_input
-from gender_jax.validation import Validation, validation_results
-
-# The step builders live in steps.py and finetune.py; their names stay importable from here.
-__all__ = ["MAX_STEPS_IN_FLIGHT", "StopRequest", "TrainSetup", "create_optimizer",
-           "create_train_setup", "make_train_step", "param_labels",
-           "train_and_evaluate", "trainable_stages", "validation_results"]
+from gender_jax.train.steps import (create_train_setup,
+                              inference_weights)
+from gender_jax.train.input import create_train_input
+from gender_jax.train.validation import Validation
 
 # Steps dispatched ahead of the host before it waits. Unbounded async dispatch deadlocks
 # XLA:CPU collectives on many fake devices (DESIGN.md); 2 also keeps a GPU busy.
@@ -211,7 +208,8 @@ def _write_bundle(config, workdir: str, setup, state, spec, step: int, last_eval
     # Temperature (and the abstain threshold, if targeted) fitted on the validation splits.
     # Every process fits (same data, same result; process 0 writes), so all reach the
     # shutdown barrier together.
-    from gender_jax import calibrate, eval_data
+    from gender_jax.evaluation import datasets as eval_data
+    from gender_jax.evaluation import calibrate
     fit = calibrate.calibrate_bundle(
         directory, eval_data.Concat(list(val_sources.values())),
         target_accuracy=config.abstain_target_accuracy or None,

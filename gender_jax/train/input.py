@@ -6,7 +6,7 @@ import dataclasses
 
 import jax
 
-from gender_jax import config as config_lib
+from gender_jax.train import schedule as config_lib
 from gender_jax.data import sources
 
 

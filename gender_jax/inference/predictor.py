@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gender_jax.bundle import Bundle
+from gender_jax.inference.bundle import Bundle
 from gender_jax.data import preprocess
 from gender_jax.data.preprocess import ImageError
+from gender_jax.data.schema import record_meta
 
 TTA_MODES = ("none", "flip", "crops", "flip+crops")
 CROP_FRACTION = 0.875  # side of each multi-crop view, relative to the image
@@ -225,7 +226,6 @@ class Predictor:
       try:
         record = records[i]
       except ImageError as e:  # a folder's file that cannot be read
-        from gender_jax.eval_data import record_meta
         return None, {**record_meta(records, i), "error": str(e)}
       return self._views(record["image"], {k: v for k, v in record.items() if k != "image"})
     return self._collect(len(records), load, fn, progress)

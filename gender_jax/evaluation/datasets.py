@@ -11,10 +11,11 @@ Records are `{"image": bytes | uint8 HxWx3, "label": 0|1, "source", "key", subgr
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Sequence
 
+from gender_jax import cli
+from gender_jax.data.schema import record_meta
 from gender_jax.data.subgroups import (  # noqa: F401
     INFANT_MAX_AGE, MAX_SUBGROUP_VALUES, age_band, age_years, subgroup_fields)
 
@@ -110,36 +111,6 @@ class Concat:
     return record_meta(part, j)
 
 
-def record_meta(records, index: int) -> dict[str, Any]:
-  if hasattr(records, "meta"):
-    return records.meta(index)
-  return {k: v for k, v in records[index].items() if k != "image"}
-
-
-def resolve_bundle(bundle: str | None, workdir: str | None) -> str:
-  if bundle:
-    return bundle
-  if workdir:
-    return os.path.join(workdir, "bundle")
-  raise ValueError("give --bundle DIR or --workdir RUN (whose bundle is RUN/bundle)")
-
-
-def run_config(workdir: str | None, config_file: str | None = None):
-  """The ml_collections config of a run (its config.json) or of a config file."""
-  import ml_collections
-  if config_file:
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("config_module", config_file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-  if workdir and os.path.exists(os.path.join(workdir, "config.json")):
-    with open(os.path.join(workdir, "config.json")) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  raise ValueError("a configured source needs the run's config: give --workdir RUN "
-                   "(with RUN/config.json) or --config FILE")
-
-
 def load_one(spec: str, *, workdir: str | None = None, config_file: str | None = None,
              split: str = "test") -> Dataset:
   """One data argument: FOLDER, NAME=FOLDER, or source:NAME[:SPLIT]."""
@@ -147,7 +118,7 @@ def load_one(spec: str, *, workdir: str | None = None, config_file: str | None =
     from gender_jax.data import sources
     parts = spec.split(":")
     name, split = parts[1], (parts[2] if len(parts) > 2 else split)
-    config = run_config(workdir, config_file)
+    config = cli.run_config(workdir, config_file)
     if name not in config.data.sources:
       raise ValueError(f"{spec}: source {name!r} is not configured in this run "
                        f"(configured: {', '.join(config.data.sources)})")
@@ -165,7 +136,7 @@ def load(specs: Sequence[str] | None, *, workdir: str | None = None,
   """Data arguments → datasets; with none, the run's configured sources at `split`."""
   if specs:
     return [load_one(s, workdir=workdir, config_file=config_file, split=split) for s in specs]
-  config = run_config(workdir, config_file)
+  config = cli.run_config(workdir, config_file)
   from gender_jax.data import sources
   out = []
   for name in sources.configured_sources(config):

@@ -91,7 +91,7 @@ def recalibrate_bundle(directory: str, images: Iterable[Any], *, out: str | None
   whose model has no BatchNorm is left as it is ({"batches": 0}).
   """
   from gender_jax.data.preprocess import normalize  # noqa: PLC0415
-  from gender_jax.bundle import Bundle, save_bundle as save
+  from gender_jax.inference.bundle import Bundle, save_bundle as save
   bundle = Bundle(directory)
   if not batch_norms(bundle.model):
     return dict(batches=0, examples=0)

@@ -1,0 +1,3 @@
+from gender_jax.train.main import run
+
+run()
