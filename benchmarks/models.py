@@ -116,7 +116,7 @@ def train_config(arch: str, args):
   config.optimizer.warmup_steps = int(round(args.warmup * num_train / args.batch))
   config.total_epochs = args.epochs
   config.eval_every_epochs = args.epochs
-  config.calibrate = False
+  config.after_training = ""
   config.checkpoint.async_save = False
   return config
 
@@ -186,14 +186,13 @@ def test_accuracy(bundle_dir: str, workdir: str, out: str) -> dict:
 
 
 def apply_precise_bn(config, bundle_dir: str, step: int, batches: int) -> dict:
-  """Precise BN on the bundle from `batches` batches of the training stream as the trainer
-  reads it (from the step after the last one trained: new shuffles, same augmentation)."""
-  from gender_jax.train import precise_bn
-  from gender_jax.data import pipeline
+  """The trainer's `precise_bn` step after training, on `batches` batches of the training
+  stream (from the step after the last one trained: new shuffles, same augmentation)."""
+  from gender_jax.train import after
   if not batches:
     return dict(batches=0, examples=0)
-  stream = (b["image"] for b in pipeline.train_dataset(config, start_step=step))
-  return precise_bn.recalibrate_bundle(bundle_dir, stream, max_batches=batches)
+  config.precise_bn_batches = batches
+  return after.STEPS["precise_bn"](config, bundle_dir, step=step, val_sources={})
 
 
 def bench_arch(arch: str, args, root: str) -> dict:

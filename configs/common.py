@@ -76,12 +76,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = placeholder(float)
   config.eval_every_examples = placeholder(int)
   config.log_every = 50
-  # At the end: temperature scaling on the validation split, stored in the bundle; and an
-  # abstain threshold reaching this accuracy on the answered images (0: never abstain).
-  config.calibrate = True
-  # "measure": the detector's eye and mouth positions on validation crops go into the bundle,
-  # so photos' faces are aligned like this data's crops; "off": the UTKFace framing.
-  config.face_template = "measure"
+  # After training, in this order, on the bundle (gender_jax/train/after.py): `precise_bn`
+  # (BatchNorm statistics recomputed on `precise_bn_batches` training batches),
+  # `face_template` (the detector's eye and mouth positions on the face crops, so photos'
+  # faces are aligned like this data's; without it, the UTKFace framing), `calibrate`
+  # (temperature scaling on the validation splits, and an abstain threshold reaching
+  # `abstain_target_accuracy` on the answered images; 0: never abstain).
+  config.after_training = "face_template,calibrate"
+  config.precise_bn_batches = 40
   config.abstain_target_accuracy = 0.0
 
   # checkpoint

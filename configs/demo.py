@@ -29,5 +29,5 @@ def get_config():
   config.eval_every_steps = 2 * epoch
   config.log_every = 20
   config.label_smoothing = 0.0
-  config.face_template = "off"  # synthetic images hold no faces to measure
+  config.after_training = "calibrate"  # synthetic images hold no faces to measure
   return config

@@ -13,7 +13,7 @@ framing), alone or mixed with the original crops.
 aligned folder lists the same 23,318 photos and the folder source's seeded split deals them
 exactly as it deals UTKFACE_DIR (one photo left out would move others between splits): the
 test split holds the same photos, disjoint from training, in both folders.
-`face_template = "off"`: the bundle aligns photos onto the UTKFace framing, the template the
+No `face_template` after training: the bundle aligns photos onto the UTKFace framing, the template the
 training crops were aligned onto with the same detector (measuring would re-detect the crops
 with the short-range model, whose keypoints sit slightly elsewhere).
 `:mixed` trains on both folders (weight 0.5 each, each race-balanced) for 6 epochs of the
@@ -50,7 +50,7 @@ from configs.utkface import get_config as utkface_config
 
 def get_config(arg=None):
   config = utkface_config()
-  config.face_template = "off"
+  config.after_training = "calibrate"
   if arg == "mixed":
     balance = dict(balance_by="race", balance_power=0.5)
     config.data.sources.folder = dict(weight=0.5, path="", **balance)  # --config.data.folder

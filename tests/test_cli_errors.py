@@ -201,8 +201,31 @@ def test_export_into_an_unwritable_place_is_checked_first(bundle, tmp_path):
                      "--out", f"{tmp_path}/ro/model.onnx"), "not writable")
 
 
+# Every command that reads a bundle, with the arguments it needs besides the bundle.
+BUNDLE_COMMANDS = {
+    "gender_jax.predict": ["IMG", "--out", "OUT/p.csv"],
+    "gender_jax.evaluate": ["--data", "IMG", "--out", "OUT/report"],
+    "gender_jax.calibrate": ["--data", "IMG"],
+    "gender_jax.clean": ["--data", "IMG", "--out", "OUT/clean"],
+    "gender_jax.export": ["--format", "onnx", "--out", "OUT/m.onnx"],
+}
+
+
+@pytest.mark.parametrize("module,form", [(m, "--bundle") for m in sorted(BUNDLE_COMMANDS)] + [
+    (m, "--workdir") for m in ("gender_jax.predict", "gender_jax.evaluate", "gender_jax.calibrate")])
+def test_every_command_answers_a_missing_bundle_in_one_line(module, form, tmp_path):
+  for label in ("male", "female"):
+    write_images(tmp_path / "img" / label, 2, seed=len(label))
+  args = [a.replace("IMG", str(tmp_path / "img")).replace("OUT", str(tmp_path / "out"))
+          for a in BUNDLE_COMMANDS[module]]
+  assert_error(cli(module, form, str(tmp_path / "nope"), *args, timeout=90),
+               str(tmp_path / "nope"))
+  assert not (tmp_path / "out").exists()  # nothing written
+
+
 @pytest.mark.parametrize("module", ["gender_jax.predict", "gender_jax.evaluate",
-                                    "gender_jax.export", "gender_jax.convert", "gender_jax.clean"])
+                                    "gender_jax.export", "gender_jax.convert", "gender_jax.clean",
+                                    "gender_jax.calibrate"])
 def test_every_flag_has_help_with_an_example(module):
   text = cli(module, "--help", timeout=60).stdout
   flags = [line.split()[0] for line in text.splitlines() if line.startswith("  --")]

@@ -319,3 +319,47 @@ def test_ema_switched_on_or_off_at_resume(ema_run, mesh, tmp_path):
     live, ema = to_flat(state[part]), to_flat(state["ema"][part])
     for key in live:
       np.testing.assert_array_equal(live[key], ema[key], err_msg=key)
+
+
+def test_frozen_gradients_are_outside_clipping_and_grad_norm():
+  """Head mode: the logged grad_norm is the head's own and clipping scales by it alone.
+  Reference: the head's gradient from an `all`-mode SGD step (update = −lr·g, same forward)."""
+  import numpy as np
+  from gender_jax.models.weights import to_flat
+  from flax import nnx
+  from gender_jax.data import preprocess
+  from gender_jax.models import create_model
+  mesh = parallel.create_mesh()
+  rng = np.random.default_rng(0)
+  batch = parallel.put_batch(dict(image=rng.integers(0, 256, (32, 16, 16, 3), np.uint8),
+                                  label=rng.integers(0, 2, 32).astype(np.int32)), mesh)
+
+  def one_step(mode, clip, bn="train"):
+    config = tiny_config(**{"finetune.mode": mode, "model.bn": bn, "optimizer.name": "sgd",
+                            "optimizer.momentum": 0.0, "optimizer.weight_decay": 0.0,
+                            "optimizer.warmup_steps": 0, "optimizer.end_lr_fraction": 1.0,
+                            "optimizer.lr": 0.1, "optimizer.grad_clip_norm": clip})
+    spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
+    setup = steps.create_train_setup(config, mesh, 10, spec)
+    # A random head (it starts at zero): else no gradient reaches the backbone in `all` mode.
+    model = create_model(config.model, rngs=nnx.Rngs(config.seed))
+    model.fc.kernel.value = 0.3 * jax.random.normal(jax.random.key(1), model.fc.kernel.shape)
+    state = jax.device_put(setup.init_state(model), setup.state_sharding)
+    before = to_flat(state["params"])
+    state, metrics = setup.train_step(state, batch)
+    after = to_flat(state["params"])
+    grad_norm = float(jax.device_get(metrics["grad_norm"][0]))
+    return {k: before[k] - after[k] for k in before}, grad_norm
+
+  # The reference runs every BN on its statistics, as head mode runs the frozen backbone's.
+  delta_all, norm_all = one_step("all", 0.0, bn="frozen")
+  head_grad = {k: d / 0.1 for k, d in delta_all.items() if k.startswith("fc/")}
+  head_norm = float(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in head_grad.values())))
+  clip = head_norm / 4
+  delta_head, norm_head = one_step("head", clip)
+  assert norm_head == pytest.approx(head_norm, rel=1e-4) and norm_head < norm_all
+  for k, d in delta_head.items():
+    if k.startswith("fc/"):  # clipped by the head's norm, not the whole network's
+      np.testing.assert_allclose(d, 0.1 * head_grad[k] / 4, rtol=1e-3, atol=1e-7, err_msg=k)
+    else:
+      assert not np.any(d), k

@@ -14,6 +14,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 sys.path.insert(0, str(LAUNCH))
 import ray_job  # noqa: E402
+import threading
+import time
+import types
+import jax
 
 
 def run(cmd, **env):
@@ -123,3 +127,45 @@ def test_kubernetes_manifest_wires_the_variables_parallel_reads():
   s = parallel.distributed_settings({"JAX_COORDINATOR_ADDRESS": env["JAX_COORDINATOR_ADDRESS"]
                                      ["value"], "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"})
   assert s["process_id"] == 1
+
+
+def test_peer_watchdog_survives_a_growing_peer_table(monkeypatch):
+  errors = []
+  monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+  dog = parallel.PeerWatchdog(timeout=1000, client=_GrowingStore())
+  dog.interval = 0  # both threads in tight loops: the check iterates while the table grows
+  check = threading.Thread(target=dog._check, daemon=True)
+  beat = threading.Thread(target=dog._beat, daemon=True)
+  check.start(), beat.start()
+  time.sleep(1.5)
+  alive = check.is_alive()
+  dog._stop.set()
+  check.join(5), beat.join(5)
+  assert not errors, errors  # was: RuntimeError("dictionary changed size during iteration")
+  assert alive and len(dog.last_seen) > 1000
+
+
+def test_create_mesh_takes_devices_from_every_process(monkeypatch):
+  # 2 processes × 4 devices; jax.devices() lists process 0's first.
+  fake = [types.SimpleNamespace(id=i, process_index=i // 4) for i in range(8)]
+  monkeypatch.setattr(jax, "devices", lambda: fake)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(parallel, "Mesh", lambda devices, *a, **k: list(devices))
+  assert [d.id for d in parallel.create_mesh(4)] == [0, 1, 4, 5]  # was [0, 1, 2, 3]
+  assert [d.id for d in parallel.create_mesh()] == list(range(8))
+  with pytest.raises(ValueError, match="multiple of the 2 processes"):
+    parallel.create_mesh(3)
+
+
+class _GrowingStore:
+  """A coordination-service stand-in whose directory gains new peers on every read."""
+
+  def __init__(self):
+    self.reads = 0
+
+  def key_value_set(self, *args, **kwargs):
+    pass
+
+  def key_value_dir_get(self, prefix):
+    self.reads += 1
+    return [(f"{prefix}{p}", "1") for p in range(self.reads * 50, self.reads * 50 + 50)]

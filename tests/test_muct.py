@@ -63,7 +63,7 @@ def test_trains_and_reports_per_camera(tmp_path):
   del config.data.sources["synthetic"]
   config.data.sources.muct = dict(weight=1.0, manual_dir=str(tmp_path / "m"),
                                   data_dir=str(tmp_path / "d"))
-  config.calibrate = False
+  config.after_training = ""
   workdir = str(tmp_path / "run")
   assert trainer.train_and_evaluate(config, workdir)["step"] == 3
   report = scoring.evaluate_bundle(os.path.join(workdir, "bundle"),

@@ -84,3 +84,20 @@ def test_recalibrate_bundle(tmp_path):
   assert bundle.meta["precise_bn"] == dict(batches=3, examples=24)
   first = precise_bn.batch_norms(bundle.model)[0]
   assert not np.allclose(np.asarray(first.var.get_value()), 1.0)  # no longer the init
+
+
+def test_a_config_that_lists_precise_bn_gets_it_after_training(tmp_path):
+  """`after_training="precise_bn"` re-estimates the bundle's statistics on training batches
+  (configs/mobilenet.py asks for it): the bundle's BatchNorm means move and its meta says so."""
+  from gender_jax.inference.bundle import Bundle
+  from gender_jax.models.weights import read_meta
+  from gender_jax.train import after
+  from tests.helpers import random_bundle, tiny_config
+  directory = random_bundle(tmp_path / "bundle", size=16)
+  means = lambda: [np.asarray(bn.mean[...])
+                   for bn in precise_bn.batch_norms(Bundle(directory).model)]
+  before = means()
+  done = after.run(tiny_config(after_training="precise_bn", precise_bn_batches=2), directory,
+                   step=0, val_sources={})
+  assert done["precise_bn"] == read_meta(directory)["precise_bn"] == dict(batches=2, examples=64)
+  assert any(not np.allclose(a, b) for a, b in zip(before, means()))

@@ -254,3 +254,15 @@ def test_validation_equals_evaluate_on_the_same_split(run8, tmp_path):
   assert round(overall["accuracy"]["value"] * n) == round(result["val_accuracy"] * n)
   assert overall["balanced_accuracy"]["value"] == pytest.approx(result["val_balanced_accuracy"],
                                                                 abs=1e-9)
+
+
+def test_mixture_headline_accuracy_excludes_balanced_accuracy():
+  per_source = {"a": dict(accuracy=0.9, balanced_accuracy=0.5, loss=0.2),
+                "b": dict(accuracy=0.7, balanced_accuracy=0.5, loss=0.4)}
+  results = validation.validation_results(per_source)
+  assert results["val_accuracy"] == pytest.approx(0.8)  # was 0.65: the balanced ones mixed in
+  assert results["val_balanced_accuracy"] == pytest.approx(0.5)
+  assert results["val_loss"] == pytest.approx(0.3)
+  assert results["val_a_accuracy"] == 0.9 and results["val_b_balanced_accuracy"] == 0.5
+  assert validation.validation_results({"a": per_source["a"]}) == {
+      "val_accuracy": 0.9, "val_balanced_accuracy": 0.5, "val_loss": 0.2}

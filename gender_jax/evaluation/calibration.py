@@ -20,6 +20,7 @@ from scipy import optimize, special
 from gender_jax.evaluation import stats
 from gender_jax.inference.bundle import Bundle, softmax
 from gender_jax.inference.predictor import Predictor
+from gender_jax.models.weights import read_meta, update_meta
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -63,11 +64,7 @@ def threshold_for_accuracy(probs: np.ndarray, labels: np.ndarray, target: float)
 def write_calibration(bundle_dir: str, temperature: float | None = None,
                       abstain_threshold: float | None = None, fitted_on: dict | None = None) -> dict:
   """Rewrites the "calibration" entry of the bundle's meta.json; the weights are untouched."""
-  path = os.path.join(bundle_dir, "meta.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{bundle_dir} is not an inference bundle (no meta.json)")
-  with open(path) as f:
-    meta = json.load(f)
+  meta = read_meta(bundle_dir)
   calibration = dict(meta.get("calibration") or {})
   calibration.setdefault("temperature", 1.0)
   calibration.setdefault("abstain_threshold", 0.0)
@@ -79,10 +76,8 @@ def write_calibration(bundle_dir: str, temperature: float | None = None,
     calibration["abstain_threshold"] = float(abstain_threshold)
   if fitted_on is not None:
     calibration["fitted_on"] = fitted_on
-  meta["calibration"] = calibration
-  import jax
-  if jax.process_index() != 0:  # several processes fit the same numbers; one writes them
-    return calibration
+  update_meta(bundle_dir, calibration=calibration)
+  return calibration
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(meta, f, indent=2)

@@ -36,7 +36,7 @@ INFANTS = "0-2 infants (of 0-9)"
 AGE_FIELDS = ("age_group", "age_band")
 
 
-def group_metrics(probs, labels, *, bootstrap: int, seed: int) -> dict[str, Any]:
+def _metrics(probs, labels, *, bootstrap: int, seed: int) -> dict[str, Any]:
   return stats.classification_metrics(probs, labels, class_names=CLASS_NAMES,
                                       bootstrap=bootstrap, seed=seed)
 
@@ -66,7 +66,7 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
   probs = calibration.softmax(logits, temperature)
   raw = calibration.softmax(logits)
   report: dict[str, Any] = {"count": int(len(labels))}
-  report["overall"] = group_metrics(probs, labels, bootstrap=bootstrap, seed=seed)
+  report["overall"] = _metrics(probs, labels, bootstrap=bootstrap, seed=seed)
   report["calibration"] = dict(
       temperature=temperature,
       ece_uncalibrated=stats.classification_metrics(raw, labels, bootstrap=bootstrap,
@@ -85,17 +85,17 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
       accuracy_answered_ci=list(stats.wilson(int(correct[answered].sum()), int(answered.sum()))),
       curve=stats.coverage_curve(probs, labels))
   sources = np.array([str(m.get("source", "data")) for m in metas], dtype=object)
-  report["by_source"] = {s: group_metrics(probs[sources == s], labels[sources == s],
+  report["by_source"] = {s: _metrics(probs[sources == s], labels[sources == s],
                                           bootstrap=bootstrap, seed=seed)
                          for s in sorted(set(sources))}
   report["subgroups"] = {}
   fields = subgroups(metas)
   for field, values in fields.items():
     report["subgroups"][field] = {
-        v: group_metrics(probs[values == v], labels[values == v], bootstrap=bootstrap, seed=seed)
+        v: _metrics(probs[values == v], labels[values == v], bootstrap=bootstrap, seed=seed)
         for v in sorted(set(values), key=_sort_key) if (values == v).sum() >= MIN_GROUP}
   def within(mask):  # every non-age field's groups, restricted to `mask`
-    return {field: {v: group_metrics(probs[mask & (values == v)], labels[mask & (values == v)],
+    return {field: {v: _metrics(probs[mask & (values == v)], labels[mask & (values == v)],
                                      bootstrap=bootstrap, seed=seed)
                     for v in sorted(set(values[mask]), key=_sort_key)}
             for field, values in fields.items() if field not in AGE_FIELDS and mask.any()}
@@ -110,7 +110,7 @@ def evaluate_outputs(logits: np.ndarray, labels: np.ndarray, metas: Sequence[dic
                       for m in metas], float)  # NaN (unknown) is neither an infant nor older
     infants = years <= eval_data.INFANT_MAX_AGE
     if infants.any():
-      report["infants"] = group_metrics(probs[infants], labels[infants], bootstrap=bootstrap,
+      report["infants"] = _metrics(probs[infants], labels[infants], bootstrap=bootstrap,
                                         seed=seed)
       gap_masks["race_gap_without_infants"] = years > eval_data.INFANT_MAX_AGE
       report["without_infants"] = within(gap_masks["race_gap_without_infants"])

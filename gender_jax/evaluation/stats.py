@@ -1,4 +1,8 @@
-"""Classification metrics with 95% confidence intervals, for evaluation reports.
+"""Classification metrics: the one home of the figures validation and evaluation report.
+
+`point_metrics` gives the plain figures (loss, accuracy, per-class recall, balanced accuracy)
+that training's validation logs; `classification_metrics` puts 95% intervals around the same
+figures (and adds ROC AUC and ECE) for evaluation reports, so both count alike.
 
 Proportions (accuracy, per-class recall) get Wilson score intervals: exact enough at small
 counts, never outside [0, 1], and reproducible. Statistics that are not proportions (balanced
@@ -10,6 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import special
+
+from gender_jax import CLASS_NAMES
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -135,6 +142,30 @@ def difference_ci(correct_a, labels_a, correct_b, labels_b, *, bootstrap: int = 
   return _ci(draws[0] - draws[1])
 
 
+def class_recalls(correct: np.ndarray, labels: np.ndarray, num_classes: int = 2) -> list[float]:
+  """Each class's share of its examples answered right (nan for a class with none)."""
+  return [float(correct[labels == c].mean()) if (labels == c).any() else float("nan")
+          for c in range(num_classes)]
+
+
+def point_metrics(logits: np.ndarray, labels: np.ndarray,
+                  class_names=CLASS_NAMES) -> dict[str, float]:
+  """{loss (mean NLL of softmax(logits)), accuracy, recall_<class>, balanced_accuracy}:
+  validation's figures, and the values `classification_metrics` puts intervals around."""
+  logits, labels = np.asarray(logits, np.float64), np.asarray(labels).astype(int)
+  if not len(labels):
+    return {}
+  logp = special.log_softmax(logits, axis=-1)
+  correct = logits.argmax(-1) == labels
+  recalls = class_recalls(correct, labels, len(class_names))
+  out = {"loss": float(-logp[np.arange(len(labels)), labels].mean()),
+         "accuracy": float(correct.mean()),
+         **{f"recall_{name}": r for name, r in zip(class_names, recalls)}}
+  # the mean over the classes present: a one-class split gets that class's recall
+  out["balanced_accuracy"] = float(np.nanmean(recalls))
+  return out
+
+
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, *, class_names=("female", "male"),
                            num_bins: int = 15, bootstrap: int = 1000, seed: int = 0) -> dict:
   """Every headline metric of a binary classifier, each with a 95% CI and its sample count.
@@ -148,12 +179,11 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, *, class_names
   out: dict[str, Any] = {"count": n}
   out["accuracy"] = dict(value=_f(correct.mean()) if n else None, ci=list(wilson(correct.sum(), n)),
                          count=n, ci_method="wilson")
-  recalls = []
+  recalls = class_recalls(correct, labels, len(class_names))
   for c, name in enumerate(class_names):
     m = labels == c
     k = int(m.sum())
-    recalls.append(correct[m].mean() if k else np.nan)
-    out[f"recall_{name}"] = dict(value=_f(recalls[-1]), ci=list(wilson(int(correct[m].sum()), k)),
+    out[f"recall_{name}"] = dict(value=_f(recalls[c]), ci=list(wilson(int(correct[m].sum()), k)),
                                  count=k, ci_method="wilson")
   out["confusion"] = dict(rows="true " + "/".join(class_names),
                           cols="predicted " + "/".join(class_names),

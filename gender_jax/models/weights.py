@@ -76,6 +76,18 @@ def save_weights(directory: str, flat: dict[str, np.ndarray], meta: dict[str, An
     multihost_utils.sync_global_devices("gender_jax: weights written")
 
 
+def update_meta(directory: str, **entries) -> dict[str, Any]:
+  """Sets top-level entries of a weights directory's meta.json (the weights untouched); the
+  file is replaced whole, by process 0."""
+  meta = dict(read_meta(directory), **entries)
+  if jax.process_index() == 0:
+    path = os.path.join(os.path.abspath(directory), "meta.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(meta, f, indent=2)
+    os.replace(path + ".tmp", path)
+  return meta
+
+
 def read_meta(directory: str) -> dict[str, Any]:
   """A weights directory's or bundle's meta.json, without loading the weights."""
   path = os.path.join(os.path.abspath(directory), "meta.json")

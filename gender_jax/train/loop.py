@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 from gender_jax import parallel
 from gender_jax.train import metrics_writer as metrics_lib
 from gender_jax.train import schedule as config_lib
-from gender_jax.train import checkpoint
+from gender_jax.train import after, checkpoint
 from gender_jax.inference.bundle import save_bundle
 from gender_jax.models.weights import load_pretrained, read_meta
 from gender_jax.data import pipeline, preprocess
@@ -177,44 +177,18 @@ def _log_train(writer, step: int, total_steps: int, pending: list, rate: float, 
                  rate, _format_eta(eta))
 
 
-def _face_template(config, val_sources: dict) -> dict | None:
-  """Where the detector puts eyes and mouth on this run's crops (`config.face_template`
-  "measure"), so predict and serve align photos' faces the way this model saw faces. None
-  (the bundle then uses the UTKFace framing) when off or when the crops hold too few faces
-  (pedestrian or synthetic data)."""
-  if config.get("face_template", "off") != "measure":
-    return None
-  from gender_jax.faces import template
-  found = template.measure_records(next(iter(val_sources.values())))
-  logging.info("face template: %s", found or "too few faces in the validation crops; none")
-  return found
-
-
 def _write_bundle(config, workdir: str, setup, state, spec, step: int, last_eval: dict,
                   val_sources: dict) -> None:
-  """The inference bundle from the weights validation scored (EMA when kept); calibrated
-  on the validation splits when config.calibrate."""
+  """The inference bundle from the weights validation scored (EMA when kept), then the
+  steps `config.after_training` lists (after.py)."""
   params, batch_stats = jax.device_get(inference_weights(state))
   model = nnx.merge(setup.eval_graphdef, params, batch_stats)
   directory = os.path.join(workdir, "bundle")
   extra = dict(step=int(step), metrics=last_eval)
-  template = _face_template(config, val_sources)
-  if template:
-    extra["face_template"] = template
   save_bundle(directory, model, model_config=config.model.to_dict(),
-                         preprocessing=spec, extra=extra)
+              preprocessing=spec, extra=extra)
   logging.info("wrote inference bundle to %s", directory)
-  if config.calibrate:
-    # Temperature (and the abstain threshold, if targeted) fitted on the validation splits.
-    # Every process fits (same data, same result; process 0 writes), so all reach the
-    # shutdown barrier together.
-    from gender_jax.evaluation import datasets as eval_data
-    from gender_jax.evaluation import calibrate
-    fit = calibrate.calibrate_bundle(
-        directory, eval_data.Concat(list(val_sources.values())),
-        target_accuracy=config.abstain_target_accuracy or None,
-        batch_size=config.data.eval_batch_size, description="validation")
-    logging.info("calibration: %s", {k: v for k, v in fit.items() if not isinstance(v, dict)})
+  after.run(config, directory, step=step, val_sources=val_sources)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

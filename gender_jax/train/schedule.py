@@ -26,11 +26,22 @@ def get_steps(name: str, config: ml_collections.ConfigDict, num_train_examples: 
   return max(1, int(round(examples / batch_size)))
 
 
+# The steps after training a config may list (train/after.py runs them).
+AFTER_TRAINING = ("precise_bn", "face_template", "calibrate")
+
+
+def after_training(config) -> list[str]:
+  """`config.after_training` ("precise_bn,calibrate") as a list of names."""
+  return [n.strip() for n in str(config.get("after_training", "")).split(",") if n.strip()]
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails early, with the key named, on settings the trainer would only trip over later."""
   errors = []
-  if config.get("face_template", "off") not in ("measure", "off"):
-    errors.append(f"face_template={config.face_template!r}: choose measure or off")
+  unknown = [n for n in after_training(config) if n not in AFTER_TRAINING]
+  if unknown:
+    errors.append(f"after_training: no step {', '.join(map(repr, unknown))}; the steps are "
+                  f"{', '.join(AFTER_TRAINING)} (comma-separated, run in the order given)")
   if config.finetune.mode not in FINETUNE_MODES:
     errors.append(f"finetune.mode={config.finetune.mode!r}: choose from {FINETUNE_MODES}")
   if config.finetune.mode == "last_n" and config.finetune.last_n < 1:

@@ -1,4 +1,5 @@
-"""Trainer validation: the train state's weights through the Predictor, per source.
+"""Trainer validation: the train state's weights through the Predictor, per source, scored by
+`evaluation.stats.point_metrics` (the figures evaluation reports, without intervals).
 
 The Predictor is what `evaluate` runs on a bundle, so validation in the log and `evaluate`
 on the same split and weights count the same images right. It is built once, at the first
@@ -12,25 +13,10 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from gender_jax import CLASS_NAMES
-from gender_jax.evaluation import calibration
-from gender_jax.train import metrics_writer as metrics_lib
+from gender_jax.evaluation import stats
 from gender_jax.inference.bundle import Bundle
 from gender_jax.inference.predictor import Predictor
 from gender_jax.train.steps import inference_weights
-
-
-def logit_sums(logits: np.ndarray, labels: np.ndarray) -> dict[str, tuple[float, float]]:
-  """{"loss", "accuracy", "recall_<class>": (sum, count)}: the metric sums of metrics.py."""
-  labels = np.asarray(labels, np.int64)
-  n = float(len(labels))
-  loss = calibration.nll(logits, labels) * n if len(labels) else 0.0
-  correct = np.asarray(logits).argmax(axis=-1) == labels if len(labels) else np.zeros(0, bool)
-  out = {"loss": (float(loss), n), "accuracy": (float(correct.sum()), n)}
-  for c, name in enumerate(CLASS_NAMES):
-    in_class = labels == c
-    out[f"recall_{name}"] = (float(correct[in_class].sum()), float(in_class.sum()))
-  return out
 
 
 def validation_results(per_source: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -82,7 +68,7 @@ class Validation:
       for name, source in self.val_sources.items():
         out = predictor.logits_for_records(source)
         self._warn(name, out.errors)
-        per_source[name] = metrics_lib.summarize(logit_sums(out.values, out.labels))
+        per_source[name] = stats.point_metrics(out.values, out.labels)
       prefix = f"val_{kind}_" if kind else "val_"
       results.update({prefix + k[len("val_"):]: v
                       for k, v in validation_results(per_source).items()})
