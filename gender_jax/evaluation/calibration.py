@@ -10,8 +10,6 @@ and `evaluate --calibrate-on` both call.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import numpy as np
@@ -77,11 +75,6 @@ def write_calibration(bundle_dir: str, temperature: float | None = None,
   if fitted_on is not None:
     calibration["fitted_on"] = fitted_on
   update_meta(bundle_dir, calibration=calibration)
-  return calibration
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(tmp, path)  # a reader never sees half a file
   return calibration
 
 
