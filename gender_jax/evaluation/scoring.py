@@ -29,6 +29,9 @@ from gender_jax.evaluation import stats
 from gender_jax.inference.bundle import Bundle
 from gender_jax.inference.predictor import Predictor
 from gender_jax.evaluation.report import write_report
+from gender_jax.data import preprocess
+from gender_jax.inference.photos import FacePipeline
+from gender_jax.inference.predictor import Outputs
 
 MIN_GROUP = 1  # groups are reported at any size; the CI says how little a small one tells
 ADULTS = "20-69 adults"  # subgroups.age_group's name for the band reported apart
@@ -241,7 +244,6 @@ def evaluate_bundle(bundle_dir: str, datasets: Sequence[eval_data.Dataset], out_
   logits, labels, metas, errors = [], [], [], []
   face_pipeline = None
   if faces != "off":
-    from gender_jax.inference.photos import FacePipeline
     face_pipeline = FacePipeline(bundle, **dict(face_options or {}, faces=faces, tta=tta))
   no_face: list[dict[str, str]] = []
   for ds in datasets:
@@ -276,8 +278,6 @@ def face_logits(pipeline, records, temperature: float, chunk: int = 64):
   from the calibrated probabilities as T·log p, equal to the raw logits up to a per-image
   constant, so the report's calibration section still compares T=1 with T.
   Returns (Outputs, keys of the photos where no face was found)."""
-  from gender_jax.data import preprocess
-  from gender_jax.inference.predictor import Outputs
   values, labels, metas, errors, missed = [], [], [], [], []
   for lo in range(0, len(records), chunk):
     images, kept = [], []

@@ -31,6 +31,7 @@ from gender_jax.export.images import (IMAGE_SUFFIXES, ExportError, list_images, 
                                       sample_images, synthetic_images)
 from gender_jax.export.parity import (FORMATS, _batched, TOLERANCES, ParityError, check_parity,
                                       load_runtime, reference_probs)
+from gender_jax.inference.bundle import Bundle
 
 __all__ = [
     "FORMATS", "QUANTIZATIONS", "INPUT_DTYPES", "TOLERANCES", "IMAGE_SUFFIXES", "ONNX_OPSET",
@@ -85,7 +86,6 @@ def export(bundle_dir, fmt: str, out, *, quantization: str = "float32", batch: i
            input_dtype: str = "uint8", calibration_dir=None, calibration_count: int = 200,
            check_dir=None, check_count: int = 64, log=print) -> dict[str, Any]:
   """Writes one export plus its contract JSON, after checking it against JAX; returns the contract."""
-  from gender_jax.inference.bundle import Bundle
   if fmt not in FORMATS:
     raise ExportError(f"unknown format {fmt!r}; choose from {FORMATS}")
   if quantization not in QUANTIZATIONS:

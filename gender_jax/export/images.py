@@ -5,6 +5,8 @@ import os
 import pathlib
 
 import numpy as np
+from gender_jax.data.preprocess import ImageError, eval_image
+from gender_jax.data.preprocess import resize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -26,7 +28,6 @@ def list_images(directory: str | os.PathLike) -> list[pathlib.Path]:
 
 def load_images(files, size: int) -> np.ndarray:
   """Decodes and resizes with the eval path every other entry point uses → uint8 NHWC."""
-  from gender_jax.data.preprocess import ImageError, eval_image
   out = []
   for f in files:
     try:
@@ -48,7 +49,6 @@ def sample_images(directory, size: int, *, calibration: int, check: int, seed: i
 
 def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
   """Smooth random colour fields (upsampled noise): image-like statistics, no data needed."""
-  from gender_jax.data.preprocess import resize
   rng = np.random.default_rng(seed)
   small = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
   return np.stack([resize(s, size) for s in small])

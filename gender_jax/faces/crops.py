@@ -17,13 +17,16 @@ from gender_jax.faces import refine as refine_lib
 from gender_jax.faces.blazeface import create_detector
 from gender_jax.faces.detect import CANVAS, Detector
 from gender_jax.faces.letterbox import letterbox, letterbox_fit
+from gender_jax.data import folder
+from gender_jax.data import schema
+from gender_jax.data.preprocess import ImageError, decode
+from gender_jax.data.preprocess import resize
 
 NO_FACE_LIST = "no_face.txt"
 
 
 def crop_path(key: str, label: int) -> str:
   """Where the crop of source file `key` goes in the aligned folder: `LABEL/KEY_FLAT.jpg`."""
-  from gender_jax.data import schema
   return os.path.join(schema.CLASS_NAMES[label],
                       os.path.splitext(key.replace(os.sep, "_"))[0] + ".jpg")
 
@@ -38,8 +41,6 @@ def align_folder(src: str, dst: str, *, detector: str = "full", template: dict |
   `dst/no_face.txt` with the reason and left out; with `keep_missed` (`src` already tight
   face crops, as UTKFace) a readable one is written as it is instead (`keep_missed_photos`).
   """
-  from gender_jax.data import folder, schema
-  from gender_jax.data.preprocess import ImageError, decode
   template = align_lib.check_template(template or align_lib.UTKFACE_TEMPLATE)
   side = int(size or template["size"][0])
   points = align_lib.template_points(template, side)
@@ -101,8 +102,6 @@ def keep_missed_photos(src: str, dst: str, *, size: int | None = None, quality: 
   then lists the same photos as `src`, so the folder source's seeded split deals both alike
   (the split depends on the whole listing: one photo left out moves others between splits)
   and its test split holds the same photos. Photos already in labels.csv are skipped."""
-  from gender_jax.data import folder
-  from gender_jax.data.preprocess import ImageError, decode, resize
   with open(os.path.join(dst, NO_FACE_LIST)) as f:
     missed = {line.split("\t")[0] for line in f
               if not line.startswith("#") and "\tno face found" in line}

@@ -9,6 +9,7 @@ import numpy as np
 
 from gender_jax.faces.align import ALIGN_KEYPOINTS
 from gender_jax.faces.detect import Detector
+from gender_jax.data.preprocess import ImageError, decode
 
 MIN_FACES = 16  # fewer found than this: not face crops (pedestrians, synthetic): no template
 
@@ -45,7 +46,6 @@ def measure(images: Iterable[np.ndarray], *, detector: str = "short", batch_size
 
 def measure_records(records: Sequence, *, limit: int = 256, **kwargs) -> dict[str, Any] | None:
   """`measure` over the first `limit` readable records ({"image": bytes}) of a split."""
-  from gender_jax.data.preprocess import ImageError, decode
 
   def images():
     for i in range(min(limit, len(records))):

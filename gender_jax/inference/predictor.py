@@ -30,6 +30,9 @@ from gender_jax.inference.bundle import Bundle
 from gender_jax.data import preprocess
 from gender_jax.data.preprocess import ImageError
 from gender_jax.data.schema import record_meta
+from gender_jax.parallel import batch_sharding
+from gender_jax.parallel import replicated
+from gender_jax.parallel import create_mesh
 
 TTA_MODES = ("none", "flip", "crops", "flip+crops")
 CROP_FRACTION = 0.875  # side of each multi-crop view, relative to the image
@@ -69,7 +72,6 @@ def _local_mesh(sizes: Sequence[int]):
   n = jax.device_count()
   if jax.process_count() > 1 or n == 1 or any(s % n for s in sizes):
     return None
-  from gender_jax.parallel import create_mesh
   return create_mesh()
 
 
@@ -127,7 +129,6 @@ class Predictor:
   def _jit(self, fn):
     if self.mesh is None:
       return jax.jit(fn)
-    from gender_jax.parallel import batch_sharding, replicated
     return jax.jit(fn, in_shardings=(replicated(self.mesh), batch_sharding(self.mesh)),
                    out_shardings=replicated(self.mesh))
 
@@ -135,14 +136,12 @@ class Predictor:
     """New weights of the same model (the trainer's at each validation): no recompile."""
     _, state = nnx.split(model)
     if self.mesh is not None:
-      from gender_jax.parallel import replicated
       state = jax.device_put(state, replicated(self.mesh))
     self._state = state
 
   def _device_batch(self, batch: np.ndarray):
     if self.mesh is None:
       return batch
-    from gender_jax.parallel import batch_sharding
     # Every process holds the whole batch; each fills its own devices' rows from it.
     return jax.make_array_from_callback(batch.shape, batch_sharding(self.mesh),
                                         lambda index: batch[index])

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import ml_collections
 from flax import nnx
+from gender_jax.cli import UsageError
 
 
 def path_names(path) -> tuple:
@@ -35,7 +36,6 @@ def param_labels(model, params, config) -> Any:
   lr_mult = dict(config.optimizer.lr_mult)
   unknown = sorted(set(lr_mult) - set(model.stages))
   if unknown:  # a typo would otherwise train that stage at the base rate, silently
-    from gender_jax.cli import UsageError
     raise UsageError(f"optimizer.lr_mult names {', '.join(map(repr, unknown))}, not a stage of "
                      f"{config.model.arch}; its stages: {', '.join(model.stages)}")
 

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from gender_jax.data.preprocess import normalize
+from gender_jax.inference.bundle import Bundle, save_bundle as save
 
 # The attributes nnx's train()/eval() switch, saved and restored around the measurement.
 _MODE_ATTRS = ("deterministic", "use_running_average")
@@ -90,8 +92,6 @@ def recalibrate_bundle(directory: str, images: Iterable[Any], *, out: str | None
   statistics and `precise_bn` = {batches, examples} in its meta. Returns that entry; a bundle
   whose model has no BatchNorm is left as it is ({"batches": 0}).
   """
-  from gender_jax.data.preprocess import normalize  # noqa: PLC0415
-  from gender_jax.inference.bundle import Bundle, save_bundle as save
   bundle = Bundle(directory)
   if not batch_norms(bundle.model):
     return dict(batches=0, examples=0)

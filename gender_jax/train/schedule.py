@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ml_collections
+from gender_jax.models import MIN_IMAGE_SIZE
 
 FINETUNE_MODES = ("scratch", "all", "head", "last_n")
 BN_MODES = ("train", "frozen")
@@ -81,7 +82,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       errors.append(f"{' and '.join(given)} are both set: keep one (e.g. add "
                     f"--config.{'checkpoint.' if name == 'checkpoint_every' else ''}"
                     f"{'optimizer.' if name == 'warmup' else ''}{given[1]}=0)")
-  from gender_jax.models import MIN_IMAGE_SIZE  # imports flax: only when validating
   smallest = MIN_IMAGE_SIZE.get(config.model.arch, 1)
   if config.data.image_size < smallest:
     errors.append(f"data.image_size={config.data.image_size} is too small for "
