@@ -15,13 +15,12 @@ are listed and left out of the numbers, the share found is reported.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
-from gender_jax import CLASS_NAMES
+from gender_jax import CLASS_NAMES, cli
 from gender_jax.evaluation import datasets as eval_data
 from gender_jax.data.schema import record_meta
 from gender_jax.evaluation import calibration
@@ -205,10 +204,9 @@ def _gap(groups: dict[str, dict]) -> dict[str, Any] | None:
 
 def bundle_name(bundle_dir: str) -> str:
   """What a bundle was trained on (its run's config.json), for the cross-dataset matrix."""
-  config = os.path.join(os.path.dirname(os.path.abspath(bundle_dir)), "config.json")
-  if os.path.exists(config):
-    with open(config) as f:
-      names = list(json.load(f).get("data", {}).get("sources", {}))
+  run = os.path.dirname(os.path.abspath(bundle_dir))
+  if os.path.exists(os.path.join(run, "config.json")):
+    names = list(cli.run_config(run).get("data", {}).get("sources", {}))
     if names:
       return "+".join(names)
   return os.path.basename(os.path.abspath(bundle_dir).rstrip("/"))
