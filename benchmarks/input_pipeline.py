@@ -160,7 +160,7 @@ import importlib.util, os, sys, tempfile, time
 sys.path.insert(0, {repo!r})
 spec = importlib.util.spec_from_file_location("bench_config", {config!r})
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-from gender_jax.train import main as train
+from gender_jax.train import preflight
 from gender_jax.data import pipeline, sources
 config = module.get_config()
 with config.unlocked():
@@ -170,7 +170,7 @@ def mark(name):
   global t
   marks[name] = time.perf_counter() - t
   t = time.perf_counter()
-train.log_data_sanity(config); mark("sanity counts")
+preflight.log_data_sanity(config); mark("sanity counts")
 names = sources.configured_sources(config)
 sum(len(sources.get_source(n, "train", config)) for n in names)
 [sources.get_source(n, "validation", config) for n in names]; mark("sizes")

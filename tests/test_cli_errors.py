@@ -13,7 +13,8 @@ import pytest
 from tests.helpers import REPO, constant_bundle
 from tests.xla_flags import xla_flags
 
-ENV = dict(os.environ, XLA_FLAGS=xla_flags(8),
+# PYTHONPATH: the checkout under test, whichever copy the environment has installed.
+ENV = dict(os.environ, XLA_FLAGS=xla_flags(8), PYTHONPATH=REPO,
            JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
 ENV.pop("GENDER_JAX_DEBUG", None)
 DEMO = os.path.join(REPO, "configs", "demo.py")
@@ -110,12 +111,12 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_help_lists_configs_and_exits_0():
   result = cli("gender_jax.train", "--help")
   assert result.returncode == 0, result.stderr
-  for text in ("configs/demo.py", "configs/resnet.py", "--show_config", "--config.data.batch_size"):
+  for text in ("configs/demo.py", "configs/resnet.py", "--show-config", "--config.data.batch_size"):
     assert text in result.stdout
 
 
 def test_config_path_from_another_directory(tmp_path):
-  result = cli("gender_jax.train", "--config", DEMO, "--show_config", cwd=tmp_path)
+  result = cli("gender_jax.train", "--config", DEMO, "--show-config", cwd=tmp_path)  # dashed alias
   assert result.returncode == 0, result.stderr
   assert "batch_size: 64" in result.stdout
 
@@ -131,7 +132,7 @@ def test_one_class_folder_stops_with_the_counts(tmp_path):
 
 def test_mixture_is_announced(caplog, monkeypatch):
   import logging
-  from gender_jax.train import main as train_cli
+  from gender_jax.train import preflight
   from tests.helpers import tiny_config
   config = tiny_config()
   with config.unlocked():
@@ -141,7 +142,7 @@ def test_mixture_is_announced(caplog, monkeypatch):
   from gender_jax.data import sources
   monkeypatch.setitem(sources.REGISTRY, "other", sources.REGISTRY["synthetic"])
   with caplog.at_level(logging.INFO):
-    train_cli.log_data_sanity(config)
+    preflight.log_data_sanity(config)
   text = caplog.text
   assert "data synthetic: mixing weight 1.00 (25% of batches)" in text
   assert "data other: mixing weight 3.00 (75% of batches)" in text

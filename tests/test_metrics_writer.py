@@ -24,7 +24,7 @@ def test_writer_writes_tensorboard_events_and_jsonl(tmp_path):
 def test_training_modules_do_not_import_tensorflow():
   """The train loop, steps and metric writers load without TensorFlow (GPU images lack it;
   importing it costs seconds at every start)."""
-  code = ("import sys, gender_jax.train.loop, gender_jax.train.metrics_writer, gender_jax.inference.predict;"
+  code = ("import sys, gender_jax.train.loop, gender_jax.train.metrics_writer, gender_jax.inference.predictor;"
           "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'clu') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        timeout=120, check=True)

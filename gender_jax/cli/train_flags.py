@@ -96,7 +96,7 @@ def run_absl(main: Callable, doc: str) -> None:
     exit_now(f"error: {e}")
   if "--help" in argv or "-h" in argv or "--helpshort" in argv:
     print(doc)
-    print(flags.FLAGS.main_module_help())
+    print(flags.FLAGS.module_help(main.__module__))
     sys.exit(0)
 
   def parse(argv):
