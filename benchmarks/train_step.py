@@ -49,7 +49,9 @@ COLUMNS = [("arch", "model", ""), ("impl", "implementation", ""), ("mode", "mode
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--arch", default=",".join(ARCHS), help="comma-separated model names")
+  p.add_argument("--arch", default=",".join(ARCHS),
+                 help="comma-separated model names, or a recipe's config name "
+                      f"({', '.join(common.RECIPES)}: its arch, fine-tune mode and optimizer)")
   p.add_argument("--batch", type=int, default=256, help="global batch size")
   p.add_argument("--size", type=int, default=224, help="image size (px)")
   p.add_argument("--steps", type=int, default=50, help="timed steps")
@@ -108,7 +110,8 @@ def bench_jax(config, args, with_forward: bool = False) -> dict:
   parallel.local_batch_size(args.batch, mesh)  # a clear error when it does not divide
   setup = common.create_train_setup(config, mesh, total_steps=10**6)
   state = jax.jit(setup.init_state, out_shardings=setup.state_sharding)()
-  batch = common.synthetic_batch(mesh, args.batch, args.size)
+  batch = common.synthetic_batch(mesh, args.batch, args.size,
+                                 with_index=bool(config.data.get("device_augment", False)))
   spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
   fwd = forward_flops(setup, mesh, batch, spec, config.model.compute_dtype) if with_forward else None
 

@@ -295,6 +295,24 @@ class RecordSource:
     return f"RecordSource({self.name}:{self.split}, {self._len} records, {self.data_path})"
 
 
+class PreparedCopy:
+  """A prepared dataset's version folder (array_record shards, dataset_info.json, metadata,
+  split indexes) copied to another host: opened without TFDS, as the `prepared` source kind
+  (`config.data.sources.prepared.path=DIR`). It offers what `open_split`, `bad_files` and
+  `summary` read of a builder, so a training host needs neither TFDS nor TensorFlow."""
+
+  def __init__(self, path: str):
+    self.data_path = os.path.abspath(os.path.expanduser(path))
+    info = os.path.join(self.data_path, "dataset_info.json")
+    try:
+      with open(info) as f:
+        self.name = json.load(f)["name"]
+    except (OSError, ValueError, KeyError) as e:
+      raise ValueError(f"prepared: {path} is not a prepared dataset's folder (no readable "
+                       f"dataset_info.json: {getattr(e, 'strerror', None) or e}); give the "
+                       "folder that holds the .array_record files") from None
+
+
 def open_split(b, split: str, name: str) -> RecordSource:
   return RecordSource(os.fspath(b.data_path), b.name, split, name)
 
