@@ -116,3 +116,14 @@ def test_gpu_sh_without_wheels_says_what_to_run(tmp_path):
   assert done.returncode == 2
   assert done.stderr.strip() == ("error: no wheels in .gpu/whl: run python "
                                  "benchmarks/gpu_prepare.py before the GPU run")
+
+
+def test_cuda_extra_pins_the_plugin_of_the_pinned_jax():
+  import tomllib
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  (jax_pin,) = [d for d in project["dependencies"] if d.startswith("jax==")]
+  version = jax_pin.split("==")[1]
+  cuda = project["optional-dependencies"]["cuda"]
+  assert {d.split("==")[1] for d in cuda} == {version}
+  assert {d.split("==")[0].split("[")[0] for d in cuda} == {"jax", "jax-cuda13-plugin",
+                                                           "jax-cuda13-pjrt"}
