@@ -76,7 +76,7 @@ def test_the_carry_list_fits():
 
 @pytest.mark.slow
 def test_gpu_run_dry_run_under_the_guard(tmp_path):
-  from gender_jax.data import fixtures
+  from tests.fixtures import datasets as fixtures
   fixtures.folder(str(tmp_path / "photos"), per_class=12)
   subprocess.run([sys.executable, str(BENCHMARKS / "gpu_prepare.py"), "--no-wheels",
                   "--folder", str(tmp_path / "photos"), "--out", str(tmp_path / "carry"),
