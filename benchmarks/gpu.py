@@ -12,9 +12,12 @@ cut short still leaves every figure it made.
 
   probe          versions seen, the device, and its two ceilings measured: a bf16 matrix
                  product (TFLOP/s) and a device-to-device copy (GB/s, read + written)
-  train_ARCH     train_step.py: the trainer's step beside torchvision eager and
-                 torch.compile (img/s, MFU, compile s, peak GiB); utkface_dlib is the
-                 recipe's own fine-tune (last 4 stages, its optimizer, 150 px)
+  train_ARCH     train_step.py: the trainer's step (img/s, MFU, compile s, peak GiB);
+                 utkface_dlib is the recipe's own fine-tune (last 4 stages, its optimizer,
+                 150 px)
+  torch_ARCH     train_step.py --no-jax: torchvision's model of the same name, eager and
+                 torch.compile (VGG-16: eager), MFU from the JAX part's FLOPs; the summary
+                 gives the JAX step's ratio to each
   predict_ARCH   predict.py: the bundle's jitted logits at batch 1, 32, 256 beside eager
   photos         faces.py --parts fused: detect → align → classify, photos/s, on a random
                  bundle of the utkface_dlib recipe's shape (dlib ResNet, 150 px)
@@ -39,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -59,36 +63,63 @@ REFERENCE_H100 = {
 
 
 # Parts a dry run leaves out: with the tiny archs each is another part's code path again.
-DRY_RUN_SAME = {"train_resnet18": "train_resnet50", "predict_resnet18": "predict_resnet50",
+DRY_RUN_SAME = {"train_resnet18": "train_resnet50", "torch_resnet18": "torch_resnet50",
+                "torch_vgg16": "torch_resnet50", "predict_resnet18": "predict_resnet50",
                 "predict_vgg16": "predict_resnet50"}
 
 
 @dataclasses.dataclass
 class Part:
   name: str
-  argv: list  # a script under benchmarks/ and its arguments (--json is added)
+  # A script under benchmarks/ and its arguments (--json is added), or a function of the
+  # parts' records so far that returns them.
+  argv: list | Callable[[dict], list]
   cap_s: float  # the most this part may take
   need_s: float  # not started with less than this left of the budget
 
 
 def parts(args) -> list[Part]:
-  """The run, most wanted first. Full sizes, or tiny ones with --dry-run."""
+  """The run, most wanted first. Full sizes, or tiny ones with --dry-run.
+
+  Each model's JAX step and its torch peers are two parts: a slow torch.compile can then
+  cost the peers' rows, never the step's. The peers' MFU uses the JAX part's FLOPs."""
   data = os.path.abspath(args.data)
   dry = args.dry_run
   train = (["--batch", "4", "--size", "32", "--steps", "2", "--warmup", "1"] if dry else
            ["--batch", "256", "--size", "224", "--steps", "20", "--warmup", "3"])
   predict = (["--size", "32", "--batches", "1,4", "--steps", "2", "--warmup", "1"] if dry else
              ["--size", "224", "--batches", "1,32,256", "--steps", "30", "--warmup", "3"])
+  # Tiny stand-ins for the JAX side of a dry run (XLA:CPU compiles the real ones for
+  # minutes); the torch side keeps torchvision's real model, whose eager steps are cheap.
   arch = {"resnet50": "resnet_tiny", "resnet18": "resnet_tiny", "vgg16": "vgg_tiny_bn"} \
       if dry else {a: a for a in ("resnet50", "resnet18", "vgg16")}
-  peer = ["--peer", "eager"] if dry else ["--peer", "eager,compile"]
+
+  def jax_part(name: str, cap: float, need: float) -> Part:
+    return Part(f"train_{name}", ["train_step.py", "--arch", arch[name], *train, "--no-peer"],
+                cap, need)
+
+  def torch_part(name: str, peers: str, cap: float, need: float) -> Part:
+    def argv(records: dict) -> list:
+      row = _jax_row(records.get(f"train_{name}"))
+      flops = (["--flops-per-image", repr(row["flops_per_image"])]
+               if row and row.get("arch") == name and row.get("flops_per_image") else [])
+      return ["train_step.py", "--arch", name, *train, "--no-jax",
+              "--peer", "eager" if dry else peers, *flops]
+    return Part(f"torch_{name}", argv, cap, need)
+
   out = [
       Part("probe", ["gpu.py", "--probe", *(["--dry-run"] if dry else [])], 60, 20),
-      Part("train_resnet50", ["train_step.py", "--arch", arch["resnet50"], *train, *peer],
-           200, 90),
+      jax_part("resnet50", 120, 50),
+      torch_part("resnet50", "eager,compile", 150, 60),
+      jax_part("resnet18", 90, 40),
+      torch_part("resnet18", "eager,compile", 120, 50),
+      Part("train_utkface_dlib", ["train_step.py", "--arch", "utkface_dlib", "--no-peer",
+                                  "--mode", "last_n=4",
+                                  *(["--batch", "2", "--size", "104", "--steps", "1",
+                                     "--warmup", "1"] if dry else
+                                    ["--batch", "256", "--size", "150", "--steps", "20",
+                                     "--warmup", "3"])], 90, 40),
       Part("predict_resnet50", ["predict.py", "--arch", arch["resnet50"], *predict], 90, 40),
-      Part("train_resnet18", ["train_step.py", "--arch", arch["resnet18"], *train, *peer],
-           150, 70),
       Part("photos", ["faces.py", "--parts", "fused", "--detectors", "full",
                       "--data", os.path.join(data, "crops"),
                       *(["--batch-size", "2", "--steps", "3"] if dry else
@@ -97,15 +128,9 @@ def parts(args) -> list[Part]:
       Part("end_to_end", ["end_to_end.py", "--prepared", os.path.join(data, "prepared"),
                           "--data-dir", os.path.join(args.work, "data_dir"),
                           "--arch", arch["resnet18"], *train], 120, 45),
-      # VGG-16: eager only, as in the reference; its torch.compile would not fit the budget.
-      Part("train_vgg16", ["train_step.py", "--arch", arch["vgg16"], *train, "--peer", "eager"],
-           120, 60),
-      Part("train_utkface_dlib", ["train_step.py", "--arch", "utkface_dlib", "--no-peer",
-                                  "--mode", "last_n=4",
-                                  *(["--batch", "2", "--size", "104", "--steps", "1",
-                                     "--warmup", "1"] if dry else
-                                    ["--batch", "256", "--size", "150", "--steps", "20",
-                                     "--warmup", "3"])], 100, 40),
+      jax_part("vgg16", 90, 40),
+      # VGG-16's peer: eager only, as in the reference; its torch.compile would not fit.
+      torch_part("vgg16", "eager", 90, 40),
       Part("predict_resnet18", ["predict.py", "--arch", arch["resnet18"], *predict], 60, 30),
       Part("predict_vgg16", ["predict.py", "--arch", arch["vgg16"], *predict], 60, 30),
   ]
@@ -115,6 +140,12 @@ def parts(args) -> list[Part]:
     wanted = set(args.parts.split(","))
     out = [p for p in out if p.name in wanted or p.name == "probe"]
   return out
+
+
+def _jax_row(record: dict | None) -> dict | None:
+  """The full-training JAX row of a train_ part's record, if it made one."""
+  rows = ((record or {}).get("result") or {}).get("rows", [])
+  return next((r for r in rows if r.get("impl") == "gender_jax" and "img_s" in r), None)
 
 
 def parse_args(argv=None):
@@ -202,10 +233,10 @@ def _nvidia_smi() -> str | None:
 
 
 # ----------------------------------------------------------------------------- running parts
-def run_part(part: Part, timeout: float, work: str, log) -> dict:
+def run_part(part: Part, timeout: float, work: str, log, records: dict) -> dict:
   """One part in its own process group: its output echoed and logged, its JSON read back."""
   out_json = os.path.join(work, f"{part.name}.json")
-  script, *rest = part.argv
+  script, *rest = part.argv(records) if callable(part.argv) else part.argv
   cmd = [sys.executable, os.path.join(HERE, script), *rest, "--json", out_json]
   _echo(log, f"\n== {part.name} (at most {timeout:.0f} s): {' '.join(cmd[1:])}")
   start = time.perf_counter()
@@ -256,7 +287,8 @@ def summary(results: dict) -> list[dict]:
     if record["status"] != "ok" and not result:
       rows.append(dict(part=name, what=record["status"], value=None, unit="", note=""))
       continue
-    if name.startswith("train_"):
+    if name.startswith(("train_", "torch_")):
+      peers = _peer_rates(results.get("torch_" + name.removeprefix("train_")))
       for r in result.get("rows", []):
         if "img_s" not in r:
           rows.append(dict(part=name, what=f"{r.get('arch')} {r.get('impl')}", value=None,
@@ -271,6 +303,9 @@ def summary(results: dict) -> list[dict]:
             {"torch eager": "eager", "torch.compile": "compile"}.get(r["impl"], ""))
         if ref:
           note.append(f"reference H100 {ref:,}")
+        if r["impl"] == "gender_jax" and r.get("arch") == peers.get("arch"):
+          note += [f"× {peer} {r['img_s'] / rate:.2f}" for peer, rate in peers.items()
+                   if peer != "arch"]
         rows.append(dict(part=name, what=f"{r['arch']} {r['impl']} {r.get('mode', '')}".strip(),
                          value=r["img_s"], unit="img/s", note=", ".join(n for n in note if n)))
     elif name.startswith("predict_"):
@@ -303,6 +338,15 @@ def summary(results: dict) -> list[dict]:
   return rows
 
 
+def _peer_rates(record: dict | None) -> dict:
+  """{"arch": …, "torch eager": img/s, "torch.compile": img/s} of a torch_ part's rows."""
+  rows = [r for r in ((record or {}).get("result") or {}).get("rows", []) if "img_s" in r]
+  out = {r["impl"]: r["img_s"] for r in rows}
+  if rows:
+    out["arch"] = rows[0]["arch"]
+  return out
+
+
 SUMMARY_COLUMNS = [("part", "part", ""), ("what", "what", ""), ("value", "value", ",.1f"),
                    ("unit", "unit", ""), ("note", "note", "")]
 
@@ -329,7 +373,8 @@ def main(argv=None) -> dict:
                                            f"budget left, needs {part.need_s:.0f} s")
         _echo(log, f"\n== {part.name}: skipped ({left:.0f} s left)")
         continue
-      payload["parts"][part.name] = run_part(part, min(part.cap_s, left), args.work, log)
+      payload["parts"][part.name] = run_part(part, min(part.cap_s, left), args.work, log,
+                                             payload["parts"])
       payload["wall_s"] = round(time.time() - started, 1)
       payload["summary"] = summary({k: v for k, v in payload["parts"].items()
                                     if v["status"] != "skipped"})

@@ -6,6 +6,7 @@ benchmarks/gpu_wheels.txt. Every installed distribution in neither list is absen
 rehearsal's processes: TensorFlow, TFDS, Keras, and whatever else this environment has.
 """
 import importlib.metadata
+import importlib.util
 import json
 import os
 import pathlib
@@ -32,18 +33,32 @@ def _names(path: pathlib.Path) -> set[str]:
   return {_normal(line.split()[0].split("==")[0]) for line in lines if line}
 
 
+def _there() -> set[str]:
+  """The distributions the GPU host has or gets (normalised names)."""
+  return (_names(BENCHMARKS / "gpu_host_packages.txt") | _names(BENCHMARKS / "gpu_wheels.txt")
+          | {"gender-jax"})
+
+
+def absent_distributions() -> list[str]:
+  names = {_normal(d.metadata["Name"]) for d in importlib.metadata.distributions()}
+  return sorted(names - _there())
+
+
 def absent_modules() -> list[str]:
   """Top-level modules of the installed distributions the GPU host neither has nor gets."""
-  there = (_names(BENCHMARKS / "gpu_host_packages.txt") | _names(BENCHMARKS / "gpu_wheels.txt")
-           | {"gender-jax"})
+  there = _there()
+  # The repository's own top-level folders come first on the path there (tf2onnx, for one,
+  # installs a `tests` package here).
+  local = {p.name for p in ROOT.iterdir() if p.is_dir()}
   absent = {module for module, dists in importlib.metadata.packages_distributions().items()
             if not any(_normal(d) in there for d in dists)
-            and module not in sys.stdlib_module_names}
+            and module not in sys.stdlib_module_names and module not in local}
   return sorted(absent | set(ALWAYS_ABSENT))
 
 
 def guarded_env(**extra) -> dict:
   env = dict(os.environ, GENDER_JAX_DEVICE_GUARD=",".join(absent_modules()),
+             GENDER_JAX_DEVICE_GUARD_DISTS=",".join(absent_distributions()),
              PYTHONPATH=os.pathsep.join(filter(None, [str(GUARD),
                                                       os.environ.get("PYTHONPATH")])),
              PYTHON=sys.executable)
@@ -55,6 +70,8 @@ def test_the_guard_makes_modules_absent():
   code = ("import importlib.util, importlib.metadata\n"
           "assert importlib.util.find_spec('tensorflow') is None\n"
           "assert importlib.metadata.version('numpy')\n"
+          "assert 'tensorflow-cpu' not in {d.metadata['Name'] for d in "
+          "importlib.metadata.distributions()}\n"
           "try:\n  import tensorflow_datasets\nexcept ModuleNotFoundError: print('absent')\n")
   done = subprocess.run([sys.executable, "-c", code], env=guarded_env(), capture_output=True,
                         text=True, timeout=60, check=False)
@@ -91,8 +108,9 @@ def test_gpu_run_dry_run_under_the_guard(tmp_path):
   failed = {k: v.get("log_tail", "")[-1500:] for k, v in result["parts"].items()
             if v["status"] != "ok"}
   assert not failed, failed
-  assert set(result["parts"]) == {"probe", "train_resnet50", "predict_resnet50", "photos",
-                                  "end_to_end", "train_vgg16", "train_utkface_dlib"}
+  assert set(result["parts"]) == {"probe", "train_resnet50", "torch_resnet50",
+                                  "train_utkface_dlib", "predict_resnet50", "photos",
+                                  "end_to_end", "train_vgg16"}
   assert result["versions"]["jax"] and result["versions_device"]["jax"]
   assert result["device"]["jax"] == result["versions_device"]["jax"]
   parts = {k: v["result"] for k, v in result["parts"].items()}
@@ -100,6 +118,9 @@ def test_gpu_run_dry_run_under_the_guard(tmp_path):
   for name in ("train_resnet50", "train_vgg16", "train_utkface_dlib"):
     (row,) = [r for r in parts[name]["rows"] if r["impl"] == "gender_jax"]
     assert row["img_s"] > 0 and row["compile_s"] > 0 and row["flops_per_image"] > 0
+  if importlib.util.find_spec("torchvision"):  # the peer's path: torchvision's real ResNet-50
+    (peer,) = parts["torch_resnet50"]["rows"]
+    assert peer["impl"] == "torch eager" and peer["arch"] == "resnet50" and peer["img_s"] > 0
   assert [r["batch"] for r in parts["predict_resnet50"]["rows"]] == [1, 4]
   assert any(r["metric"].startswith("img/s") and r["value"] > 0
              for r in parts["photos"]["rows"])
