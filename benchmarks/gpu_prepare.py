@@ -97,14 +97,15 @@ def prepare_data(folder: str, out: str, crops: int) -> dict:
     target = os.path.join(out, "prepared")
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(os.fspath(b.data_path), target)
-  images = sorted(glob.glob(os.path.join(folder, "*", "*.jpg")))
+  images = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
+                  if f.lower().endswith((".jpg", ".jpeg")))
   # Every n-th image, so both classes and many ages are among the crops.
   step = max(1, len(images) // max(crops, 1))
   target_crops = os.path.join(out, "crops")
   shutil.rmtree(target_crops, ignore_errors=True)
   os.makedirs(target_crops)
   for path in images[::step][:crops]:
-    name = f"{os.path.basename(os.path.dirname(path))}_{os.path.basename(path)}"  # male/1.jpg
+    name = os.path.relpath(path, folder).replace(os.sep, "_")  # male/1.jpg, female/1.jpg
     shutil.copy(path, os.path.join(target_crops, name))
   return dict(prepared=target, crops=target_crops, num_crops=len(os.listdir(target_crops)))
 
