@@ -104,11 +104,21 @@ def compiled_cost(compiled) -> dict[str, float | None]:
 
 
 # ----------------------------------------------------------------------------- the project's step
+# Training recipes timed under their config's name: the arch, fine-tune mode and optimizer
+# are the recipe's own (configs/NAME.py), the batch, size and dtype the benchmark's.
+RECIPES = ("utkface_dlib",)
+
+
 def train_config(arch: str, batch_size: int, image_size: int, compute_dtype: str):
-  """The real config for `arch` (VGG's own learning rate and clipping), at this size."""
+  """The real config for `arch` (VGG's own learning rate and clipping; a recipe's whole
+  config), at this size."""
+  import importlib
   from configs import resnet, vgg16
-  config = (vgg16 if arch.startswith("vgg") else resnet).get_config()
-  config.model.arch = arch
+  if arch in RECIPES:
+    config = importlib.import_module(f"configs.{arch}").get_config()
+  else:
+    config = (vgg16 if arch.startswith("vgg") else resnet).get_config()
+    config.model.arch = arch
   config.model.compute_dtype = compute_dtype
   config.data.image_size = image_size
   config.data.batch_size = batch_size
@@ -124,17 +134,23 @@ def create_train_setup(config, mesh, total_steps: int):
   return steps.create_train_setup(config, mesh, total_steps, spec)
 
 
-def synthetic_batch(mesh, batch_size: int, image_size: int, seed: int = 0):
-  """A uint8 NHWC batch and labels generated on the devices, sharded as the trainer shards."""
+def synthetic_batch(mesh, batch_size: int, image_size: int, seed: int = 0,
+                    with_index: bool = False):
+  """A uint8 NHWC batch and labels generated on the devices, sharded as the trainer shards;
+  `with_index`: the examples' stream indices too, which keys augmentation on the device."""
   from gender_jax import parallel
   sharding = parallel.batch_sharding(mesh)
 
   def make():
     k1, k2 = jax.random.split(jax.random.key(seed))
     image = jax.random.randint(k1, (batch_size, image_size, image_size, 3), 0, 256, jnp.int32)
-    return {"image": image.astype(jnp.uint8),
-            "label": jax.random.randint(k2, (batch_size,), 0, 2, jnp.int32)}
-  return jax.jit(make, out_shardings={"image": sharding, "label": sharding})()
+    batch = {"image": image.astype(jnp.uint8),
+             "label": jax.random.randint(k2, (batch_size,), 0, 2, jnp.int32)}
+    if with_index:
+      batch["index"] = jnp.arange(batch_size, dtype=jnp.int32)
+    return batch
+  shardings = {k: sharding for k in ("image", "label", "index")[:3 if with_index else 2]}
+  return jax.jit(make, out_shardings=shardings)()
 
 
 def run_steps(train_step, state, next_batch: Callable[[], Any], steps: int, max_in_flight: int,

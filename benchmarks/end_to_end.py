@@ -4,9 +4,12 @@ on a batch already on the device — the fraction of step throughput the input s
   python benchmarks/end_to_end.py                          # ResNet-18, 224 px, batch 256
   python benchmarks/end_to_end.py --arch resnet50 --workers 15 --json e2e.json
   python benchmarks/end_to_end.py --arch resnet_tiny --batch 8 --size 32 --steps 3
+  python benchmarks/end_to_end.py --prepared DIR      # a prepared copy, opened without TFDS
 
 The dataset is a folder (male/, female/) prepared once with the project's folder builder
-(JPEG array_record, cached under --data-dir). Three measurements in one process:
+(JPEG array_record, cached under --data-dir), or with --prepared a copy of such a prepared
+folder made elsewhere (the `prepared` source: no TFDS or TensorFlow on this host). Three
+measurements in one process:
   pipeline   `pipeline.train_dataset` alone: read, JPEG decode, random-resized crop, flip,
              batch, on the host (grain: --read_threads threads, --workers processes)
   disk       the trainer's loop: next batch → `parallel.put_batch` → jitted step, at most
@@ -34,6 +37,8 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--folder", default=str(common.DEFAULT_FOLDER),
                  help="image folder with male/ and female/ (optional labels.csv)")
+  p.add_argument("--prepared", help="a prepared dataset's folder (its .array_record files and "
+                 "index), read as is instead of preparing --folder")
   p.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "gender_jax_bench"),
                  help="where the prepared copy is cached")
   p.add_argument("--arch", default="resnet18")
@@ -48,7 +53,9 @@ def parse_args(argv=None):
   p.add_argument("--prefetch", type=int, help="grain prefetch buffer (default: the config's)")
   p.add_argument("--json", help="write the results here")
   args = p.parse_args(argv)
-  if not os.path.isdir(args.folder):
+  if args.prepared and not os.path.isdir(args.prepared):
+    p.error(f"--prepared {args.prepared}: not a directory")
+  if not args.prepared and not os.path.isdir(args.folder):
     p.error(f"--folder {args.folder}: not a directory")
   if args.steps < 1 or args.batch < 1:
     p.error("--steps and --batch must be ≥ 1")
@@ -57,7 +64,10 @@ def parse_args(argv=None):
 
 def make_config(args):
   config = common.train_config(args.arch, args.batch, args.size, common.resolve_dtype(args.dtype))
-  config.data.folder = os.path.abspath(args.folder)
+  if args.prepared:
+    config.data.sources["prepared"] = dict(path=os.path.abspath(args.prepared), weight=1.0)
+  else:
+    config.data.folder = os.path.abspath(args.folder)
   config.data.data_dir = os.path.abspath(args.data_dir)
   for key in ("workers", "read_threads", "prefetch"):
     value = getattr(args, key)
@@ -75,9 +85,11 @@ def main(argv=None) -> dict:
   info = common.device_info(with_torch=False)
   config = make_config(args)
   start = time.perf_counter()
-  prepare.prepare("folder", config.data.folder, config.data.data_dir)
-  num_train = len(sources.get_source("folder", "train", config))
-  print(f"{args.folder}: {num_train} train images, prepared/opened in "
+  name = "prepared" if args.prepared else "folder"
+  if not args.prepared:
+    prepare.prepare("folder", config.data.folder, config.data.data_dir)
+  num_train = len(sources.get_source(name, "train", config))
+  print(f"{args.prepared or args.folder}: {num_train} train images, prepared/opened in "
         f"{time.perf_counter() - start:.1f} s; {args.arch}, batch {args.batch}, {args.size} px "
         f"on {info['device_kind']} ({info['platform']}); grain workers "
         f"{config.data.num_workers}, read threads {config.data.read_threads}, prefetch "
@@ -141,7 +153,10 @@ def main(argv=None) -> dict:
   payload = dict(benchmark="end_to_end", device=info, args=vars(args), compile_s=compile_s,
                  num_train=num_train, grain=dict(num_workers=config.data.num_workers,
                                                  read_threads=config.data.read_threads,
-                                                 prefetch=config.data.prefetch),
+                                                 prefetch=config.data.prefetch,
+                                                 resolved=dict(zip(
+                                                     ("read_threads", "num_workers"),
+                                                     pipeline.input_parallelism(config)))),
                  rows=rows, verdict=verdict)
   common.write_json(args.json, payload)
   return payload

@@ -64,7 +64,11 @@ def parse_args(argv=None):
   p.add_argument("--data", default=str(common.DEFAULT_FOLDER),
                  help="UTKFace folder (male/, female/, labels.csv)")
   p.add_argument("--splits", help="splits.csv of the bundle's run (accuracy, gap: its --split rows)")
-  p.add_argument("--bundle", help="inference bundle (fused: random resnet18/16 at 64 px if none)")
+  p.add_argument("--bundle", help="inference bundle (fused: a random one if none, "
+                                   "--random-bundle)")
+  p.add_argument("--random-bundle", default="resnet18@64",
+                 help="ARCH@SIZE of the random bundle fused runs without --bundle: resnet18@64 "
+                      "(width 16), dlib_resnet@150 (the utkface_dlib recipe's shape)")
   p.add_argument("--photos", type=int, default=40, help="group photos for recall")
   p.add_argument("--limit", type=int, help="at most this many images (accuracy, gap, auto)")
   p.add_argument("--split", default="test", help="accuracy, gap, auto: the split's rows of --splits")
@@ -154,15 +158,24 @@ def speed(args, kinds):
   return rows
 
 
-def random_bundle(directory):
+def random_bundle(directory, spec: str = "resnet18@64"):
+  """A bundle of random weights: ARCH@SIZE (resnet18 at width 16; dlib_resnet as the
+  utkface_dlib recipe builds it, with its preprocessing)."""
   import ml_collections
   from flax import nnx
   from gender_jax.inference.bundle import save_bundle
   from gender_jax.data.preprocess import make_spec
   from gender_jax.models import create_model
-  cfg = dict(arch="resnet18", width=16, num_classes=2, compute_dtype="float32", dropout=0.0)
+  arch, _, size = spec.partition("@")
+  cfg = dict(arch=arch, num_classes=2, compute_dtype="float32", dropout=0.0)
+  preprocessing = "scratch"
+  if arch == "resnet18":
+    cfg["width"] = 16
+  elif arch == "dlib_resnet":
+    preprocessing = "dlib"  # what a bundle fine-tuned from the converted weights records
   model = create_model(ml_collections.ConfigDict(cfg), rngs=nnx.Rngs(0))
-  save_bundle(directory, model, model_config=cfg, preprocessing=make_spec(64))
+  save_bundle(directory, model, model_config=cfg,
+              preprocessing=make_spec(int(size or 64), preprocessing))
   return directory
 
 
@@ -351,7 +364,7 @@ def main(argv=None):
   bundle = args.bundle
   if not bundle and ("fused" in parts):
     import tempfile
-    bundle = random_bundle(os.path.join(tempfile.mkdtemp(), "bundle"))
+    bundle = random_bundle(os.path.join(tempfile.mkdtemp(), "bundle"), args.random_bundle)
   rows = []
   for part, fn in (("recall", lambda: recall(args, kinds)), ("speed", lambda: speed(args, kinds)),
                    ("fused", lambda: fused(args, kinds, bundle)),
@@ -361,7 +374,7 @@ def main(argv=None):
       new = fn()
       rows += new
       print(common.format_table(new, COLUMNS).split("\n", 2)[-1], flush=True)
-  common.report("faces", rows, COLUMNS, info, args)
+  return common.report("faces", rows, COLUMNS, info, args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
   python benchmarks/train_step.py                         # ResNet-50, ResNet-18, VGG-16 at 224 px
   python benchmarks/train_step.py --arch resnet50 --batch 256 --steps 50 --json r50.json
   python benchmarks/train_step.py --arch resnet_tiny --batch 8 --size 32 --steps 2 --no-peer
+  python benchmarks/train_step.py --arch resnet50 --no-jax --flops-per-image 2.38e10  # peers alone
   python benchmarks/train_step.py --arch resnet50,vgg16 --mode all,last_n=1,head \
       --batch 16 --size 64 --steps 5 --warmup 1 --no-peer     # fine-tune modes side by side
 
@@ -49,7 +50,9 @@ COLUMNS = [("arch", "model", ""), ("impl", "implementation", ""), ("mode", "mode
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--arch", default=",".join(ARCHS), help="comma-separated model names")
+  p.add_argument("--arch", default=",".join(ARCHS),
+                 help="comma-separated model names, or a recipe's config name "
+                      f"({', '.join(common.RECIPES)}: its arch, fine-tune mode and optimizer)")
   p.add_argument("--batch", type=int, default=256, help="global batch size")
   p.add_argument("--size", type=int, default=224, help="image size (px)")
   p.add_argument("--steps", type=int, default=50, help="timed steps")
@@ -60,6 +63,10 @@ def parse_args(argv=None):
                  help="mesh size (0: every device); 1 compares one device with the peer")
   p.add_argument("--peer", default="eager,compile", help="torch peers: eager, compile")
   p.add_argument("--no-peer", dest="peer", action="store_const", const="")
+  p.add_argument("--no-jax", dest="jax", action="store_false",
+                 help="the torch peers alone (their MFU from --flops-per-image)")
+  p.add_argument("--flops-per-image", type=float,
+                 help="with --no-jax: XLA's FLOPs per image of the same step, from a JAX run")
   p.add_argument("--compile-mode", default="default",
                  help="torch.compile mode (default, max-autotune, …)")
   p.add_argument("--mode", default="all", help="comma-separated fine-tune modes: all, head, "
@@ -108,7 +115,8 @@ def bench_jax(config, args, with_forward: bool = False) -> dict:
   parallel.local_batch_size(args.batch, mesh)  # a clear error when it does not divide
   setup = common.create_train_setup(config, mesh, total_steps=10**6)
   state = jax.jit(setup.init_state, out_shardings=setup.state_sharding)()
-  batch = common.synthetic_batch(mesh, args.batch, args.size)
+  batch = common.synthetic_batch(mesh, args.batch, args.size,
+                                 with_index=bool(config.data.get("device_augment", False)))
   spec = preprocess.make_spec(config.data.image_size, config.data.preprocessing)
   fwd = forward_flops(setup, mesh, batch, spec, config.model.compute_dtype) if with_forward else None
 
@@ -217,7 +225,7 @@ def bench_arch(arch: str, args) -> list[dict]:
   # The forward pass's FLOPs beside the fine-tune rows' show what backward is left in them.
   with_forward = any(mode in ("head", "last_n") for _, mode, _ in args.modes)
   jax_rows = []
-  for label, mode, last_n in args.modes:
+  for label, mode, last_n in (args.modes if args.jax else []):
     if len(labels) > 1:
       print(f"  mode {label}", flush=True)
     row = bench_jax(mode_config(config, mode, last_n), args, with_forward=with_forward)
@@ -227,7 +235,7 @@ def bench_arch(arch: str, args) -> list[dict]:
   device = jax.devices()[0]
   peak, peak_source = common.peak_tflops(device.device_kind, args.peak)
   by_mode = {r["mode"]: r for r in jax_rows}
-  full_flops = by_mode[full]["flops_per_image"] if full else None
+  full_flops = by_mode[full]["flops_per_image"] if full in by_mode else args.flops_per_image
   rows = jax_rows + peer_rows
   for r in rows:
     r.update(arch=arch, batch=args.batch, size=args.size, dtype=compute_dtype)
@@ -248,7 +256,7 @@ def bench_arch(arch: str, args) -> list[dict]:
     if full and "img_s" in by_mode[full]:
       row["x_all"] = row["img_s"] / by_mode[full]["img_s"]
     row.update(peak_tflops=peak, peak_source=peak_source)
-  if full:
+  if full in by_mode:
     for peer, key in (("torch eager", "x_eager"), ("torch.compile", "x_compile")):
       if peer in by_impl:
         jax_row = by_mode[full]

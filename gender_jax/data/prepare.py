@@ -174,11 +174,28 @@ def _split_files(data_path: str, builder_name: str, split: str) -> list[list]:
 
 
 def _as_data_source(data_path: str, split: str, name: str):
+  """TFDS's own reader of the split (its generic parse): what the pipeline's records are
+  checked against in tests."""
   import tensorflow_datasets as tfds
   b = tfds.builder_from_directory(data_path)
   if split not in b.info.splits:
     raise ValueError(f"{name}: no split {split!r} in {data_path} (has {sorted(b.info.splits)})")
   return b.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def _serialized_records(data_path: str, builder_name: str, split: str, name: str):
+  """The split's serialized records in TFDS's order, read with array_record alone: training
+  and indexing need neither TFDS nor TensorFlow on the host (a GPU host may have neither)."""
+  from array_record.python import array_record_data_source
+  pattern = os.path.join(glob.escape(data_path), f"{builder_name}-*.array_record*")
+  shards = sorted(glob.glob(pattern))
+  mine = [p for p in shards if os.path.basename(p).startswith(f"{builder_name}-{split}.")]
+  if not mine:
+    found = {os.path.basename(p)[len(builder_name) + 1:].split(".array_record")[0]
+             for p in shards}
+    raise ValueError(f"{name}: no split {split!r} in {data_path} (has {sorted(found)})")
+  # Shards are named NAME-SPLIT.array_record-00000-of-0000N: sorted is TFDS's record order.
+  return array_record_data_source.ArrayRecordDataSource(mine)
 
 
 def write_index(data_path: str, builder_name: str, split: str) -> dict[str, list]:
@@ -187,12 +204,12 @@ def write_index(data_path: str, builder_name: str, split: str) -> dict[str, list
   A read-only data dir is fine: the index is then kept in memory for this process only.
   """
   from gender_jax.data import schema
-  ds = _as_data_source(data_path, split, builder_name)
+  ds = _serialized_records(data_path, builder_name, split, builder_name)
   columns: dict[str, list] = {k: [] for k in schema.INDEX_FIELDS}
   chunk = 1024
   for lo in range(0, len(ds), chunk):
     for raw in ds.__getitems__(list(range(lo, min(lo + chunk, len(ds))))):
-      for k, v in schema.index_fields(raw).items():
+      for k, v in schema.index_fields(schema.from_example(raw)).items():
         columns[k].append(v)
   doc = dict(version=INDEX_VERSION, files=_split_files(data_path, builder_name, split),
              num_records=len(ds), columns=columns)
@@ -213,7 +230,7 @@ def read_index(data_path: str, builder_name: str, split: str, name: str = "") ->
   path = os.path.join(data_path, INDEX_FILE.format(split=split))
   files = _split_files(data_path, builder_name, split)
   if not files:  # no such split: the same one-line error as opening it
-    _as_data_source(data_path, split, name or builder_name)
+    _serialized_records(data_path, builder_name, split, name or builder_name)
   try:
     with open(path) as f:
       doc = json.load(f)
@@ -242,7 +259,7 @@ class RecordSource:
 
   def _open(self):
     if self._ds is None:
-      self._ds = _as_data_source(self.data_path, self.split, self.name)
+      self._ds = _serialized_records(self.data_path, self.builder_name, self.split, self.name)
     return self._ds
 
   def __getstate__(self):
@@ -270,12 +287,30 @@ class RecordSource:
   def _read(self, index: int, metadata: bool) -> dict[str, Any]:
     from gender_jax.data import schema
     # The serialized record from array_record, parsed here rather than by TFDS (4x faster).
-    record = schema.from_example(self._open().data_source[int(index)], metadata)
+    record = schema.from_example(self._open()[int(index)], metadata)
     record["source"] = self.name
     return record
 
   def __repr__(self):
     return f"RecordSource({self.name}:{self.split}, {self._len} records, {self.data_path})"
+
+
+class PreparedCopy:
+  """A prepared dataset's version folder (array_record shards, dataset_info.json, metadata,
+  split indexes) copied to another host: opened without TFDS, as the `prepared` source kind
+  (`config.data.sources.prepared.path=DIR`). It offers what `open_split`, `bad_files` and
+  `summary` read of a builder, so a training host needs neither TFDS nor TensorFlow."""
+
+  def __init__(self, path: str):
+    self.data_path = os.path.abspath(os.path.expanduser(path))
+    info = os.path.join(self.data_path, "dataset_info.json")
+    try:
+      with open(info) as f:
+        self.name = json.load(f)["name"]
+    except (OSError, ValueError, KeyError) as e:
+      raise ValueError(f"prepared: {path} is not a prepared dataset's folder (no readable "
+                       f"dataset_info.json: {getattr(e, 'strerror', None) or e}); give the "
+                       "folder that holds the .array_record files") from None
 
 
 def open_split(b, split: str, name: str) -> RecordSource:

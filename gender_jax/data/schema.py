@@ -159,8 +159,8 @@ def from_example(serialized: bytes, metadata: bool = True) -> dict[str, Any]:
   conversion costs ~0.1 ms a record in Python, a quarter of a small image's whole host
   cost in training (benchmarks/README.md, "Input pipeline"). `metadata=False`: image,
   label, source and path only (what training reads; no JSON to parse)."""
-  from tensorflow_datasets.proto import tf_example_pb2
-  f = tf_example_pb2.Example.FromString(serialized).features.feature
+  from gender_jax.data.example_proto import Example
+  f = Example.FromString(serialized).features.feature
 
   def text(key):
     return f[key].bytes_list.value[0].decode()
@@ -173,13 +173,12 @@ def from_example(serialized: bytes, metadata: bool = True) -> dict[str, Any]:
 
 
 def index_fields(record: dict[str, Any]) -> dict[str, Any]:
-  """A raw record read back from array_record → its INDEX_FIELDS (the image is dropped).
+  """A record as `from_example` parses it → its INDEX_FIELDS (the image is dropped).
 
   `subgroups` stays JSON text: 40 CelebA attributes as a dict per record would make the
   index of 200k records take a gigabyte in every process; it is decoded where it is used.
   """
-  r = from_record(dict(record, image=b""))
-  r["subgroups"] = json.dumps(r["subgroups"], sort_keys=True)
+  r = dict(record, subgroups=json.dumps(record["subgroups"], sort_keys=True))
   return {k: r[k] for k in INDEX_FIELDS}
 
 

@@ -7,7 +7,9 @@ a tag after a colon ("folder:office", "folder:home") to use one kind several tim
 
 Prepared sources (celeba, peta, rap, pa100k, muct, folder) take `manual_dir` (a folder also takes
 `path`), optional `data_dir`, and prepare themselves on first use (see prepare.py);
-`config.data.folder=PATH` is a shortcut for one folder source. "synthetic" is generated on
+`config.data.folder=PATH` is a shortcut for one folder source. "prepared" opens a prepared
+source's folder copied from elsewhere (`path`: the folder of its .array_record files) and
+needs neither TFDS nor TensorFlow. "synthetic" is generated on
 the fly, needs no files, and is what the demo uses.
 
 Start-up (counts, balancing, exclusion, the split listing) reads a source's metadata
@@ -72,6 +74,10 @@ def prepared_builder(kind: str, options, config):
   from gender_jax.data import prepare
   if kind == "celeba" and options.get("from_catalog", False):
     return None
+  if kind == "prepared":  # already prepared elsewhere: nothing to prepare, no TFDS
+    if not options.get("path"):
+      raise ValueError("prepared: give the prepared dataset's folder as `path`")
+    return prepare.PreparedCopy(options.path)
   manual_dir = options.get("manual_dir") or options.get("path")
   args = dict(version=options.get("version"), store_size=store_size(options, config))
   key = json.dumps([kind, manual_dir, _data_dir(options, config), args], default=str)
@@ -85,12 +91,13 @@ _OPENED: dict[str, Any] = {}  # the trainer asks for the same split several time
 
 def _prepared(kind: str):
   def factory(split, options, config):
-    from gender_jax.data import celeba, prepare
+    from gender_jax.data import prepare
     key = json.dumps([kind, split, options.to_dict() if hasattr(options, "to_dict") else options,
                       config.data.get("data_dir")], sort_keys=True, default=str)
     if key not in _OPENED:
       b = prepared_builder(kind, options, config)
       if b is None:
+        from gender_jax.data import celeba  # TFDS's catalog: only where it is asked for
         _OPENED[key] = celeba.CatalogSource(split, _data_dir(options, config))
       else:
         _OPENED[key] = prepare.open_split(b, split, options.get("source_name", kind))
@@ -98,7 +105,7 @@ def _prepared(kind: str):
   return factory
 
 
-for _kind in ("celeba", "peta", "rap", "pa100k", "muct", "folder"):
+for _kind in ("celeba", "peta", "rap", "pa100k", "muct", "folder", "prepared"):
   register(_kind)(_prepared(_kind))
 
 
