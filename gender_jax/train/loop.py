@@ -100,7 +100,8 @@ def _input_spec(config) -> tuple[dict, dict | None]:
         config.model.variant = recorded["variant"]
   else:
     init_meta = None
-  return preprocess.make_spec(config.data.image_size, config.data.preprocessing), init_meta
+  return preprocess.make_spec(config.data.image_size, config.data.preprocessing,
+                              config.data.get("resize", "squash")), init_meta
 
 
 def _restore(source, setup):
@@ -178,14 +179,21 @@ def _log_train(writer, step: int, total_steps: int, pending: list, rate: float, 
 
 
 def _face_template(config, val_sources: dict) -> dict | None:
-  """Where the detector puts eyes and mouth on this run's crops (`config.face_template`
-  "measure"), so predict and serve align photos' faces the way this model saw faces. None
-  (the bundle then uses the UTKFace framing) when off or when the crops hold too few faces
-  (pedestrian or synthetic data)."""
+  """Where the detector puts eyes and mouth on this run's face crops (`config.face_template`
+  "measure"), so predict and serve align photos' faces the way this model saw faces:
+  measured on the face sources' validation crops only (person crops would frame a face
+  nothing like them). None (the bundle then uses the UTKFace framing) when off, when no
+  source holds faces, or when the crops hold too few faces (synthetic data)."""
   if config.get("face_template", "off") != "measure":
     return None
+  from gender_jax.data.sources import input_kinds
   from gender_jax.faces import template
-  found = template.measure_records(next(iter(val_sources.values())))
+  kinds = input_kinds(config)
+  faces = [s for name, s in val_sources.items() if kinds.get(name, "faces") == "faces"]
+  if not faces:
+    logging.info("face template: no face source; none (the bundle classifies persons whole)")
+    return None
+  found = template.measure_records(faces[0])
   logging.info("face template: %s", found or "too few faces in the validation crops; none")
   return found
 
@@ -197,7 +205,9 @@ def _write_bundle(config, workdir: str, setup, state, spec, step: int, last_eval
   params, batch_stats = jax.device_get(inference_weights(state))
   model = nnx.merge(setup.eval_graphdef, params, batch_stats)
   directory = os.path.join(workdir, "bundle")
-  extra = dict(step=int(step), metrics=last_eval)
+  from gender_jax.data.sources import input_kinds
+  extra = dict(step=int(step), metrics=last_eval,
+               inputs=sorted(set(input_kinds(config).values())))
   template = _face_template(config, val_sources)
   if template:
     extra["face_template"] = template
