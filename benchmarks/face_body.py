@@ -3,7 +3,7 @@ body model's answers combined (late fusion of calibrated log-odds, as MiVOLO com
 and body, here without retraining either model).
 
   python benchmarks/face_body.py --body RUN_PERSONS/bundle --face RUN_FACES/bundle \
-      --manual_dir PETA_DIR [--data_dir DIR] --json face_body.json
+      --manual-dir PETA_DIR [--data-dir DIR] --json face_body.json
 
 The crops: PETA's validation and test splits (prepared as `configs/peta.py` trains on them).
 Each crop goes through BlazeFace (full range); where a face scores over the detector's
@@ -40,8 +40,8 @@ def _balanced(p_male, labels) -> float:
 def answers(body, face, records, batch: int = 8) -> dict[str, np.ndarray]:
   """Per crop: the body's p(male), the face's p(male) (NaN where no face) and the label."""
   from gender_jax.data.preprocess import decode
-  from gender_jax.faces.fused import FacePipeline
-  from gender_jax.predictor import Predictor
+  from gender_jax.inference.photos import FacePipeline
+  from gender_jax.inference.predictor import Predictor
   predictor = Predictor(body, batch_size=32, tta="flip")
   out = predictor.logits_for_records(records)
   body_p = predictor.probabilities(out.values)[:, 1]
@@ -65,14 +65,15 @@ def fuse(a: dict[str, np.ndarray], w: float) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-  from gender_jax import stats
-  from gender_jax.bundle import Bundle
+  from gender_jax.evaluation import stats
+  from gender_jax.inference.bundle import Bundle
   from gender_jax.data import prepare
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--body", required=True, help="bundle that classifies person crops whole")
   parser.add_argument("--face", required=True, help="bundle that classifies aligned faces")
-  parser.add_argument("--manual_dir", required=True, help="PETA as published")
-  parser.add_argument("--data_dir", default=None, help="where it is prepared")
+  parser.add_argument("--manual-dir", dest="manual_dir", required=True,
+                      help="PETA as published")
+  parser.add_argument("--data-dir", dest="data_dir", default=None, help="where it is prepared")
   parser.add_argument("--json", default=None, help="write the results here too")
   parser.add_argument("--limit", type=int, default=0,
                       help="the first N crops of each split only, for a quick look")

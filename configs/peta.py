@@ -1,6 +1,6 @@
 """PETA persons (whole-body crops), fine-tuning dlib's face ResNet, letterboxed at 150 px.
 
-  python -m gender_jax.data prepare --source peta --manual_dir PETA_DIR   # optional
+  python -m gender_jax.data prepare --source peta --manual-dir PETA_DIR   # optional
   python -m gender_jax.train --config configs/peta.py --workdir runs/peta \
       --config.data.sources.peta.manual_dir=PETA_DIR --config.init_from=weights/dlib_face
   python -m gender_jax.evaluate --workdir runs/peta --tta flip --out runs/peta/report

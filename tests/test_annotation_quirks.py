@@ -100,7 +100,8 @@ def test_rap_and_pa100k_bad_values_and_repeats(tmp_path):
   pytest.importorskip("scipy")
   from scipy.io import loadmat, savemat
 
-  from gender_jax.data import fixtures, pa100k, rap
+  from gender_jax.data import pa100k, rap
+  from tests.fixtures import datasets as fixtures
   fixtures.rap(str(tmp_path / "rap"), 2)
   mat = loadmat(tmp_path / "rap" / "RAP_annotation.mat")
   ann = mat["RAP_annotation"][0, 0]
@@ -132,7 +133,8 @@ def test_rap_and_pa100k_bad_values_and_repeats(tmp_path):
 
 def test_muct_strict_stops_at_a_misnamed_file(tmp_path):
   pytest.importorskip("tensorflow_datasets")
-  from gender_jax.data import fixtures, prepare
+  from gender_jax.data import prepare
+  from tests.fixtures import datasets as fixtures
   fixtures.muct(str(tmp_path / "m"))
   with pytest.raises(schema.AnnotationError, match=r"name does not match MUCT"):
     prepare.prepare("muct", str(tmp_path / "m"), str(tmp_path / "d"), strict=True)
@@ -146,7 +148,7 @@ def test_prepare_command_lists_the_skipped_person_and_strict_stops(tmp_path):
   import subprocess
   import sys
 
-  from gender_jax.data import fixtures
+  from tests.fixtures import datasets as fixtures
   from tests.helpers import REPO
   fixtures.peta_archive(str(tmp_path / "m"))
   label = tmp_path / "m" / "PETA dataset" / "CUHK" / "archive" / "Label.txt"
@@ -156,14 +158,14 @@ def test_prepare_command_lists_the_skipped_person_and_strict_stops(tmp_path):
 
   def prepare(*extra):
     return subprocess.run([sys.executable, "-m", "gender_jax.data", "prepare", "--source",
-                           "peta", "--manual_dir", str(tmp_path / "m"), *extra],
+                           "peta", "--manual-dir", str(tmp_path / "m"), *extra],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
-  strict = prepare("--data_dir", str(tmp_path / "strict"), "--strict")
+  strict = prepare("--data-dir", str(tmp_path / "strict"), "--strict")
   assert strict.returncode == 2, strict.stderr
   assert strict.stderr.strip().splitlines() == [
       "error: " + str(tmp_path / "m" / "PETA dataset" / "CUHK" / "archive" / "Label.txt") +
       ":2: needs exactly one of personalMale / personalFemale, found neither (person 2)"]
-  ok = prepare("--data_dir", str(tmp_path / "d"))
+  ok = prepare("--data-dir", str(tmp_path / "d"))
   assert ok.returncode == 0, ok.stderr
   assert ("skipped annotation lines: 1\n  PETA dataset/CUHK/archive/Label.txt:2: needs exactly "
           "one of personalMale / personalFemale, found neither (person 2)\n") in ok.stdout

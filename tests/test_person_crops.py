@@ -51,7 +51,7 @@ def test_training_letterboxes_a_person_crop_whole(backend):
 
 
 def test_predictor_views_letterbox_as_the_bundle_says():
-  from gender_jax.predictor import views
+  from gender_jax.inference.predictor import views
   spec = preprocess.make_spec(30, "scratch", resize="letterbox")
   plain, flipped = views(_tall(), 30, "flip", spec)
   assert (plain[:, :10] == 128).all() and (plain[:, 10:20] >= 140).all()
@@ -93,7 +93,7 @@ def test_faces_auto_on_a_faces_and_persons_bundle_answers_a_faceless_crop_whole(
 def test_sources_say_whether_they_hold_faces_or_persons():
   import ml_collections
 
-  from gender_jax import trainer
+  from gender_jax.train import loop
   from gender_jax.data import sources
   config = ml_collections.ConfigDict(dict(face_template="measure", data=dict(
       folder="", sources={"peta": dict(weight=1.0), "folder:office": dict(weight=1.0),
@@ -102,7 +102,7 @@ def test_sources_say_whether_they_hold_faces_or_persons():
                                          "folder:cctv": "persons"}
   # No face source: no template measured (the detector never runs on person crops).
   del config.data.sources["folder:office"]
-  assert trainer._face_template(config, {"peta": None, "folder:cctv": None}) is None
+  assert loop._face_template(config, {"peta": None, "folder:cctv": None}) is None
   config.data.sources["folder:cctv"].inputs = "bodies"
   with pytest.raises(ValueError, match=r"inputs='bodies': choose from \('faces', 'persons'\)"):
     sources.input_kinds(config)
