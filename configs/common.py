@@ -17,6 +17,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.batch_size = 256           # global, over all devices of all hosts
   config.data.eval_batch_size = 256
   config.data.crop_scale = (0.6, 1.0)
+  # "squash" to image_size x image_size, or "letterbox": aspect kept, padded (person crops);
+  # recorded in the bundle's preprocessing, so predict and serve resize the same way.
+  config.data.resize = "squash"
   config.data.flip = True
   config.data.num_workers = 0            # grain worker processes; threads cost less per image
   config.data.read_threads = -1          # decode threads per process (-1: cores-1 on an accelerator, 2 on CPU)

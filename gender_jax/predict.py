@@ -67,6 +67,12 @@ def main(argv=None):
   bundle = bundle_lib.load_bundle(bundle_dir, args.compute_dtype)
   if args.abstain_threshold is not None:
     bundle.calibration = dict(bundle.calibration, abstain_threshold=args.abstain_threshold)
+  if args.faces == "auto" and bundle.inputs == ("persons",):
+    # Trained on person crops alone: each image is one, classified whole (as in training);
+    # hunting it for a face would answer "no_face" for most of them.
+    args.faces = "off"
+    print("the bundle was trained on person crops: --faces auto classifies each image whole",
+          file=sys.stderr)
   if args.faces == "off":
     predictor = Predictor(bundle, batch_size=args.batch_size, tta=args.tta)
     columns, source = CSV_COLUMNS, predictor.predict_paths(paths, progress=not args.quiet)
@@ -75,7 +81,10 @@ def main(argv=None):
     pipeline = FacePipeline(bundle, **face_options, faces=args.faces, tta=args.tta,
                             batch_size=max(1, args.batch_size // args.max_faces))
     columns = CSV_COLUMNS + FACE_COLUMNS
-    source = face_rows(pipeline, paths, args.save_crops, progress=not args.quiet)
+    # A model that also saw person crops answers an image without a face whole.
+    whole = (Predictor(bundle, batch_size=1, tta=args.tta)
+             if args.faces == "auto" and "persons" in bundle.inputs else None)
+    source = face_rows(pipeline, paths, args.save_crops, progress=not args.quiet, whole=whole)
   rows = []
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w", newline="") as f:

@@ -122,7 +122,8 @@ class GenderClassifier:
         bundle_format_version=self.bundle.meta.get("format_version"),
         bundle_sha256=_bundle_digest(path), bundle_path=os.path.abspath(path),
         class_names=list(self.bundle.class_names), calibration=dict(self.bundle.calibration),
-        preprocessing=self.bundle.preprocessing, batch_sizes=list(self.batch_sizes),
+        preprocessing=self.bundle.preprocessing, inputs=list(self.bundle.inputs),
+        batch_sizes=list(self.batch_sizes),
         backend=jax.default_backend(),
         faces=dict(detector=faces_detector or None, max_faces=int(max_faces),
                    batch_size=int(faces_batch_size), tiles=faces_tiles) if faces_detector else None,
@@ -214,12 +215,15 @@ class GenderClassifier:
     try:
       faces = inputs.faces_mode(request.query_params.get("faces", "off"),
                                 enabled=self.face_pipeline is not None)
+      if faces == "auto" and self.bundle.inputs == ("persons",):
+        faces = "off"  # a persons-only model classifies each crop whole, never "no face"
       encoded = await inputs.encoded_images(request, self.limits)
       size = None if faces != "off" else self.bundle.image_size  # photos keep their pixels
       loop = asyncio.get_running_loop()
       images = await asyncio.gather(*(
           loop.run_in_executor(self.decoder, inputs.decode_image, name, data, size,
-                               self.limits.max_image_pixels) for name, data in encoded))
+                               self.limits.max_image_pixels, self.bundle.preprocessing)
+          for name, data in encoded))
     except inputs.BadRequest as e:
       self.stats["bad_requests"][e.status] = self.stats["bad_requests"].get(e.status, 0) + 1
       self.m_bad.inc(tags={"status": str(e.status)})

@@ -140,14 +140,16 @@ def faces_mode(value: str, enabled: bool) -> str:
   return value
 
 
-def decode_image(name: str, data: bytes, size: int | None, max_pixels: int) -> np.ndarray:
-  """Encoded bytes → uint8 (size, size, 3) through the eval path (`size` None: the photo's own
-  size, for face detection), or a BadRequest naming `name`."""
+def decode_image(name: str, data: bytes, size: int | None, max_pixels: int,
+                 spec: dict | None = None) -> np.ndarray:
+  """Encoded bytes → uint8 (size, size, 3) through the eval path, resized as `spec` (the
+  bundle's preprocessing: squashed or letterboxed) says (`size` None: the photo's own size,
+  for face detection), or a BadRequest naming `name`."""
   try:
     # The header is checked against max_pixels before any pixel is decoded.
     if size is None:
       return preprocess.decode(data, max_pixels=max_pixels)
-    return preprocess.eval_image(data, size, max_pixels=max_pixels)
+    return preprocess.eval_image(data, size, max_pixels=max_pixels, spec=spec)
   except preprocess.ImageTooLarge as e:
     raise BadRequest(413, f"{name}: {e}") from None
   except preprocess.ImageError as e:

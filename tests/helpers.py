@@ -54,8 +54,10 @@ def train_cli(workdir: str, *overrides: str, timeout: float = 240, **popen):
                           stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def constant_bundle(directory, bias=(0.0, 1.0), size=16, abstain_threshold=0.0):
-  """A resnet_tiny whose weights are all zero but the head bias: logits = bias for any image."""
+def constant_bundle(directory, bias=(0.0, 1.0), size=16, abstain_threshold=0.0,
+                    resize="squash", inputs=None):
+  """A resnet_tiny whose weights are all zero but the head bias: logits = bias for any image
+  (`resize` and `inputs` as a bundle trained on person crops records them)."""
   import ml_collections
   from flax import nnx
   from gender_jax.inference.bundle import save_bundle
@@ -73,8 +75,9 @@ def constant_bundle(directory, bias=(0.0, 1.0), size=16, abstain_threshold=0.0):
           for k, v in flat.items()}
   load_flat(model, flat)
   save_bundle(str(directory), model, model_config=cfg.to_dict(),
-                         preprocessing=make_spec(size),
-                         calibration=dict(temperature=1.0, abstain_threshold=abstain_threshold))
+                         preprocessing=make_spec(size, resize=resize),
+                         calibration=dict(temperature=1.0, abstain_threshold=abstain_threshold),
+                         extra=dict(inputs=list(inputs)) if inputs else None)
   return str(directory)
 
 

@@ -68,8 +68,11 @@ def _edit_line(path, index: int, edit):
 def test_celeba_malformed_annotation(tmp_path):
   fixtures.celeba(str(tmp_path))
   _edit_line(tmp_path / "list_attr_celeba.txt", 4, lambda line: line.replace(" 1", " 7", 1))
-  with pytest.raises(schema.AnnotationError, match=r"list_attr_celeba.txt:5: attribute values"):
-    prepare.prepare("celeba", str(tmp_path), str(tmp_path / "d"))
+  with pytest.raises(schema.AnnotationError, match=r"list_attr_celeba.txt:5: .*attribute values"):
+    prepare.prepare("celeba", str(tmp_path), str(tmp_path / "d"), strict=True)
+  b = prepare.prepare("celeba", str(tmp_path), str(tmp_path / "d"))  # skipped, listed
+  assert [x["where"] for x in prepare.summary(b)["bad_annotations"]] == ["list_attr_celeba.txt:5"]
+  assert len(_records(b)) == 23
 
 
 def test_peta_archive_folders(tmp_path):
@@ -87,11 +90,21 @@ def test_peta_archive_folders(tmp_path):
 
 
 def test_peta_label_without_gender(tmp_path):
-  fixtures.peta_archive(str(tmp_path))
+  """Real PETA's PRID 0298 (only `carryingBabyBuggy`): the person is skipped and named, the
+  rest prepares; --strict stops at it."""
+  truth = fixtures.peta_archive(str(tmp_path))
   _edit_line(tmp_path / "PETA dataset" / "CUHK" / "archive" / "Label.txt", 2,
              lambda line: line.replace("personalMale", "").replace("personalFemale", ""))
   with pytest.raises(schema.AnnotationError, match=r"CUHK/archive/Label.txt:3: .*neither"):
-    prepare.prepare("peta", str(tmp_path), str(tmp_path / "d"))
+    prepare.prepare("peta", str(tmp_path), str(tmp_path / "d"), strict=True)
+  s = prepare.summary(prepare.prepare("peta", str(tmp_path), str(tmp_path / "d")))
+  assert [x["where"] for x in s["bad_annotations"]] == ["PETA dataset/CUHK/archive/Label.txt:3"]
+  assert "neither" in s["bad_annotations"][0]["reason"]
+  # The person's two images are listed too, with the line that left them out.
+  assert sorted(os.path.basename(x["path"]) for x in s["bad_files"]) == [
+      "003_0_FRAME_0_RGB.png", "003_1_FRAME_7_RGB.bmp"]
+  assert all("Label.txt line 3 skipped" in x["reason"] for x in s["bad_files"])
+  assert sum(c["female"] + c["male"] for c in s["counts"].values()) == len(truth) - 2
 
 
 def test_peta_mat(tmp_path):

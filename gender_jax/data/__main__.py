@@ -36,6 +36,10 @@ def _print_summary(summary: dict, seconds: float) -> None:
           f"{summary['identities'].get(split, 0):>12}")
   if summary.get("excluded_uncertain_gender"):
     print(f"excluded (gender marked uncertain): {summary['excluded_uncertain_gender']}")
+  lines = summary.get("bad_annotations", [])
+  print(f"skipped annotation lines: {len(lines)}")
+  for b in lines:
+    print(f"  {b['where']}: {b['reason']}")
   bad = summary["bad_files"]
   print(f"skipped files: {len(bad)}")
   for b in bad:
@@ -84,6 +88,9 @@ def main(argv=None) -> int:
                  help="training sizes this copy is for (example: --image-size 112,224)")
   p.add_argument("--overwrite", action="store_true",
                  help="prepare again even if prepared (example: --overwrite)")
+  p.add_argument("--strict", action="store_true",
+                 help="stop at the first unusable annotation line instead of skipping and "
+                      "listing it (example: --strict)")
   p.add_argument("--json", action="store_true",
                  help="print the summary as JSON (example: --json)")
   p.add_argument("--align-faces", dest="align_faces", metavar="DIR",
@@ -132,7 +139,7 @@ def main(argv=None) -> int:
   t0 = time.perf_counter()
   try:
     b = prepare.prepare(args.source, args.manual_dir, args.data_dir, version=args.version,
-                        overwrite=args.overwrite, store_size=store)
+                        overwrite=args.overwrite, store_size=store, strict=args.strict)
   except (cli.UsageError, schema.AnnotationError, OSError, ValueError) as e:
     if args.debug or cli.debug_requested():
       raise

@@ -8,6 +8,9 @@ Options, read from `config.data.sources[name]` with `config.data` as the fallbac
   rotate       max rotation in degrees (uniform ±rotate; 0: off)
   color_jitter strength s: brightness, contrast, saturation factors in [1-s, 1+s] (0: off)
   grayscale    probability of converting to grayscale (kept 3-channel)
+  resize       "squash" or "letterbox" (config.data.resize only: one mode per model, the one
+               its bundle records): the crop fitted with its aspect kept and padded with
+               `fill`, the preprocessing preset's mean colour
   image_backend "opencv" (default): JPEGs decoded by libjpeg-turbo (simplejpeg) at the
                smallest 1/8 DCT scale ≥ the crop's output, crop, resize and rotation by
                OpenCV — 2-3x less CPU per image than "pil" (benchmarks/README.md); "pil":
@@ -44,8 +47,12 @@ class AugmentSpec:
   color_jitter: float = 0.0
   grayscale: float = 0.0
   image_backend: str = "opencv"
+  resize: str = "squash"
+  fill: tuple[int, int, int] = (128, 128, 128)
 
   def __post_init__(self):
+    if self.resize not in preprocess.RESIZE_MODES:
+      raise ValueError(f"resize {self.resize!r}: choose from {preprocess.RESIZE_MODES}")
     if self.crop not in CROPS:
       raise ValueError(f"augment crop {self.crop!r}: choose from {CROPS}")
     if self.image_backend not in BACKENDS:
@@ -70,7 +77,10 @@ def spec_for(options, config) -> AugmentSpec:
                      flip=bool(get("flip", d.flip)), rotate=float(get("rotate", d.rotate)),
                      color_jitter=float(get("color_jitter", d.color_jitter)),
                      grayscale=float(get("grayscale", d.grayscale)),
-                     image_backend=str(get("image_backend", d.image_backend)))
+                     image_backend=str(get("image_backend", d.image_backend)),
+                     resize=str(config.data.get("resize", d.resize)),
+                     fill=preprocess.pad_colour(preprocess.PRESETS.get(
+                         config.data.get("preprocessing", "scratch"))))
 
 
 def host_only(spec: AugmentSpec) -> AugmentSpec:
@@ -82,12 +92,16 @@ def host_only(spec: AugmentSpec) -> AugmentSpec:
 _LOG_ASPECT = (float(np.log(3 / 4)), float(np.log(4 / 3)))
 
 
-def _random_resized_box(h, w, rng, scale):
+def _random_resized_box(h, w, rng, scale, relative: bool = False):
   # Python floats over rng.random() (uniform(a, b) is a + (b - a)·random() in numpy too):
   # numpy's scalar calls made this a fifth of an image's GIL-held time at 112 px.
+  # `relative`: the aspect drawn is a factor on the image's own (letterboxed crops keep their
+  # aspect): an absolute 3/4..4/3 box on a 1:2 person crop would cut it to its top half.
   lo, hi = scale
   area = h * w * (lo + (hi - lo) * rng.random())
   aspect = math.exp(_LOG_ASPECT[0] + (_LOG_ASPECT[1] - _LOG_ASPECT[0]) * rng.random())
+  if relative:
+    aspect *= w / h
   ch = int(round(min(h, math.sqrt(area / aspect))))
   cw = int(round(min(w, math.sqrt(area * aspect))))
   y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
@@ -117,7 +131,8 @@ def _train_image_pil(data, size: int, rng: np.random.Generator, spec: AugmentSpe
   w, h = im.size
   box = (0, 0, w, h)
   if spec.crop == "random_resized" and spec.crop_scale[0] < 1.0:
-    y, x, ch, cw = _random_resized_box(h, w, rng, spec.crop_scale)
+    y, x, ch, cw = _random_resized_box(h, w, rng, spec.crop_scale,
+                                         spec.resize == "letterbox")
     box = (x, y, x + cw, y + ch)
   try:
     if im.format == "JPEG" and spec.crop != "pad_crop":
@@ -134,7 +149,12 @@ def _train_image_pil(data, size: int, rng: np.random.Generator, spec: AugmentSpe
       padded = np.pad(img, ((py, py), (px, px), (0, 0)), mode="reflect")
       y, x = rng.integers(0, 2 * py + 1), rng.integers(0, 2 * px + 1)
       im = Image.fromarray(np.ascontiguousarray(padded[y:y + h, x:x + w]))
-    if im.size != (size, size) or box != (0, 0, w, h):
+    if spec.resize == "letterbox":
+      nh, nw, _, _ = preprocess.letterbox_dims(round(box[3] - box[1]), round(box[2] - box[0]),
+                                               size)
+      im = Image.fromarray(preprocess.paste_centered(
+          np.asarray(im.resize((nw, nh), Image.BILINEAR, box=box)), size, spec.fill))
+    elif im.size != (size, size) or box != (0, 0, w, h):
       im = im.resize((size, size), Image.BILINEAR, box=box)
   except (OSError, SyntaxError, ValueError) as e:
     raise preprocess.ImageError(f"corrupt or truncated image: {e}") from None
@@ -174,7 +194,8 @@ def _train_image_cv(data, size: int, rng: np.random.Generator, spec: AugmentSpec
   w, h = full or (img.shape[1], img.shape[0])
   box = (0, 0, w, h)
   if spec.crop == "random_resized" and spec.crop_scale[0] < 1.0:
-    y, x, ch, cw = _random_resized_box(h, w, rng, spec.crop_scale)
+    y, x, ch, cw = _random_resized_box(h, w, rng, spec.crop_scale,
+                                         spec.resize == "letterbox")
     box = (x, y, x + cw, y + ch)
   if img is None:
     cw, ch = box[2] - box[0], box[3] - box[1]
@@ -193,12 +214,16 @@ def _train_image_cv(data, size: int, rng: np.random.Generator, spec: AugmentSpec
   x1 = max(x0 + 1, int(round(box[2] * sx)))
   y1 = max(y0 + 1, int(round(box[3] * sy)))
   img = img[y0:y1, x0:x1]
-  if img.shape[:2] != (size, size):
+  th, tw = size, size
+  if spec.resize == "letterbox":
+    th, tw, _, _ = preprocess.letterbox_dims(img.shape[0], img.shape[1], size)
+  if img.shape[:2] != (th, tw):
     # Bilinear, unless shrinking 2x or more, where it would alias: INTER_AREA then (7x the
     # cost at a non-integer ratio). After a DCT-scaled decode the shrink is under 2x.
-    shrink = min(img.shape[0], img.shape[1]) >= 2 * size
-    img = cv2.resize(img, (size, size),
-                     interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    shrink = img.shape[0] >= 2 * th and img.shape[1] >= 2 * tw
+    img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+  if (th, tw) != (size, size):
+    img = preprocess.paste_centered(img, size, spec.fill)
   if spec.rotate > 0:
     angle = float(rng.uniform(-spec.rotate, spec.rotate))  # degrees, counter-clockwise as PIL
     m = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), angle, 1.0)

@@ -27,6 +27,7 @@ class GenderBuilder(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "One schema: JPEG image, female/male label, source, identity, "
                             "subgroups."}
   SOURCE = ""
+  skips: schema.Skips  # set before `_entries` runs; sources list skipped lines in it
   MAX_SIDE = 0           # re-encode images whose longer side exceeds this (0: never)
   # (prepare's `store_size` caps the shorter side too, per prepared copy: see prepare.py)
   SPLIT_SEED = 0
@@ -45,6 +46,8 @@ class GenderBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = os.fspath(dl_manager.manual_dir)
+    # Annotation lines a source could not use: listed (or, strict, the first one raised).
+    self.skips = schema.Skips(getattr(self, "_gender_strict", False), manual_dir)
     entries, skipped = self._entries(manual_dir)
     if not entries:
       raise ValueError(f"{self.SOURCE}: no labelled images found under {manual_dir}")
@@ -53,6 +56,7 @@ class GenderBuilder(tfds.core.GeneratorBasedBuilder):
     meta["source"] = self.SOURCE
     meta["split_method"] = method
     meta["bad_files"] = list(skipped)
+    meta["bad_annotations"] = list(self.skips.items)
     meta["counts"] = {s: {"female": 0, "male": 0} for s in by_split}
     meta["identities"] = {s: len({e.identity for e in es if e.identity}) for s, es in
                           by_split.items()}

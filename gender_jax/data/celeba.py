@@ -22,14 +22,18 @@ PARTITIONS = {"0": "train", "1": "validation", "2": "test"}
 def _lines(path):
   if not os.path.exists(path):
     raise schema.AnnotationError(path, None, "file not found")
-  with open(path, encoding="utf-8") as f:
+  with schema.open_text(path) as f:
     for number, line in enumerate(f, 1):
       if line.strip():
         yield number, line.split()
 
 
-def read_attributes(path: str) -> tuple[list[str], dict[str, list[int]]]:
-  """list_attr_celeba.txt → (attribute names, {file: [0/1 per attribute]})."""
+def read_attributes(path: str, skips: schema.Skips | None = None
+                    ) -> tuple[list[str], dict[str, list[int]]]:
+  """list_attr_celeba.txt → (attribute names, {file: [0/1 per attribute]}). A row with the
+  wrong number of fields, a value other than ±1 or a file listed before is skipped and listed
+  in `skips`; a broken header (count or names line) stops."""
+  skips = skips if skips is not None else schema.Skips()
   lines = _lines(path)
   try:
     (n1, first), (n2, names) = next(lines), next(lines)
@@ -40,35 +44,44 @@ def read_attributes(path: str) -> tuple[list[str], dict[str, list[int]]]:
   if "Male" not in names:
     raise schema.AnnotationError(path, n2, f"no 'Male' attribute among {len(names)} names")
   rows: dict[str, list[int]] = {}
+  listed = 0
   for number, tokens in lines:
+    listed += 1
     if len(tokens) != len(names) + 1:
-      raise schema.AnnotationError(path, number, f"expected a file name and {len(names)} values, "
-                                   f"got {len(tokens)} fields")
+      skips.add(path, number, f"expected a file name and {len(names)} values, got "
+                f"{len(tokens)} fields")
+      continue
     if tokens[0] in rows:
-      raise schema.AnnotationError(path, number, f"duplicate file {tokens[0]!r}")
+      skips.add(path, number, f"duplicate file {tokens[0]!r} (the first line is kept)")
+      continue
     try:
       values = [int(v) for v in tokens[1:]]
     except ValueError:
-      raise schema.AnnotationError(path, number, "attribute values must be -1 or 1") from None
-    if any(v not in (-1, 1) for v in values):
-      raise schema.AnnotationError(path, number, "attribute values must be -1 or 1")
+      values = []
+    if len(values) != len(names) or any(v not in (-1, 1) for v in values):
+      skips.add(path, number, f"{tokens[0]}: attribute values must be -1 or 1")
+      continue
     rows[tokens[0]] = [int(v == 1) for v in values]
-  if len(rows) != int(first[0]):
-    raise schema.AnnotationError(path, n1, f"header says {first[0]} images, found {len(rows)}")
+  if listed != int(first[0]):
+    raise schema.AnnotationError(path, n1, f"header says {first[0]} images, found {listed}")
   return names, rows
 
 
-def read_pairs(path: str, allowed: set[str] | None = None) -> dict[str, str]:
-  """Two-column files (partition, identity) → {file: value}."""
+def read_pairs(path: str, allowed: set[str] | None = None,
+               skips: schema.Skips | None = None) -> dict[str, str]:
+  """Two-column files (partition, identity) → {file: value}; a malformed row, a value outside
+  `allowed` or a repeated file is skipped and listed in `skips`."""
+  skips = skips if skips is not None else schema.Skips()
   out = {}
   for number, tokens in _lines(path):
     if len(tokens) != 2:
-      raise schema.AnnotationError(path, number, f"expected 'file value', got {len(tokens)} fields")
-    if allowed is not None and tokens[1] not in allowed:
-      raise schema.AnnotationError(path, number, f"value {tokens[1]!r} not in {sorted(allowed)}")
-    if tokens[0] in out:
-      raise schema.AnnotationError(path, number, f"duplicate file {tokens[0]!r}")
-    out[tokens[0]] = tokens[1]
+      skips.add(path, number, f"expected 'file value', got {len(tokens)} fields")
+    elif allowed is not None and tokens[1] not in allowed:
+      skips.add(path, number, f"{tokens[0]}: value {tokens[1]!r} not in {sorted(allowed)}")
+    elif tokens[0] in out:
+      skips.add(path, number, f"duplicate file {tokens[0]!r} (the first line is kept)")
+    else:
+      out[tokens[0]] = tokens[1]
   return out
 
 
@@ -79,18 +92,21 @@ def image_dir(manual_dir: str) -> str:
   raise FileNotFoundError(f"CelebA: no img_align_celeba/ folder in {manual_dir}")
 
 
-def read_entries(manual_dir: str):
-  names, attrs = read_attributes(os.path.join(manual_dir, ATTR_FILE))
+def read_entries(manual_dir: str, skips: schema.Skips | None = None):
+  skips = skips if skips is not None else schema.Skips()
+  names, attrs = read_attributes(os.path.join(manual_dir, ATTR_FILE), skips)
   part_path, id_path = (os.path.join(manual_dir, f) for f in (PARTITION_FILE, IDENTITY_FILE))
-  partitions = read_pairs(part_path, set(PARTITIONS))
-  identities = read_pairs(id_path)
+  partitions = read_pairs(part_path, set(PARTITIONS), skips)
+  identities = read_pairs(id_path, None, skips)
   images = image_dir(manual_dir)
   male = names.index("Male")
   entries = []
   for name, values in attrs.items():
-    for path, table in ((part_path, partitions), (id_path, identities)):
-      if name not in table:
-        raise schema.AnnotationError(path, None, f"{name} (listed in {ATTR_FILE}) is missing")
+    missing = [p for p, table in ((part_path, partitions), (id_path, identities))
+               if name not in table]
+    if missing:  # its split or its identity unknown: it could leak across splits
+      skips.add(missing[0], None, f"{name} (listed in {ATTR_FILE}) has no usable line")
+      continue
     entries.append(schema.Entry(
         path=os.path.join(images, name), key=schema.relpath(os.path.join(images, name), manual_dir),
         label=values[male], identity=identities[name], split=PARTITIONS[partitions[name]],
@@ -107,7 +123,7 @@ class GenderCeleba(builder.GenderBuilder):
                                   f"{IDENTITY_FILE} in the manual dir.")
 
   def _entries(self, manual_dir):
-    return read_entries(manual_dir)
+    return read_entries(manual_dir, self.skips)
 
 
 class CatalogSource:

@@ -30,18 +30,21 @@ def parse_name(name: str) -> dict[str, str] | None:
   return m.groupdict() if m else None
 
 
-def _entry(path: str, key: str) -> schema.Entry | dict[str, str]:
-  """An Entry for a well-named image, else the {path, reason} of a skipped file."""
+def _entry(path: str, key: str, strict: bool = False) -> schema.Entry | dict[str, str]:
+  """An Entry for a well-named image, else the {path, reason} of a skipped file (the name is
+  MUCT's annotation: `strict` raises instead)."""
   fields = parse_name(os.path.basename(path))
   if fields is None:
-    return {"path": key, "reason": "name does not match MUCT's i<subject><session><camera>-"
-                                   "<m|f>….jpg (e.g. i000qa-fn.jpg)"}
+    reason = "name does not match MUCT's i<subject><session><camera>-<m|f>….jpg (e.g. i000qa-fn.jpg)"
+    if strict:
+      raise schema.AnnotationError(key, None, reason)
+    return {"path": key, "reason": reason}
   return schema.Entry(path=path, key=key, label=int(fields["gender"] == "m"),
                       identity=fields["subject"],
                       subgroups={"camera": fields["camera"], "session": fields["session"]})
 
 
-def read_folder(manual_dir: str, image_dir: str, key_prefix: str = ""):
+def read_folder(manual_dir: str, image_dir: str, key_prefix: str = "", strict: bool = False):
   entries, skipped = [], []
   for root, dirs, files in os.walk(image_dir):
     dirs.sort()
@@ -49,12 +52,12 @@ def read_folder(manual_dir: str, image_dir: str, key_prefix: str = ""):
       if name.startswith("."):
         continue
       full = os.path.join(root, name)
-      e = _entry(full, key_prefix + schema.relpath(full, manual_dir))
+      e = _entry(full, key_prefix + schema.relpath(full, manual_dir), strict)
       (entries if isinstance(e, schema.Entry) else skipped).append(e)
   return entries, skipped
 
 
-def read_archives(manual_dir: str, archives: list[str], into: str):
+def read_archives(manual_dir: str, archives: list[str], into: str, strict: bool = False):
   """Unpacks the per-camera archives' regular files into `into`; keys stay archive/member."""
   entries, skipped = [], []
   for archive in archives:
@@ -68,7 +71,7 @@ def read_archives(manual_dir: str, archives: list[str], into: str):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with tar.extractfile(member) as src, open(target, "wb") as dst:
           dst.write(src.read())
-        e = _entry(target, key)
+        e = _entry(target, key, strict)
         (entries if isinstance(e, schema.Entry) else skipped).append(e)
   return entries, skipped
 
@@ -84,11 +87,11 @@ class GenderMuct(builder.GenderBuilder):
   def _entries(self, manual_dir):
     image_dir = os.path.join(manual_dir, "jpg")
     if os.path.isdir(image_dir):
-      return read_folder(manual_dir, image_dir)
+      return read_folder(manual_dir, image_dir, strict=self.skips.strict)
     archives = sorted(glob.glob(os.path.join(manual_dir, ARCHIVE_GLOB)))
     if not archives:
       raise FileNotFoundError(f"MUCT: no jpg/ folder and no {ARCHIVE_GLOB} in {manual_dir}")
     # The images are read again when the splits are written, after this returns: the
     # unpacked copy lives as long as the builder (the manual dir may be read-only).
     self._unpacked = tempfile.TemporaryDirectory(prefix="muct_")
-    return read_archives(manual_dir, archives, self._unpacked.name)
+    return read_archives(manual_dir, archives, self._unpacked.name, self.skips.strict)

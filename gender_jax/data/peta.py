@@ -23,27 +23,46 @@ AGE_BANDS = {"personalLess30": "<30", "personalLess45": "30-44", "personalLess60
 _FIRST_NUMBER = re.compile(r"\d+")
 
 
-def read_label_file(path: str) -> dict[str, tuple[int, set[str]]]:
-  """Label.txt → {id or file name: (label, positive attributes)}."""
-  out = {}
-  with open(path, encoding="utf-8", errors="replace") as f:
+def read_label_file(path: str, skips: schema.Skips | None = None
+                    ) -> tuple[dict[str, tuple[int, set[str]]], dict[str, str]]:
+  """Label.txt → ({id or file name: (label, positive attributes)}, {key: why its line was
+  skipped}). A line without exactly one gender, with a first field that is no id or file
+  name, or repeating a key is skipped and listed in `skips` (a repeat that agrees with the
+  first line is dropped quietly; one that disagrees takes the person out: neither line is
+  trusted). Blank lines, a BOM and CRLF line ends are read as if absent."""
+  skips = skips if skips is not None else schema.Skips()
+  out, rejected, first_line = {}, {}, {}
+  with schema.open_text(path) as f:
     for number, line in enumerate(f, 1):
       tokens = line.split()
       if not tokens:
         continue
       key, attrs = tokens[0], set(tokens[1:])
       if not ("." in key or key.isdigit()):
-        raise schema.AnnotationError(path, number, f"first field {key!r} is neither a person id "
-                                     "nor a file name")
+        skips.add(path, number, f"first field {key!r} is neither a person id nor a file name")
+        continue
+      key = key if "." in key else str(int(key))
       male, female = "personalMale" in attrs, "personalFemale" in attrs
       if male == female:
-        raise schema.AnnotationError(path, number, "needs exactly one of personalMale / "
-                                     f"personalFemale, found {'both' if male else 'neither'}")
-      key = key if "." in key else str(int(key))
-      if key in out:
-        raise schema.AnnotationError(path, number, f"duplicate entry for {key!r}")
+        reason = ("needs exactly one of personalMale / personalFemale, found "
+                  f"{'both' if male else 'neither'} (person {key})")
+        skips.add(path, number, reason)
+        rejected[key] = f"line {number} skipped: {reason}"
+        continue
+      if key in out or key in first_line:
+        first = first_line[key]
+        if key in out and out[key][0] == int(male):
+          skips.add(path, number, f"duplicate entry for {key!r} (same gender as line {first};"
+                    " the first is kept)")
+          continue
+        reason = f"conflicting genders for {key!r} on lines {first} and {number}"
+        skips.add(path, number, reason + " (both dropped)")
+        out.pop(key, None)
+        rejected[key] = reason
+        continue
+      first_line[key] = number
       out[key] = (int(male), attrs)
-  return out
+  return out, rejected
 
 
 def _subgroups(attrs: set[str], subset: str) -> dict:
@@ -51,14 +70,15 @@ def _subgroups(attrs: set[str], subset: str) -> dict:
   return {"subset": subset, **({"age": bands[0]} if bands else {})}
 
 
-def read_archive_entries(manual_dir: str):
+def read_archive_entries(manual_dir: str, skips: schema.Skips | None = None):
   label_files = sorted(glob.glob(os.path.join(manual_dir, "*", "archive", "Label.txt")) +
                        glob.glob(os.path.join(manual_dir, "*", "*", "archive", "Label.txt")))
   entries, skipped = [], []
   for label_file in label_files:
     archive = os.path.dirname(label_file)
     subset = os.path.basename(os.path.dirname(archive))
-    labels = read_label_file(label_file)
+    labels, rejected = read_label_file(label_file, skips)
+    label_name = schema.relpath(label_file, manual_dir)
     for fname in sorted(os.listdir(archive)):
       path = os.path.join(archive, fname)
       if fname == "Label.txt" or fname.startswith(".") or not os.path.isfile(path):
@@ -68,8 +88,9 @@ def read_archive_entries(manual_dir: str):
       pid = str(int(match.group())) if match else None
       found = labels.get(fname) or (labels.get(pid) if pid is not None else None)
       if found is None:
-        skipped.append({"path": key, "reason": f"no line in {schema.relpath(label_file, manual_dir)}"
-                        f" for this file (person id {pid})"})
+        why = rejected.get(fname) or (rejected.get(pid) if pid is not None else None)
+        skipped.append({"path": key, "reason": f"{label_name} {why}" if why else
+                        f"no line in {label_name} for this file (person id {pid})"})
         continue
       label, attrs = found
       entries.append(schema.Entry(path=path, key=key, label=label, identity=f"{subset}/{pid}",
@@ -77,7 +98,7 @@ def read_archive_entries(manual_dir: str):
   return entries, skipped
 
 
-def read_mat_entries(manual_dir: str):
+def read_mat_entries(manual_dir: str, skips: schema.Skips | None = None):
   import numpy as np
   from scipy.io import loadmat
   path = os.path.join(manual_dir, "PETA.mat")
@@ -97,10 +118,12 @@ def read_mat_entries(manual_dir: str):
                  if os.path.isdir(os.path.join(manual_dir, d))), manual_dir)
   male = 4 + names.index("personalMale")
   entries = []
+  skips = skips if skips is not None else schema.Skips()
   for row, values in enumerate(data):
     if values[male] not in (0, 1):
-      raise schema.AnnotationError(path, f"peta{{1}} row {row + 1}",
-                                   f"personalMale must be 0 or 1, got {values[male]}")
+      skips.add(path, f"peta{{1}} row {row + 1}",
+                f"personalMale must be 0 or 1, got {values[male]}")
+      continue
     file = os.path.join(images, f"{int(values[0]):05d}.png")
     attrs = {n for n, v in zip(names, values[4:]) if v == 1}
     entries.append(schema.Entry(path=file, key=schema.relpath(file, manual_dir),
@@ -119,8 +142,8 @@ class GenderPeta(builder.GenderBuilder):
 
   def _entries(self, manual_dir):
     if os.path.exists(os.path.join(manual_dir, "PETA.mat")):
-      return read_mat_entries(manual_dir)
-    entries, skipped = read_archive_entries(manual_dir)
+      return read_mat_entries(manual_dir, self.skips)
+    entries, skipped = read_archive_entries(manual_dir, self.skips)
     if not entries and not skipped:
       raise FileNotFoundError(f"PETA: neither PETA.mat nor */archive/Label.txt in {manual_dir}")
     return entries, skipped

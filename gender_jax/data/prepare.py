@@ -64,9 +64,10 @@ def builder_class(kind: str):
 
 
 def create_builder(kind: str, manual_dir: str | None, data_dir: str | None = None,
-                   version: str | None = None, store_size: int = 0):
+                   version: str | None = None, store_size: int = 0, strict: bool = False):
   """The builder for `kind`, with its data dir resolved (a folder gets its own cache key, a
-  stored size its own directory)."""
+  stored size its own directory). `strict`: the first unusable annotation line stops the
+  preparation instead of being skipped and listed."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
   store_size = int(store_size or 0)
   if store_size < 0:
@@ -89,6 +90,7 @@ def create_builder(kind: str, manual_dir: str | None, data_dir: str | None = Non
   b = builder_class(kind)(**kwargs)
   b._gender_manual_dir = manual_dir  # pylint: disable=protected-access
   b._gender_store_size = store_size  # read by GenderBuilder._generate_examples
+  b._gender_strict = bool(strict)  # read by GenderBuilder._split_generators
   return b
 
 
@@ -124,15 +126,18 @@ def _quiet_tfds(tfds) -> None:
 
 
 def prepare(kind: str, manual_dir: str | None, data_dir: str | None = None, *,
-            version: str | None = None, overwrite: bool = False, store_size: int = 0):
+            version: str | None = None, overwrite: bool = False, store_size: int = 0,
+            strict: bool = False):
   """Prepares the source if it is not prepared yet; returns its builder.
 
   `store_size`: cap on the stored images' shorter side in pixels (aspect kept; 0: as they
-  are); `store_size_for(training sizes)` gives the default margin.
+  are); `store_size_for(training sizes)` gives the default margin. `strict`: stop at the first
+  unusable annotation line (an AnnotationError) instead of skipping and listing it; it
+  applies when the source is prepared, not to a copy prepared before.
   """
   import tensorflow_datasets as tfds
   _quiet_tfds(tfds)
-  b = create_builder(kind, manual_dir, data_dir, version, store_size)
+  b = create_builder(kind, manual_dir, data_dir, version, store_size, strict)
   with _lock(os.path.join(os.fspath(b.data_path.parent), ".prepare.lock")):
     if overwrite or not b.is_prepared():
       logging.info("preparing %s from %s into %s", kind, manual_dir, b.data_path)
@@ -157,6 +162,11 @@ def metadata(b) -> dict[str, Any]:
 
 def bad_files(b) -> list[dict[str, str]]:
   return sorted(metadata(b).get("bad_files", []), key=lambda x: x["path"])
+
+
+def bad_annotations(b) -> list[dict[str, str]]:
+  """The annotation lines skipped while preparing: {where (file:line), reason}, in file order."""
+  return list(metadata(b).get("bad_annotations", []))
 
 
 INDEX_FILE = "gender_index-{split}.json"
@@ -323,4 +333,5 @@ def summary(b) -> dict[str, Any]:
   return dict(source=meta.get("source", b.name), data_dir=os.fspath(b.data_path),
               split_method=meta.get("split_method"), counts=meta.get("counts", {}),
               identities=meta.get("identities", {}), bad_files=bad_files(b),
+              bad_annotations=bad_annotations(b),
               excluded_uncertain_gender=meta.get("excluded_uncertain_gender"))

@@ -41,10 +41,50 @@ class ImageTooLarge(ImageError):
   """More pixels than PIL's decompression-bomb limit (~89 MP)."""
 
 
-def make_spec(image_size: int, preset: str = "scratch") -> dict[str, Any]:
+# How an image becomes size x size: "squash" stretches it (face crops are square already);
+# "letterbox" keeps its aspect, the longer side at `size`, and pads the shorter one with the
+# preset's mean colour (zero after normalisation): a 1:2 person crop keeps its build.
+RESIZE_MODES = ("squash", "letterbox")
+
+
+def make_spec(image_size: int, preset: str = "scratch", resize: str = "squash") -> dict[str, Any]:
   if preset not in PRESETS:
     raise ValueError(f"unknown preprocessing preset {preset!r}; choose from {list(PRESETS)}")
-  return dict(image_size=int(image_size), preset=preset, **PRESETS[preset])
+  if resize not in RESIZE_MODES:
+    raise ValueError(f"unknown resize mode {resize!r}; choose from {list(RESIZE_MODES)}")
+  return dict(image_size=int(image_size), preset=preset, resize=resize, **PRESETS[preset])
+
+
+def resize_mode(spec: dict[str, Any] | None) -> str:
+  """A bundle's resize mode: bundles written before letterboxing existed squash."""
+  return (spec or {}).get("resize", "squash")
+
+
+def pad_colour(spec: dict[str, Any] | None) -> tuple[int, int, int]:
+  """The letterbox border: the preset's mean pixel, in RGB order."""
+  mean = (spec or PRESETS["scratch"])["mean"]
+  if (spec or {}).get("channel_order") == "BGR":
+    mean = mean[::-1]
+  return tuple(int(round(m)) for m in mean)
+
+
+def letterbox_dims(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+  """(new h, new w, top, left) of an h x w image fitted into size x size, aspect kept."""
+  scale = size / max(h, w)
+  nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+  return nh, nw, (size - nh) // 2, (size - nw) // 2
+
+
+def paste_centered(img: np.ndarray, size: int, fill) -> np.ndarray:
+  """An image already fitted inside size x size → centred on a size x size `fill` canvas."""
+  h, w = img.shape[:2]
+  if h == size and w == size:
+    return img
+  out = np.empty((size, size, 3), np.uint8)
+  out[...] = np.asarray(fill, np.uint8)
+  top, left = (size - h) // 2, (size - w) // 2
+  out[top:top + h, left:left + w] = img
+  return out
 
 
 # PIL's decompression-bomb limit (~89 MP): no face or pedestrian crop is that large.
@@ -153,16 +193,31 @@ def decode(data: bytes | np.ndarray, max_pixels: int | None = None) -> np.ndarra
   return np.ascontiguousarray(img[..., :3].astype(np.uint8, copy=False))
 
 
-def resize(img: np.ndarray, size: int) -> np.ndarray:
-  """Squash-resize to size x size (face and pedestrian crops are already framed)."""
+def resize(img: np.ndarray, size: int, mode: str = "squash", fill=(128, 128, 128)) -> np.ndarray:
+  """To size x size: squashed (face crops are already framed square), or letterboxed (aspect
+  kept, padded with `fill`: tall person crops)."""
   if img.shape[0] == size and img.shape[1] == size:
     return img
+  if mode == "letterbox":
+    nh, nw, _, _ = letterbox_dims(img.shape[0], img.shape[1], size)
+    fitted = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+    return paste_centered(fitted, size, fill)
   return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
 
 
-def eval_image(data: bytes | np.ndarray, size: int, max_pixels: int | None = None) -> np.ndarray:
-  """Decode + resize: the deterministic path shared by eval, predict, serve and export."""
-  return resize(decode(data, max_pixels), size)
+def resize_for(img: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+  """An image resized as the spec (a bundle's preprocessing) says."""
+  return resize(img, int(spec["image_size"]), resize_mode(spec), pad_colour(spec))
+
+
+def eval_image(data: bytes | np.ndarray, size: int, max_pixels: int | None = None,
+               spec: dict[str, Any] | None = None) -> np.ndarray:
+  """Decode + resize: the deterministic path shared by eval, predict, serve and export
+  (`spec`: the bundle's preprocessing, whose resize mode applies; else a squash)."""
+  img = decode(data, max_pixels)
+  if spec is None:
+    return resize(img, size)
+  return resize(img, size, resize_mode(spec), pad_colour(spec))
 
 
 def pad_batch(images, size: int) -> np.ndarray:

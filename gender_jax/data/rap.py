@@ -34,7 +34,7 @@ def _age(names: list[str], row: np.ndarray) -> dict:
   return {"age": ages[0]} if ages else {}
 
 
-def read_entries(manual_dir: str, version: int):
+def read_entries(manual_dir: str, version: int, skips: schema.Skips | None = None):
   path = os.path.join(manual_dir, ANNOTATION)
   if not os.path.exists(path):
     path = os.path.join(manual_dir, "RAP_annotation", ANNOTATION)
@@ -62,12 +62,22 @@ def read_entries(manual_dir: str, version: int):
                                                       "RAP_annotation"),
                                   len(files), "person_identity"))
     identity = [str(int(v)) if v >= 0 else "" for v in ids]  # negative: identity unknown
+  skips = skips if skips is not None else schema.Skips()
   images = _image_dir(manual_dir)
-  entries, excluded = [], 0
+  entries, excluded, seen = [], 0, {}
   for i, (file, row) in enumerate(zip(files, data)):
-    if row[0] not in (0, 1):  # 2: annotators were unsure of the gender
+    if row[0] == 2:  # annotators were unsure of the gender: counted, not listed
       excluded += 1
       continue
+    if row[0] not in (0, 1):
+      skips.add(path, f"{data_field} row {i + 1}", f"{file}: {attrs[0]} must be 0, 1 or 2 "
+                f"(uncertain), got {row[0]}")
+      continue
+    if file in seen:
+      skips.add(path, f"{data_field} row {i + 1}", f"{file} is listed before, at row "
+                f"{seen[file]} (the first is kept)")
+      continue
+    seen[file] = i + 1
     if version == 1 and split_of[i] is None:
       continue  # outside the partition (v1 partitions cover every image)
     full = os.path.join(images, file)
@@ -88,6 +98,7 @@ class GenderRap(builder.GenderBuilder):
                                   "choose the builder config v1 or v2 to match the file.")
 
   def _entries(self, manual_dir):
-    entries, excluded = read_entries(manual_dir, 1 if self.builder_config.name == "v1" else 2)
+    entries, excluded = read_entries(manual_dir, 1 if self.builder_config.name == "v1" else 2,
+                                     self.skips)
     self.info.metadata["excluded_uncertain_gender"] = excluded
     return entries, []

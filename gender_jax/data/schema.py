@@ -48,6 +48,34 @@ class AnnotationError(cli.UsageError, ValueError):
     super().__init__(f"{where}: {reason}")
 
 
+class Skips:
+  """The annotation lines a reader could not use, each with its file:line and reason.
+
+  Published annotations have quirks (a person with no gender, a line listed twice): one bad
+  line is skipped and listed in the prepare summary, as a bad image is, instead of stopping
+  the whole dataset. `strict` raises the first one as an AnnotationError instead.
+  """
+
+  def __init__(self, strict: bool = False, root: str = ""):
+    self.strict, self.root, self.items = strict, root, []
+
+  def add(self, path, line: int | str | None, reason: str) -> None:
+    if self.strict:
+      raise AnnotationError(path, line, reason)
+    where = relpath(str(path), self.root) if self.root else str(path)
+    if isinstance(line, int):
+      where = f"{where}:{line}"
+    elif line:
+      where = f"{where} [{line}]"
+    self.items.append({"where": where, "reason": reason})
+
+
+def open_text(path: str):
+  """An annotation text file, with a UTF-8 byte-order mark dropped (CRLF is split away by
+  str.split); undecodable bytes become U+FFFD so the line is reported, not the file."""
+  return open(path, encoding="utf-8-sig", errors="replace")
+
+
 class BadImage(ValueError):
   """A file that is missing, unreadable or not a decodable image."""
 

@@ -46,6 +46,30 @@ def _synthetic(split: str, options: ml_collections.ConfigDict, config: ml_collec
                                    seed=options.get("seed", 0))
 
 
+# The kinds of input a model can be trained on: faces (square crops, framed on a face) or
+# persons (whole-body crops, tall). A bundle records which it saw (`inputs`), so `--faces
+# auto` classifies a person crop whole instead of hunting it for a face.
+INPUT_KINDS = ("faces", "persons")
+PERSON_SOURCES = ("peta", "rap", "pa100k")
+
+
+def input_kind(name: str, options=None) -> str:
+  """A source's `inputs` option ("faces" or "persons"), else its kind's: the pedestrian
+  datasets hold persons, the rest (CelebA, MUCT, folders, synthetic) faces."""
+  value = (options or {}).get("inputs") if options is not None else None
+  if value:
+    if value not in INPUT_KINDS:
+      raise ValueError(f"data.sources.{name}.inputs={value!r}: choose from {INPUT_KINDS}")
+    return value
+  return "persons" if name.split(":")[0] in PERSON_SOURCES else "faces"
+
+
+def input_kinds(config) -> dict[str, str]:
+  """name → "faces" | "persons" for each of the config's sources (the folder shortcut too)."""
+  return {name: input_kind(name, source_options(name, config))
+          for name in configured_sources(config)}
+
+
 def _data_dir(options, config) -> str | None:
   return options.get("data_dir") or config.data.get("data_dir") or None
 

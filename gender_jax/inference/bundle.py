@@ -83,6 +83,12 @@ class Bundle:
     self.calibration = meta["calibration"]
 
   @property
+  def inputs(self) -> tuple[str, ...]:
+    """The kinds of input the model was trained on ("faces", "persons"; meta `inputs`):
+    bundles from before it was recorded were trained on face crops."""
+    return tuple(self.meta.get("inputs") or ("faces",))
+
+  @property
   def face_template(self) -> dict[str, Any]:
     """Where the eyes and mouth sit on the training crops (meta `face_template`), for
     aligning detected faces; bundles without one were trained on UTKFace-style crops."""

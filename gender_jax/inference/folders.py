@@ -14,8 +14,9 @@ photo without a face gets one row with label "no_face". `auto` classifies a phot
 is one face crop framed like the training crops (exactly one face, its eyes and mouth where
 the bundle's template puts them, within 12% of scale) whole, as the training crops were;
 `detect` always classifies the aligned face; `off` classifies every image whole, one row
-each, with the columns above only. `--save-crops DIR` writes the aligned
-faces as PNG.
+each, with the columns above only. A bundle trained on person crops alone (its `inputs`)
+takes `auto` as `off`; one trained on faces and persons answers an image without a face
+whole instead of "no_face". `--save-crops DIR` writes the aligned faces as PNG.
 
 Library use: gender_jax.inference.predictor.Predictor.
 """
@@ -40,9 +41,11 @@ FACE_COLUMNS = ("face", "face_score", "aligned", "box_x0", "box_y0", "box_x1", "
 
 
 def face_rows(pipeline, paths: Sequence[str], save_crops: str | None = None,
-              progress: bool = False, threads: int = 4) -> Iterable[dict[str, Any]]:
+              progress: bool = False, threads: int = 4,
+              whole=None) -> Iterable[dict[str, Any]]:
   """Yields CSV rows (CSV_COLUMNS + FACE_COLUMNS) per face of each path, in order; a photo
-  without a face gets one "no_face" row, an unreadable one an "error" row."""
+  without a face gets one "no_face" row (or, given `whole`, the Predictor of a model that
+  also saw person crops, its answer for the image whole), an unreadable one an "error" row."""
   from tqdm import tqdm
 
   def load(path):
@@ -66,7 +69,12 @@ def face_rows(pipeline, paths: Sequence[str], save_crops: str | None = None,
           yield dict(path=path, label="error", p_female="", p_male="", abstained="",
                      error=loaded[i][1], **blank)
           continue
-        if not found[i]:
+        if not found[i] and whole is not None:
+          answer = whole.predict([loaded[i][0]])[0]
+          yield dict(path=path, label=answer["label"], p_female=f"{answer['p_female']:.6f}",
+                     p_male=f"{answer['p_male']:.6f}", abstained=int(answer["abstained"]),
+                     error="", **blank)
+        elif not found[i]:
           yield dict(path=path, label="no_face", p_female="", p_male="", abstained="",
                      error="", **blank)
         for face in found[i]:

@@ -38,16 +38,22 @@ TTA_MODES = ("none", "flip", "crops", "flip+crops")
 CROP_FRACTION = 0.875  # side of each multi-crop view, relative to the image
 
 
-def views(image: np.ndarray, size: int, tta: str = "none") -> list[np.ndarray]:
-  """One decoded image → its test-time views at size x size (the first is the plain eval view)."""
+def views(image: np.ndarray, size: int, tta: str = "none",
+          spec: dict[str, Any] | None = None) -> list[np.ndarray]:
+  """One decoded image → its test-time views at size x size (the first is the plain eval view),
+  resized as `spec` (the bundle's preprocessing) says: squashed, or letterboxed."""
   if tta not in TTA_MODES:
     raise ValueError(f"tta={tta!r}: choose from {TTA_MODES}")
-  out = [preprocess.resize(image, size)]
+  mode, fill = preprocess.resize_mode(spec), preprocess.pad_colour(spec)
+
+  def resize(img):
+    return preprocess.resize(img, size, mode, fill)
+  out = [resize(image)]
   if "crops" in tta:  # centre and four corners, each 87.5% of the side
     h, w = image.shape[:2]
     ch, cw = max(1, round(h * CROP_FRACTION)), max(1, round(w * CROP_FRACTION))
     for y, x in ((h - ch) // 2, (w - cw) // 2), (0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw):
-      out.append(preprocess.resize(np.ascontiguousarray(image[y:y + ch, x:x + cw]), size))
+      out.append(resize(np.ascontiguousarray(image[y:y + ch, x:x + cw])))
   if "flip" in tta:
     out += [np.ascontiguousarray(v[:, ::-1]) for v in out]
   return out
@@ -178,7 +184,7 @@ class Predictor:
   def _views(self, item, info):
     """(views, info), or (None, info with the reason) when the image cannot be read."""
     try:
-      return views(to_array(item), self.size, self.tta), info
+      return views(to_array(item), self.size, self.tta, self.bundle.preprocessing), info
     except ImageError as e:
       return None, {**info, "error": str(e)}
 

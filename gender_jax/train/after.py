@@ -17,6 +17,7 @@ import logging
 from typing import Any, Callable
 
 from gender_jax.data import pipeline
+from gender_jax.data.sources import input_kinds
 from gender_jax.evaluation import datasets
 from gender_jax.evaluation.calibration import calibrate_bundle
 from gender_jax.faces import template
@@ -43,8 +44,11 @@ def _precise_bn(config, bundle_dir: str, *, step: int, val_sources: dict) -> dic
 
 def _face_template(config, bundle_dir: str, *, step: int, val_sources: dict) -> dict | None:
   # Faces only: in a mix of face and person sources, the person crops would blur the template.
-  faces = {n: s for n, s in val_sources.items() if n.split(":")[0] not in PERSON_SOURCES}
-  found = template.measure_records(datasets.Concat(list(faces.values()))) if faces else None
+  kinds = input_kinds(config)
+  faces = {n: s for n, s in val_sources.items() if kinds.get(n, "faces") == "faces"}
+  if not faces:
+    return "no face source; none (the bundle classifies persons whole)"
+  found = template.measure_records(datasets.Concat(list(faces.values())))
   if found:
     update_meta(bundle_dir, face_template=found)
   return found or "too few faces in the validation crops; the bundle uses the UTKFace framing"
@@ -57,7 +61,6 @@ def _calibrate(config, bundle_dir: str, *, step: int, val_sources: dict) -> dict
   return {k: v for k, v in fit.items() if not isinstance(v, dict)}
 
 
-PERSON_SOURCES = ("peta", "rap", "pa100k")  # whole-body crops: no face template from them
 STEPS: dict[str, Callable[..., Any]] = dict(precise_bn=_precise_bn,
                                             face_template=_face_template, calibrate=_calibrate)
 assert tuple(STEPS) == schedule.AFTER_TRAINING

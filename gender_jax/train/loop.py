@@ -30,6 +30,7 @@ from gender_jax.train import after, checkpoint
 from gender_jax.inference.bundle import save_bundle
 from gender_jax.models.weights import load_pretrained, read_meta
 from gender_jax.data import pipeline, preprocess
+from gender_jax.data.sources import input_kinds
 from gender_jax.models import create_model
 from gender_jax.train.steps import (create_train_setup,
                               inference_weights)
@@ -100,7 +101,8 @@ def _input_spec(config) -> tuple[dict, dict | None]:
         config.model.variant = recorded["variant"]
   else:
     init_meta = None
-  return preprocess.make_spec(config.data.image_size, config.data.preprocessing), init_meta
+  return preprocess.make_spec(config.data.image_size, config.data.preprocessing,
+                              config.data.get("resize", "squash")), init_meta
 
 
 def _restore(source, setup):
@@ -184,7 +186,9 @@ def _write_bundle(config, workdir: str, setup, state, spec, step: int, last_eval
   params, batch_stats = jax.device_get(inference_weights(state))
   model = nnx.merge(setup.eval_graphdef, params, batch_stats)
   directory = os.path.join(workdir, "bundle")
-  extra = dict(step=int(step), metrics=last_eval)
+  # The inputs it was trained on (faces, persons): predict's --faces auto reads them.
+  extra = dict(step=int(step), metrics=last_eval,
+               inputs=sorted(set(input_kinds(config).values())))
   save_bundle(directory, model, model_config=config.model.to_dict(),
               preprocessing=spec, extra=extra)
   logging.info("wrote inference bundle to %s", directory)
