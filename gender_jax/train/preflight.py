@@ -4,6 +4,7 @@ with one class stops the run. Nothing here writes to the workdir."""
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 
@@ -14,6 +15,9 @@ from gender_jax.train import schedule
 
 def check_config(config, workdir: str) -> None:
   """Every check that needs no data, before any work and before the workdir exists."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise cli.UsageError(f"--workdir {workdir!r} is a file, not a folder; give a folder for "
+                         "the run (checkpoints, logs, bundle)")
   cli.require_writable(workdir, "--workdir")
   if config.data.get("folder"):
     cli.require_class_folders(config.data.folder, "--config.data.folder")
