@@ -9,7 +9,7 @@ import os
 import jax
 
 from gender_jax import cli
-from gender_jax.data import prepare, sources
+from gender_jax.data import folder, prepare, sources
 from gender_jax.train import schedule
 
 
@@ -20,7 +20,7 @@ def check_config(config, workdir: str) -> None:
                          "the run (checkpoints, logs, bundle)")
   cli.require_writable(workdir, "--workdir")
   if config.data.get("folder"):
-    cli.require_class_folders(config.data.folder, "--config.data.folder")
+    folder.require_folder(config.data.folder, "--config.data.folder")
   for name, opts in config.data.sources.items():
     path = opts.get("manual_dir") or opts.get("path")
     if name.split(":")[0] != "synthetic":
