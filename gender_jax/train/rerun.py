@@ -111,7 +111,8 @@ def check(config, workdir: str, go_on: bool) -> str | None:
     raise cli.UsageError(
         f"{workdir} is already at step {step}, so total_steps={total} leaves nothing to "
         f"train; give a larger one, e.g. --config.total_steps={2 * step}")
-  if bundle_step is not None:
+  import jax
+  if bundle_step is not None and jax.process_index() == 0:  # one process writes the workdir
     kept = keep_bundle(bundle, bundle_step)
     print(f"kept the previous bundle (step {bundle_step}) as {kept}")
   return None
