@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 from gender_jax import cli
 from gender_jax.evaluation import datasets
@@ -26,16 +28,42 @@ def main(argv=None):
   cli.add_batch_size(parser)
   args = parser.parse_args(argv)
   bundle_dir = cli.bundle(args)
-  if not args.data and not args.workdir:
-    raise cli.UsageError("give --data FOLDER (held-out images to fit on), or --workdir RUN to "
-                         "use the run's validation split")
+  cli.require_target_accuracy(args.target_accuracy)
+  if args.abstain_threshold is not None and not 0 <= args.abstain_threshold < 1:
+    raise cli.UsageError(f"--abstain-threshold {args.abstain_threshold}: give a top "
+                         "probability in [0, 1) (0: never abstain; e.g. 0.7)")
+  if args.abstain_threshold is not None and args.target_accuracy is not None:
+    raise cli.UsageError("give --target-accuracy or --abstain-threshold, not both")
+  if not args.data and not (args.workdir and
+                            os.path.exists(os.path.join(args.workdir, "config.json"))):
+    where = (f"--workdir {args.workdir!r} has no config.json, so no validation split"
+             if args.workdir else "no held-out data given")
+    raise cli.UsageError(f"{where}: give --data FOLDER (held-out images to fit on), or "
+                         "--workdir RUN to use the run's validation split")
   found = datasets.load(args.data and [args.data], workdir=args.workdir, split="validation")
   summary = calibrate_bundle(bundle_dir, datasets.Concat([d.records for d in found]),
                              target_accuracy=args.target_accuracy,
                              abstain_threshold=args.abstain_threshold, batch_size=args.batch_size,
                              description=", ".join(d.description for d in found))
   print(json.dumps(summary, indent=2))
+  print(_written(summary, bundle_dir), file=sys.stderr)
 
+
+def _written(summary: dict, bundle_dir: str) -> str:
+  """What was stored, and what the threshold means for the next predictions."""
+  line = (f"wrote temperature {summary['temperature']:.3f}"
+          + (f" and abstain threshold {summary['abstain_threshold']:.3f}"
+             if summary.get("abstain_threshold") is not None else "")
+          + f" into {os.path.join(bundle_dir, 'meta.json')}")
+  coverage, accuracy = summary.get("coverage"), summary.get("answered_accuracy")
+  if coverage is not None:
+    line += (f"; on these {summary['count']} images it answers {coverage:.0%}"
+             + (f" (accuracy {accuracy:.3f})" if accuracy is not None else "")
+             + f" and says 'uncertain' for {1 - coverage:.0%}")
+  if coverage is not None and coverage < 0.5:
+    line += ("; most images will get no answer: lower --target-accuracy, or recalibrate "
+             "with --abstain-threshold 0 to answer every image")
+  return line
 
 if __name__ == "__main__":
   cli.run(main)

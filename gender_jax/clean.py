@@ -4,13 +4,15 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 
 from gender_jax import cli
 from gender_jax.evaluation import datasets
-from gender_jax.evaluation.cleaning import (THUMB, find_issues, load_datasets, scan,
+from gender_jax.evaluation.cleaning import (LABEL_ERROR_FLOOR, THUMB, find_issues,
+                                            load_datasets, out_of_fold_accuracy, scan,
                                             write_outputs)
 from gender_jax.inference.predictor import Predictor
 
@@ -34,9 +36,12 @@ def main(argv=None):
   parser.add_argument("--folds", type=int, default=5,
                       help="cross-validation folds of the label-error model (default 5; "
                            "example: --folds 10)")
-  parser.add_argument("--keep-label-errors", action="store_true",
-                      help="list likely label errors but do not exclude them "
-                           "(example: --keep-label-errors)")
+  parser.add_argument("--exclude-label-errors", action="store_true",
+                      help="also put the likely label errors in exclude.txt (by default they "
+                           "are only listed); refused when the flagging model's out-of-fold "
+                           f"accuracy is under {LABEL_ERROR_FLOOR} (example: "
+                           "--exclude-label-errors --bundle runs/utkface/bundle)")
+  parser.add_argument("--keep-label-errors", action="store_true", help=argparse.SUPPRESS)
   cli.add_batch_size(parser)
   args = parser.parse_args(argv)
   # Before scanning: the inputs exist and the output can be written.
@@ -69,9 +74,23 @@ def main(argv=None):
     kind = f"pooled last-stage features of {os.path.abspath(args.bundle)}"
   found = find_issues(scanned, near_distance=args.near_distance, features=features,
                       folds=args.folds)
+  accuracy = out_of_fold_accuracy(found)
+  if args.exclude_label_errors and (accuracy is None or accuracy < LABEL_ERROR_FLOOR):
+    # A weak model's disagreements are mostly its own mistakes, not the labels'.
+    shown = "could not be fitted" if accuracy is None else f"is {accuracy:.3f}"
+    raise cli.UsageError(
+        f"--exclude-label-errors: the label-error model ({kind}) {shown} out-of-fold accuracy, "
+        f"under the floor of {LABEL_ERROR_FLOOR}; its flags are listed in the report, not "
+        "trusted to exclude images. Give --bundle a trained model, or leave the flag out")
   summary = write_outputs(args.out, found_data, records, scanned, found,
-                          label_errors=not args.keep_label_errors, feature_kind=kind)
+                          label_errors=args.exclude_label_errors, feature_kind=kind)
   print(json.dumps(summary, indent=2))
+  label_note = ("excluded" if args.exclude_label_errors else
+                "listed in issues.csv, not excluded (--exclude-label-errors to exclude)")
+  print(f"wrote {os.path.join(args.out, 'issues.csv')}, summary.json, contact sheets and "
+        f"{', '.join(summary['exclude_files'].values())} ({summary['excluded']} images to leave "
+        f"out: duplicates and unreadable files); {summary['label_errors']} likely label errors "
+        f"{label_note}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,11 @@ def main(argv=None):
   if args.faces != "off" and tta_flag_problem(args.tta):
     raise cli.UsageError(tta_flag_problem(args.tta))
   face_options = cli.face_options(args)
+  datasets.require_split(args.split)
+  cli.require_target_accuracy(args.target_accuracy)
+  if os.path.isfile(args.out):
+    raise cli.UsageError(f"--out {args.out!r} is a file; the report is a folder (report.md, "
+                         "report.json, plots): give a folder name")
   cli.require_writable(args.out, "--out")
   reports = {}
   for bundle_dir, workdir in runs:
@@ -70,7 +75,8 @@ def main(argv=None):
         compute_dtype=args.compute_dtype, progress=not args.quiet, faces=args.faces,
         face_options=face_options)
     o = reports[name]["overall"]
-    print(f"{name}: n={o['count']} accuracy {fmt(o['accuracy'])} balanced "
+    given = ", ".join(d.description for d in data)
+    print(f"{name} on {given}: n={o['count']} accuracy {fmt(o['accuracy'])} balanced "
           f"{fmt(o.get('balanced_accuracy'))} → {out_dir}/report.md", file=sys.stderr)
   if len(reports) > 1 or len(next(iter(reports.values()))["by_source"]) > 1:
     write_matrix(reports, args.out)

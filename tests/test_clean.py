@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from gender_jax.evaluation import label_issues
-from gender_jax import clean
+from gender_jax import clean, cli
 from gender_jax.evaluation import cleaning
 from gender_jax.evaluation import datasets as eval_data
 
@@ -67,16 +67,51 @@ def test_clean_finds_planted_problems(tmp_path):
     if r["kind"].endswith("duplicate"):
       assert r["cross_split"] == str(int(split_of[r["key"]] != split_of[r["other_key"]]))
 
-  # Exclude list: one of each duplicate pair, every flipped label, the unreadable file.
-  lines = [l.split("\t") for l in (out / "exclude.txt").read_text().splitlines()
-           if l and not l.startswith("#")]
-  excluded = {key for key, _ in lines}
+  # Exclude list: one of each duplicate pair and the unreadable file; label errors are only
+  # listed unless asked for.
+  excluded = _excluded(out)
   assert all(len(pair & excluded) == 1 for pair in planted["exact"] + planted["near"])
-  assert set(planted["flipped"]) <= excluded and "male/broken.jpg" in excluded
+  assert not set(planted["flipped"]) & excluded and "male/broken.jpg" in excluded
   summary = json.loads((out / "summary.json").read_text())
   assert summary["exact_duplicate_pairs"] == 4 and summary["unreadable"] == 1
+  assert summary["out_of_fold_accuracy"] >= cleaning.LABEL_ERROR_FLOOR
   for png in ("contact_duplicates.png", "contact_label_errors.png"):
     assert Image.open(out / png).size[0] > 200
+
+  # Asked for, with a model above the floor: the flipped labels are excluded too.
+  clean.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out2"),
+              "--exclude-label-errors"])
+  assert set(planted["flipped"]) <= _excluded(tmp_path / "out2")
+
+
+def _excluded(out) -> set:
+  lines = [l.split("\t") for l in (out / "exclude.txt").read_text().splitlines()
+           if l and not l.startswith("#")]
+  return {key for key, _ in lines}
+
+
+def test_exclusion_on_a_weak_models_word_is_refused(tmp_path, capsys):
+  """Labels no thumbnail can predict (noise images, labels at random): the model is at chance,
+  so --exclude-label-errors stops in one line naming its accuracy and the floor, writing
+  nothing; without the flag the report is written and nothing is excluded for labels."""
+  rng = np.random.default_rng(1)
+  data = tmp_path / "data"
+  for cls in ("female", "male"):
+    os.makedirs(data / cls)
+    for i in range(30):
+      Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).save(data / cls / f"{i}.png")
+  out = tmp_path / "out"
+  try:
+    clean.main(["--data", str(data), "--out", str(out), "--exclude-label-errors"])
+  except cli.UsageError as e:
+    assert "out-of-fold accuracy" in str(e) and str(cleaning.LABEL_ERROR_FLOOR) in str(e)
+  else:
+    raise AssertionError("exclusion on a chance-level model was not refused")
+  assert not out.exists()
+  clean.main(["--data", str(data), "--out", str(out)])
+  assert not any("likely label error" in line for line in (out / "exclude.txt").read_text()
+                 .splitlines())
+  assert "not excluded" in capsys.readouterr().err
 
 
 def test_cross_split_groups_keep_the_evaluation_copy():

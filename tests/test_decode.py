@@ -123,3 +123,65 @@ def test_bomb_guard_also_guards_training():
       fn(bomb.getvalue())
   with pytest.raises(preprocess.ImageTooLarge, match="100x100 = 10000 pixels is over the limit of 1000"):
     preprocess.open_image(_jpeg(Image.new("RGB", (100, 100))), max_pixels=1000)
+
+
+# ----------------------------------------------------------------------------- every mode
+def _blocks() -> np.ndarray:
+  """A picture of 16 flat colour blocks (few colours, so a palette holds it exactly); the
+  top-left block is white, where the transparent variants are see-through."""
+  rng = np.random.default_rng(0)
+  colours = rng.integers(0, 256, (16, 3), np.uint8)
+  colours[0] = 255
+  return np.kron(colours.reshape(4, 4, 3), np.ones((8, 8, 1), np.uint8)).astype(np.uint8)
+
+
+def _saved(im: Image.Image, fmt: str, **kw) -> bytes:
+  out = io.BytesIO()
+  im.save(out, format=fmt, **kw)
+  return out.getvalue()
+
+
+def _each_mode():
+  rgb = _blocks()
+  grey = np.asarray(Image.fromarray(rgb).convert("L"))
+  hole = np.zeros(rgb.shape[:2], bool)
+  hole[:8, :8] = True  # the white block
+  garbage = rgb.copy()
+  garbage[hole] = (13, 200, 77)  # what a transparent pixel happens to hold
+  alpha = np.where(hole, 0, 255).astype(np.uint8)
+  palette = Image.fromarray(garbage).quantize(colors=17, method=Image.Quantize.MEDIANCUT)
+  index = int(np.asarray(palette)[0, 0])
+  yield "RGB", _saved(Image.fromarray(rgb), "PNG"), rgb
+  yield "RGBA", _saved(Image.fromarray(np.dstack([garbage, alpha]), "RGBA"), "PNG"), rgb
+  yield "P+transparency", _saved(palette, "PNG", transparency=index), rgb
+  yield "CMYK", _saved(Image.fromarray(rgb).convert("CMYK"), "TIFF"), rgb
+  yield "CMYK JPEG", _saved(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=100), rgb
+  yield "L", _saved(Image.fromarray(grey), "PNG"), grey
+  yield "LA", _saved(Image.fromarray(np.dstack([np.where(hole, 40, grey), alpha]), "LA"),
+                     "PNG"), np.where(hole, 255, grey)
+  yield "I;16", _saved(Image.fromarray(grey.astype(np.uint16) * 257), "PNG"), grey
+  yield "I", _saved(Image.fromarray(grey.astype(np.int32) * 257), "TIFF"), grey
+
+
+@pytest.mark.parametrize("mode,data,expected", list(_each_mode()),
+                         ids=[m for m, _, _ in _each_mode()])
+def test_every_mode_decodes_to_the_same_picture(mode, data, expected, tmp_path):
+  """16-bit scaled to 8 bits (not clipped to white), transparency over the fixed background,
+  CMYK converted: the same pixels whichever mode the file was saved in, on every path."""
+  if expected.ndim == 2:
+    expected = np.repeat(expected[..., None], 3, axis=-1)
+  tolerance = 4 if "JPEG" in mode else 1
+  with Image.open(io.BytesIO(data)) as im:
+    assert im.mode == mode.split("+")[0].split()[0]
+  got = preprocess.decode(data)
+  assert np.abs(got.astype(int) - expected).max() <= tolerance, mode
+  reference, path = tmp_path / "reference.png", tmp_path / "image"
+  Image.fromarray(expected).save(reference)
+  path.write_bytes(data)
+  stored = preprocess.decode(schema.encode_image_file(str(path)))  # prepare re-encodes: JPEG
+  like = preprocess.decode(schema.encode_image_file(str(reference)))
+  assert np.abs(stored.astype(int) - like).mean() <= 1, mode
+  spec = augment.AugmentSpec(crop="random_resized", crop_scale=(1.0, 1.0), flip=False,
+                             image_backend="pil")
+  train = augment.train_image(data, 32, np.random.default_rng(0), spec)
+  assert np.abs(train.astype(int) - expected).mean() <= 2, mode

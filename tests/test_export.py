@@ -118,7 +118,7 @@ def test_tflite_float_and_weight_quantised(tmp_path, bundle_dir, image_dir, imag
     assert diff <= 1e-4
     assert (probs.argmax(-1) == reference.argmax(-1)).mean() >= 0.99
   # The contract beside the model tells an app exactly what to feed it.
-  written = json.loads((tmp_path / "model.json").read_text())
+  written = json.loads((tmp_path / "model.tflite.json").read_text())
   assert written == json.loads(json.dumps(result))
   assert written["input"].items() >= dict(shape=[1, SIZE, SIZE, 3], dtype="uint8",
                                           channel_order="RGB", value_range=[0, 255]).items()
@@ -164,7 +164,7 @@ def test_onnx_dynamic_batch(tmp_path, bundle_dir, images, reference):
   assert [o.name for o in session.get_outputs()] == ["probs"]
   probs = session.run(["probs"], {"images": images})[0]
   assert np.abs(probs - reference).max() <= 1e-4
-  assert json.loads((tmp_path / "model.json").read_text())["input"]["shape"][0] is None
+  assert json.loads((tmp_path / "model.onnx.json").read_text())["input"]["shape"][0] is None
 
 
 def test_edge_padded_max_pool_is_exact():

@@ -105,16 +105,6 @@ def _can_write(folder: str) -> bool:
     return False
 
 
-def require_class_folders(path: str, what: str = "data folder") -> str:
-  """An image folder for training: male/ and female/ inside."""
-  require_dir(path, what)
-  missing = [c for c in ("female", "male") if not os.path.isdir(os.path.join(path, c))]
-  if missing:
-    raise UsageError(f"{what} {path!r} has no {' or '.join(m + '/' for m in missing)} "
-                     "subfolder; put the images in PATH/male/ and PATH/female/")
-  return path
-
-
 def require_weights_dir(path: str, what: str) -> str:
   """A weights directory or bundle, complete: meta.json and the weights/ checkpoint."""
   if not path or not os.path.exists(path):
@@ -134,3 +124,13 @@ def require_weights_dir(path: str, what: str) -> str:
 def _checkpoint_complete(weights: str) -> bool:
   """Orbax's metadata files are there; a file missing deeper is caught by `load_bundle`."""
   return all(os.path.exists(os.path.join(weights, f)) for f in ("_METADATA", "manifest.ocdbt"))
+
+
+
+def require_target_accuracy(value: float | None, what: str = "--target-accuracy") -> float | None:
+  """An abstain target strictly between 0.5 (a coin answers that well) and 1 (only a perfect
+  model answers anything at 1; the threshold would abstain on every image)."""
+  if value is not None and not 0.5 < value < 1.0:
+    raise UsageError(f"{what} {value}: give an accuracy between 0.5 and 1, exclusive (e.g. "
+                     "0.95): the threshold answers only the images it can get that right")
+  return value

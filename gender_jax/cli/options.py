@@ -153,5 +153,5 @@ def run_config(workdir: str | None, config_file: str | None = None):
   if workdir and os.path.exists(os.path.join(workdir, "config.json")):
     with open(os.path.join(workdir, "config.json")) as f:
       return ml_collections.ConfigDict(json.load(f))
-  raise ValueError("a configured source needs the run's config: give --workdir RUN "
+  raise UsageError("a configured source needs the run's config: give --workdir RUN "
                    "(with RUN/config.json) or --config FILE")

@@ -24,7 +24,7 @@ import sys
 import time
 
 from gender_jax import cli
-from gender_jax.data import prepare, schema
+from gender_jax.data import folder, prepare, schema
 
 
 def _print_summary(summary: dict, seconds: float) -> None:
@@ -50,7 +50,7 @@ def _align(args) -> int:
   out = args.out if args.command == "align" else args.align_faces
   try:
     cli.require_dir(args.manual_dir, "--manual-dir")
-    cli.require_class_folders(args.manual_dir, "--manual-dir")
+    folder.require_folder(args.manual_dir, "--manual-dir")
     cli.require_writable(out, "--out" if args.command == "align" else "--align-faces")
     if args.command == "prepare" and args.source != "folder":
       raise cli.UsageError(f"--align-faces works on --source folder, not {args.source!r}")
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     if args.manual_dir:
       cli.require_dir(args.manual_dir, "--manual-dir")
     if args.source == "folder" and args.manual_dir:
-      cli.require_class_folders(args.manual_dir, "--manual-dir")
+      folder.require_folder(args.manual_dir, "--manual-dir")
     if args.data_dir:
       cli.require_writable(args.data_dir, "--data-dir")
     store = args.store_size

@@ -140,8 +140,7 @@ def _train_image_pil(data, size: int, rng: np.random.Generator, spec: AugmentSpe
       im.draft("RGB", (-(-w * size // cw), -(-h * size // ch)))  # ≥ size px across the crop
       sx, sy = im.size[0] / w, im.size[1] / h
       box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-    if im.mode != "RGB":
-      im = im.convert("RGB")
+    im = preprocess.as_rgb(im)  # 16-bit and transparent images as decode() sees them
     im.load()
     if spec.crop == "pad_crop" and spec.pad_fraction > 0:
       img = np.asarray(im)

@@ -1,17 +1,23 @@
 """Your own photos: `male/` and `female/` folders, with an optional `labels.csv`.
 
-Class folders are matched case-insensitively, with aliases (`man`/`men`, `woman`/`women`,
-`m`/`f`); images may sit in subfolders. With `labels.csv` (columns `path,label,…`; paths
-relative to the folder) the CSV is authoritative: its extra columns (`age`, `race`, …) are
-kept as subgroup fields and an `identity` (or `person_id`) column makes the split
-identity-disjoint. The split is seeded and label-stratified.
+The one reader of a user's folder: train (`data.folder`), `data prepare --source folder`,
+evaluate, calibrate and clean all list a folder here, and `require_folder` is their check
+before any work. Class folders are matched case-insensitively, with aliases (`man`/`men`,
+`woman`/`women`, `m`/`f`); images may sit in subfolders. With `labels.csv` (columns
+`path,label,…`; paths relative to the folder) the CSV is authoritative: its extra columns
+(`age`, `race`, …) are kept as subgroup fields and an `identity` (or `person_id`) column makes
+the split identity-disjoint; an image whose CSV label contradicts the class folder it sits in
+is reported (a count and the files), and the CSV's label is used. The split is seeded and
+label-stratified.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 
+from gender_jax import cli
 from gender_jax.data import builder, schema
 
 LABELS_CSV = "labels.csv"
@@ -57,11 +63,27 @@ def read_csv(folder: str, csv_path: str) -> list[schema.Entry]:
   return entries
 
 
-def read_class_folders(folder: str) -> list[schema.Entry]:
-  entries = []
+def class_folders(folder: str) -> list[tuple[str, int]]:
+  """(subfolder, label) of each subfolder named for a class, in any case or alias."""
   classes = [(d, schema.parse_label(d)) for d in sorted(os.listdir(folder))
              if os.path.isdir(os.path.join(folder, d)) and not d.isdigit()]
-  classes = [(d, label) for d, label in classes if label is not None]
+  return [(d, label) for d, label in classes if label is not None]
+
+
+def require_folder(path: str, what: str = "data folder") -> str:
+  """Before any work: `path` is a folder this module can read (class folders or labels.csv)."""
+  cli.require_dir(path, what)
+  if not os.path.exists(os.path.join(path, LABELS_CSV)) and not class_folders(path):
+    raise cli.UsageError(
+        f"{what} {path!r} has no class folders and no {LABELS_CSV}; put the images in "
+        f"PATH/male/ and PATH/female/ (any case; man/, men/, woman/, women/ also work) or list "
+        f"them in PATH/{LABELS_CSV} with path,label columns")
+  return path
+
+
+def read_class_folders(folder: str) -> list[schema.Entry]:
+  entries = []
+  classes = class_folders(folder)
   if not classes:
     raise FileNotFoundError(f"{folder}: no male/ or female/ subfolders (or man/, woman/) "
                             f"and no {LABELS_CSV}")
@@ -79,8 +101,32 @@ def read_class_folders(folder: str) -> list[schema.Entry]:
 def read_entries(folder: str):
   csv_path = os.path.join(folder, LABELS_CSV)
   if os.path.exists(csv_path):
-    return read_csv(folder, csv_path), []
+    entries = read_csv(folder, csv_path)
+    report_conflicts(folder, label_conflicts(folder, entries))
+    return entries, []
   return read_class_folders(folder), []
+
+
+def label_conflicts(folder: str, entries) -> list[str]:
+  """The keys of images whose labels.csv label contradicts the class folder they sit in."""
+  folder_label = dict(class_folders(folder))
+  out = []
+  for e in entries:
+    top = os.path.normpath(e.key).replace(os.sep, "/").split("/", 1)[0]
+    if top in folder_label and folder_label[top] != e.label:
+      out.append(e.key)
+  return out
+
+
+MAX_LISTED = 20
+
+
+def report_conflicts(folder: str, keys: list[str]) -> None:
+  if keys:
+    listed = ", ".join(keys[:MAX_LISTED]) + (f" and {len(keys) - MAX_LISTED} more"
+                                             if len(keys) > MAX_LISTED else "")
+    logging.warning("%s: %d images have a %s label that contradicts their class folder; the "
+                    "%s label is used: %s", folder, len(keys), LABELS_CSV, LABELS_CSV, listed)
 
 
 def content_key(folder: str) -> str:

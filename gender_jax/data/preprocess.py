@@ -169,12 +169,37 @@ def upright(im: Image.Image, orient: int) -> Image.Image:
   return im.transpose(_ORIENT[orient]) if orient in _ORIENT else im
 
 
+# What shows through transparent pixels (PNG/GIF/WebP cut-outs): one fixed colour, so an image
+# looks the same to the model wherever it is decoded. White: how viewers show such files.
+ALPHA_BACKGROUND = (255, 255, 255)
+# 16-bit greyscale (PNG, TIFF): PIL opens it as I;16 (or I, 32-bit), whose plain conversion to
+# RGB clips at 255, turning the image white. Scaled instead: 65535 → 255.
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def as_rgb(im: Image.Image) -> Image.Image:
+  """A PIL image of any mode → RGB with the same picture: 16-bit scaled to 8, transparency
+  (alpha or a palette's transparent index) over ALPHA_BACKGROUND, CMYK and the rest by PIL."""
+  if im.mode == "RGB":
+    return im
+  if im.mode in _SIXTEEN_BIT:
+    wide = np.asarray(im).astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)).convert("RGB")
+  if im.mode == "P" and "transparency" in im.info or im.mode in _ALPHA:
+    rgba = im.convert("RGBA")
+    out = Image.new("RGB", im.size, ALPHA_BACKGROUND)
+    out.paste(rgba, mask=rgba.getchannel("A"))
+    return out
+  return im.convert("RGB")
+
+
 def to_rgb(im: Image.Image) -> np.ndarray:
   """An opened image → fully decoded, upright uint8 RGB HxWx3."""
   try:
     orient = orientation(im)
     im.load()  # forces a full decode, so truncated files fail here, not later
-    return np.asarray(upright(im.convert("RGB"), orient))
+    return np.asarray(upright(as_rgb(im), orient))
   except (OSError, SyntaxError, ValueError) as e:
     raise ImageError(f"corrupt or truncated image: {e}") from None
 

@@ -105,4 +105,8 @@ def calibrate_bundle(bundle_dir: str, records, *, target_accuracy: float | None 
                     fitted_on=dict(data=description, count=int(len(labels)),
                                    target_accuracy=target_accuracy))
   summary["abstain_threshold"] = abstain_threshold
+  answered = probs.max(axis=-1) >= (abstain_threshold or 0.0)
+  summary["coverage"] = float(answered.mean())  # what the threshold implies on this data
+  summary["answered_accuracy"] = (float((probs.argmax(-1) == labels)[answered].mean())
+                                  if answered.any() else None)
   return summary

@@ -111,6 +111,15 @@ class Concat:
     return record_meta(part, j)
 
 
+def require_split(split: str, what: str = "--split") -> str:
+  """A split every source has (train, validation, test), checked before any data is read."""
+  from gender_jax.data.splits import DEFAULT_FRACTIONS  # every builder's split names
+  if split not in DEFAULT_FRACTIONS:
+    raise cli.UsageError(f"{what}: there is no split {split!r}; the splits are "
+                         f"{', '.join(DEFAULT_FRACTIONS)}")
+  return split
+
+
 def load_one(spec: str, *, workdir: str | None = None, config_file: str | None = None,
              split: str = "test") -> Dataset:
   """One data argument: FOLDER, NAME=FOLDER, or source:NAME[:SPLIT]."""
@@ -118,15 +127,16 @@ def load_one(spec: str, *, workdir: str | None = None, config_file: str | None =
     from gender_jax.data import sources
     parts = spec.split(":")
     name, split = parts[1], (parts[2] if len(parts) > 2 else split)
+    require_split(split, spec)
     config = cli.run_config(workdir, config_file)
     if name not in config.data.sources:
-      raise ValueError(f"{spec}: source {name!r} is not configured in this run "
+      raise cli.UsageError(f"{spec}: source {name!r} is not configured in this run "
                        f"(configured: {', '.join(config.data.sources)})")
     return Dataset(f"{name}:{split}", spec,
                    SourceRecords(sources.get_source(name, split, config), name, split))
   name, _, path = spec.rpartition("=")
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"--data {spec}: {path} is not a directory")
+  from gender_jax.data import folder
+  folder.require_folder(path, f"--data {spec}:")
   records = FolderRecords(path, name or None)
   return Dataset(records.name, os.path.abspath(path), records)
 

@@ -109,6 +109,17 @@ def _value(point, draws) -> dict[str, Any]:
   return dict(value=_f(point), ci=_ci(draws), ci_method="bootstrap")
 
 
+def _unbiased_draws(point: float, draws: np.ndarray) -> np.ndarray:
+  """Draws of a statistic the bootstrap inflates, shifted by the bootstrap's estimate of that
+  bias (their mean − the point estimate), floored at 0. Binned ECE is one: each bin's |gap|
+  only grows with resampling noise, so the draws sit above the estimate and their plain
+  percentile interval can exclude it (0.068 [0.070, 0.202] on 100 images)."""
+  finite = draws[np.isfinite(draws)]
+  if not len(finite) or not np.isfinite(point):
+    return draws
+  return np.maximum(draws - (finite.mean() - point), 0.0)
+
+
 def _f(x):
   x = float(x)
   return None if not np.isfinite(x) else round(x, 6)
@@ -199,7 +210,8 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, *, class_names
   out["roc_auc"] = dict(**_value(roc_auc(probs[:, 1], labels)[0] if both else np.nan,
                                  roc_auc(probs[:, 1], labels, weights) if both else np.array([])),
                         count=n)
-  out["ece"] = dict(**_value(ece(probs, labels, num_bins)[0], ece(probs, labels, num_bins, weights)),
+  point = ece(probs, labels, num_bins)[0]
+  out["ece"] = dict(**_value(point, _unbiased_draws(point, ece(probs, labels, num_bins, weights))),
                     count=n, bins=num_bins)
   out["mean_confidence"] = _f(probs.max(1).mean())
   return out

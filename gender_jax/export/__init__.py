@@ -35,7 +35,7 @@ from gender_jax.inference.bundle import Bundle
 
 __all__ = [
     "FORMATS", "QUANTIZATIONS", "INPUT_DTYPES", "TOLERANCES", "IMAGE_SUFFIXES", "ONNX_OPSET",
-    "ExportError", "ParityError", "export", "contract", "contract_path",
+    "ExportError", "ParityError", "export", "contract", "contract_path", "out_problem",
     "probs_function", "tflite_bytes", "write_tflite", "write_saved_model", "write_onnx",
     "list_images", "load_images", "sample_images", "synthetic_images",
     "load_runtime", "reference_probs", "check_parity", "_edge_padded_max_pool", "_batched"]
@@ -44,10 +44,37 @@ QUANTIZATIONS = ("float32", "float16", "dynamic_range", "int8")
 INPUT_DTYPES = ("uint8", "float32")
 
 
+# What --out must look like for each format: a model file's extension, or a folder.
+SUFFIXES = {"tflite": ".tflite", "onnx": ".onnx", "saved_model": ""}
+
+
 def contract_path(out) -> pathlib.Path:
-  """model.tflite → model.json; a SavedModel directory → DIR/contract.json."""
+  """model.tflite → model.tflite.json (the whole name: model.tflite and model.onnx in one
+  folder keep a contract each); a SavedModel directory → DIR/contract.json."""
   out = pathlib.Path(out)
-  return out / "contract.json" if out.is_dir() else out.with_suffix(".json")
+  return out / "contract.json" if out.is_dir() else out.with_name(out.name + ".json")
+
+
+def out_problem(fmt: str, out) -> str | None:
+  """Why `out` cannot hold a `fmt` export (extension against format, file against folder)."""
+  path = pathlib.Path(out)
+  suffix = SUFFIXES.get(fmt)
+  if suffix is None:
+    return None
+  if not suffix:  # a SavedModel is a folder
+    if path.is_file():
+      return f"--out {out}: is a file, and a SavedModel is a folder; give a folder name"
+    if path.suffix.lower() in (".tflite", ".onnx"):
+      return (f"--out {out}: a {path.suffix} name for a SavedModel folder; give a folder name "
+              f"or --format {path.suffix[1:].lower()}")
+    return None
+  if path.is_dir():
+    return f"--out {out}: is a folder; give a model file name, e.g. {path / ('model' + suffix)}"
+  if path.suffix.lower() != suffix:
+    other = next((f for f, s in SUFFIXES.items() if s and s == path.suffix.lower()), None)
+    hint = f" or --format {other}" if other else ""
+    return f"--out {out}: a {fmt} model is written to a {suffix} file; name it *{suffix}{hint}"
+  return None
 
 
 def contract(bundle, *, fmt, quantization, batch, input_dtype, parity, input_quantization=None):
@@ -99,6 +126,8 @@ def export(bundle_dir, fmt: str, out, *, quantization: str = "float32", batch: i
   if quantization == "int8" and not calibration_dir:
     raise ExportError("--quantize int8 needs --calibration-dir: a folder of representative "
                      "images (e.g. with male/ and female/ inside)")
+  if out_problem(fmt, out):
+    raise ExportError(out_problem(fmt, out))
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   bundle = Bundle(str(bundle_dir), compute_dtype="float32")

@@ -45,6 +45,8 @@ def main(argv=None) -> int:
   try:
     cli.require_weights_dir(args.bundle, "--bundle")
     cli.require_writable(args.out, "--out")
+    if lib.out_problem(args.format, args.out):
+      raise cli.UsageError(lib.out_problem(args.format, args.out))
     for flag in ("calibration_dir", "check_dir"):
       if getattr(args, flag):
         cli.require_dir(getattr(args, flag), f"--{flag}")

@@ -68,7 +68,7 @@ def to_array(item) -> np.ndarray:
     except OSError as e:
       raise ImageError(f"cannot read file: {e.strerror or e}") from None
   elif hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
-    item = np.asarray(item.convert("RGB"))
+    item = np.asarray(preprocess.as_rgb(item))
   return preprocess.decode(item)
 
 

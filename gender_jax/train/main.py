@@ -8,6 +8,9 @@ List every key and its value:   --config configs/demo.py --workdir RUN --show-co
 Override any key:               --config.data.batch_size=64 --config.data.folder=/photos
 A stage's learning-rate multiplier: --config.optimizer.lr_mult.level3=0.3 (any stage name)
 A typo'd key stops with `Did you mean …`. Add --debug (or GENDER_JAX_DEBUG=1) for tracebacks.
+Rerunning on a workdir: the same config resumes a stopped run and leaves a finished one as it
+is; another config is refused unless --continue (e.g. train longer:
+--config.total_steps=2000 --continue).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from gender_jax import cli, parallel  # noqa: E402
-from gender_jax.train import loop, preflight  # noqa: E402
+from gender_jax.train import loop, preflight, rerun  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, bundle. "
                                "Example: --workdir runs/demo")
@@ -46,6 +49,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Example: --config configs/demo.py --config.total_steps=20", lock_config=True)
 _SHOW = flags.DEFINE_bool("show_config", False, "Print the config (every key) and exit. "
                           "Example: --show-config")
+_CONTINUE = flags.DEFINE_bool(
+    "continue", False, "Go on training a workdir with a changed config (e.g. a larger "
+    "total_steps); its bundle is kept beside the new one. Example: --continue")
 flags.DEFINE_bool("debug", False, "Show Python tracebacks for errors. Example: --debug")
 
 
@@ -64,11 +70,24 @@ def main(argv):
   preflight.check_config(config, _WORKDIR.value)
   logging.info("jax %s on %d × %s", jax.__version__, jax.device_count(),
                jax.devices()[0].device_kind)
+  finished = rerun.check(config, _WORKDIR.value, _CONTINUE.value)
+  if finished:
+    print(finished)
+    return 0
   preflight.log_data_sanity(config)
   result = loop.train_and_evaluate(config, _WORKDIR.value)
   if result.get("preempted"):
     sys.exit(143)  # non-zero, so schedulers restart the job; the rerun resumes
+  print(_summary(result, _WORKDIR.value))
   return 0
+
+
+def _summary(result: dict, workdir: str) -> str:
+  """The run's last line: where the bundle is and what validation said of it."""
+  figures = "  ".join(f"{k} {v:.4f}" for k, v in sorted(result.items())
+                      if k not in ("preempted", "step") and isinstance(v, (int, float)))
+  return (f"trained to step {result['step']}; validation: {figures or 'none'}; bundle: "
+          f"{os.path.join(os.path.abspath(workdir), 'bundle')}")
 
 
 def run():

@@ -4,19 +4,23 @@ with one class stops the run. Nothing here writes to the workdir."""
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 
 from gender_jax import cli
-from gender_jax.data import prepare, sources
+from gender_jax.data import folder, prepare, sources
 from gender_jax.train import schedule
 
 
 def check_config(config, workdir: str) -> None:
   """Every check that needs no data, before any work and before the workdir exists."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise cli.UsageError(f"--workdir {workdir!r} is a file, not a folder; give a folder for "
+                         "the run (checkpoints, logs, bundle)")
   cli.require_writable(workdir, "--workdir")
   if config.data.get("folder"):
-    cli.require_class_folders(config.data.folder, "--config.data.folder")
+    folder.require_folder(config.data.folder, "--config.data.folder")
   for name, opts in config.data.sources.items():
     path = opts.get("manual_dir") or opts.get("path")
     if name.split(":")[0] != "synthetic":

@@ -1,8 +1,10 @@
 """Step arithmetic and validation for ml_collections training configs."""
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
-from gender_jax.models import MIN_IMAGE_SIZE
+from gender_jax.models import ARCHS, MIN_IMAGE_SIZE
 
 FINETUNE_MODES = ("scratch", "all", "head", "last_n")
 BN_MODES = ("train", "frozen")
@@ -34,6 +36,34 @@ AFTER_TRAINING = ("precise_bn", "face_template", "calibrate")
 def after_training(config) -> list[str]:
   """`config.after_training` ("precise_bn,calibrate") as a list of names."""
   return [n.strip() for n in str(config.get("after_training", "")).split(",") if n.strip()]
+
+
+def _value_errors(config) -> list[str]:
+  """Counts and rates that must be positive (or not negative), and at least one run length."""
+  errors = []
+  positive = {"data.batch_size": config.data.batch_size,
+              "data.eval_batch_size": config.data.eval_batch_size,
+              "data.image_size": config.data.image_size, "log_every": config.log_every,
+              "optimizer.lr": config.optimizer.lr, "checkpoint.keep": config.checkpoint.keep}
+  for key, value in positive.items():
+    if value is not None and value <= 0:
+      errors.append(f"{key}={value} must be positive")
+  not_negative = {"optimizer.weight_decay": config.optimizer.weight_decay,
+                  "optimizer.end_lr_fraction": config.optimizer.get("end_lr_fraction", 0.0)}
+  for name, node in (("total", config), ("eval_every", config),
+                     ("checkpoint_every", config.checkpoint), ("warmup", config.optimizer)):
+    prefix = {"checkpoint_every": "checkpoint.", "warmup": "optimizer."}.get(name, "")
+    for unit in ("steps", "epochs", "examples"):
+      not_negative[f"{prefix}{name}_{unit}"] = node.get(f"{name}_{unit}")
+  for key, value in not_negative.items():
+    if value is not None and value < 0:
+      errors.append(f"{key}={value} must not be negative")
+  if not any((config.get(f"total_{u}") or 0) > 0 for u in ("steps", "epochs", "examples")):
+    errors.append("the run has no length: set a positive total_steps, total_epochs or "
+                  "total_examples (e.g. --config.total_steps=200)")
+  if not 0 <= config.get("label_smoothing", 0.0) < 1:
+    errors.append(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
+  return errors
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -73,8 +103,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   elif config.model.compute_dtype not in ("float32", "bfloat16"):
     errors.append(f"model.compute_dtype={config.model.compute_dtype!r}: choose 'float32' or "
                   "'bfloat16'")
-  if config.data.batch_size < 1:
-    errors.append("data.batch_size must be positive")
+  errors += _value_errors(config)
   for name, node in (("total", config), ("eval_every", config),
                      ("checkpoint_every", config.checkpoint), ("warmup", config.optimizer)):
     given = [f"{name}_{k}" for k in ("steps", "epochs", "examples") if node.get(f"{name}_{k}")]
@@ -82,9 +111,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
       errors.append(f"{' and '.join(given)} are both set: keep one (e.g. add "
                     f"--config.{'checkpoint.' if name == 'checkpoint_every' else ''}"
                     f"{'optimizer.' if name == 'warmup' else ''}{given[1]}=0)")
+  if config.model.arch not in ARCHS:
+    near = difflib.get_close_matches(config.model.arch, ARCHS, n=3)
+    errors.append(f"model.arch={config.model.arch!r} is not a model here: "
+                  + (f"did you mean {' or '.join(near)}? " if near else "")
+                  + f"choose from {', '.join(ARCHS)}")
   smallest = MIN_IMAGE_SIZE.get(config.model.arch, 1)
   if config.data.image_size < smallest:
     errors.append(f"data.image_size={config.data.image_size} is too small for "
                   f"{config.model.arch}: use ≥ {smallest}")
   if errors:
-    raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+    raise ValueError("invalid config: " + "; ".join(errors))
