@@ -54,6 +54,9 @@ def main(argv=None):
     raise cli.UsageError(tta_flag_problem(args.tta))
   face_options = cli.face_options(args)
   cli.require_writable(args.out, "--out")
+  if args.write_calibration:  # the bundle is rewritten at the end: refuse now, not after the work
+    for bundle_dir, _ in runs:
+      cli.require_writable(os.path.join(bundle_dir, "meta.json"), "--write-calibration: bundle")
   reports = {}
   for bundle_dir, workdir in runs:
     data = datasets.load(args.data, workdir=workdir, config_file=args.config, split=args.split)

@@ -37,7 +37,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from gender_jax import cli, parallel  # noqa: E402
-from gender_jax.train import lock, loop, preflight  # noqa: E402
+from gender_jax.train import lock, preflight  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, bundle. "
                                "Example: --workdir runs/demo")
@@ -66,6 +66,7 @@ def main(argv):
       lock.acquire(_WORKDIR.value)
     except lock.WorkdirBusy as e:
       cli.exit_now(f"error: {e}", lock.EXIT_BUSY)
+  from gender_jax.train import loop  # after the lock: its imports take seconds
   parallel.initialize_distributed()  # before anything touches devices
   parallel.persistent_compilation_cache()
   preflight.check_config(config, _WORKDIR.value)
