@@ -1,4 +1,4 @@
-"""One run per workdir: a second launch is refused at once (one line, status 75, before jax
+"""One run per workdir: a second launch is refused at once (one line, status 73, before jax
 starts), never hangs, and never writes; a lock whose process died is taken over."""
 from __future__ import annotations
 

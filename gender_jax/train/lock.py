@@ -22,9 +22,10 @@ import socket
 
 from gender_jax import cli
 
-# Not 1 (a crash) nor 2 (a user's mistake, which schedulers do not retry): the workdir is
-# busy now, and may not be later (EX_TEMPFAIL of sysexits.h).
-EXIT_BUSY = 75
+# Not 1 (a crash), 2 (a user's mistake), 75 (a peer lost: requeue) nor 143 (preempted:
+# rerun): the workdir belongs to a run that is alive, so a retry now would be refused too.
+# (EX_CANTCREAT of sysexits.h: the output cannot be created.)
+EXIT_BUSY = 73
 LOCK_NAME = ".lock"
 
 _held: dict[str, int] = {}  # workdir → the open descriptor that holds its lock
