@@ -24,7 +24,10 @@ import sys
 
 # This file is named serve.py: keep its folder off sys.path so `serve` is the app package, for
 # this process and for the Ray workers that inherit the driver's path.
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# GENDER_JAX_SERVE_REPO: serve another checkout's app (and package), e.g. an older commit for
+# before/after figures with the same client.
+REPO = os.environ.get("GENDER_JAX_SERVE_REPO") or os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
     os.path.abspath(__file__))]
 sys.path.insert(0, REPO)
@@ -42,6 +45,14 @@ import numpy as np  # noqa: E402
 
 PROXY_ENV = {"default": {},
              "ha": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}}
+
+
+def bundle_class():
+  try:
+    from gender_jax.inference.bundle import Bundle
+  except ImportError:  # a checkout from before the package was foldered
+    from gender_jax.bundle import Bundle
+  return Bundle
 
 
 def free_port() -> int:
@@ -216,7 +227,7 @@ def run_mode(mode: str, bundle: str, images: list[bytes], concurrencies, seconds
   from ray import serve
   from ray.serve._private import api as serve_api
   from ray.serve.schema import ServeDeploySchema
-  from gender_jax.inference.bundle import Bundle
+  Bundle = bundle_class()
 
   port = free_port()
   ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace="serve",
@@ -243,7 +254,9 @@ def run_mode(mode: str, bundle: str, images: list[bytes], concurrencies, seconds
     dep = app.deployments[0]
     dep.autoscaling_config = None
     dep.num_replicas = replicas
-    client.deploy_apps(schema, _blocking=True)
+    # Not Serve's blocking wait (60 s): compiling every batch size can take longer on a busy
+    # machine; wait_ready below waits for /healthz instead.
+    client.deploy_apps(schema, _blocking=False)
     # A replica answers /healthz "starting" while it compiles; measure once all are ready.
     ready_s = wait_ready(f"http://127.0.0.1:{port}", replicas)
     print(mode, f"{replicas} replica(s) ready {ready_s:.1f} s after the deploy returned",
@@ -276,7 +289,7 @@ def run_mode(mode: str, bundle: str, images: list[bytes], concurrencies, seconds
 # ----------------------------------------------------------------------------- in-process
 def in_process(bundle_dir: str, images: list[bytes], concurrencies, seconds, batch_sizes) -> dict:
   """The same model called directly: decode + pad + probs + decide, `c` images per call."""
-  from gender_jax.inference.bundle import Bundle
+  Bundle = bundle_class()
   from gender_jax.data import preprocess
   bundle = Bundle(bundle_dir, compute_dtype="float32")
   probs_fn, size = bundle.probs_fn(), bundle.image_size
@@ -386,7 +399,7 @@ def main():
       with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
       return
-    from gender_jax.inference.bundle import Bundle
+    Bundle = bundle_class()
     batch_sizes = [int(s) for s in __import__("yaml").safe_load(open(os.path.join(
         REPO, "serve", "config.yaml")))["applications"][0]["args"]["batch_sizes"]]
     results["in_process"] = in_process(bundle, images, concurrencies, args.seconds, batch_sizes)
