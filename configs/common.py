@@ -79,6 +79,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = placeholder(float)
   config.eval_every_examples = placeholder(int)
   config.log_every = 50
+  # A step whose loss or gradient norm is NaN/inf stops the run (exit 1, no bundle). N > 0:
+  # such a step's update is skipped instead, and the run stops after N of them in a row.
+  config.max_nonfinite_steps = 0
   # After training, in this order, on the bundle (gender_jax/train/after.py): `precise_bn`
   # (BatchNorm statistics recomputed on `precise_bn_batches` training batches),
   # `face_template` (the detector's eye and mouth positions on the face crops, so photos'

@@ -59,6 +59,9 @@ def main(argv=None):
     raise cli.UsageError(f"--out {args.out!r} is a file; the report is a folder (report.md, "
                          "report.json, plots): give a folder name")
   cli.require_writable(args.out, "--out")
+  if args.write_calibration:  # the bundle is rewritten at the end: refuse now, not after the work
+    for bundle_dir, _ in runs:
+      cli.require_writable(os.path.join(bundle_dir, "meta.json"), "--write-calibration: bundle")
   reports = {}
   for bundle_dir, workdir in runs:
     data = datasets.load(args.data, workdir=workdir, config_file=args.config, split=args.split)

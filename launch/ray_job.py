@@ -12,6 +12,12 @@ The cluster must have the package installed (or pass --working-dir to ship this 
 Exit status: 0 when all workers finish; else the first non-zero worker status (143: stopped
 by SIGTERM after checkpointing — run the same command again to resume; 75: a peer vanished).
 Ctrl-C / SIGTERM on this driver is passed to every worker as SIGTERM.
+
+`--max-restarts N`: when a worker or its node dies (the actor is lost, the trainer is killed by
+a signal, or a survivor reports its peer gone with 75), the whole group is stopped and started
+again, up to N times; the rerun resumes from the workdir's last checkpoint, exactly (the batch
+at each step is a function of the step). A trainer that fails by itself (1, 2) is not
+restarted: it would fail the same way.
 """
 from __future__ import annotations
 
@@ -43,6 +49,9 @@ def parse_args(argv):
                       "in this directory's path, which must exist on every node")
   p.add_argument("--placement-timeout", type=float, default=600,
                  help="seconds to wait for the cluster to have room for all workers")
+  p.add_argument("--max-restarts", type=int, default=0,
+                 help="restart the worker group from the last checkpoint up to N times when "
+                      "a worker or node dies (default 0)")
   p.add_argument("train_args", nargs=argparse.REMAINDER,
                  help="-- then the arguments of `python -m gender_jax.train`")
   args = p.parse_args(argv)
@@ -52,6 +61,8 @@ def parse_args(argv):
   if not args.address:
     problems.append("no Ray cluster: pass --address HOST:PORT or set RAY_ADDRESS "
                     "(`ray start --head` starts one)")
+  if args.max_restarts < 0:
+    problems.append(f"--max-restarts must be >= 0, got {args.max_restarts}")
   if args.num_workers < 1:
     problems.append(f"--num-workers must be >= 1, got {args.num_workers}")
   for flag in ("--config", "--workdir"):
@@ -101,6 +112,7 @@ def main(argv=None) -> int:
           [sys.executable, "-u", "-m", "gender_jax.train", *train_args],
           env={**os.environ, **env}, cwd=cwd, stdout=subprocess.PIPE,
           stderr=subprocess.STDOUT, text=True)
+      print(f"[{self.rank}] trainer PID {self.proc.pid} on {socket.gethostname()}", flush=True)
       for line in self.proc.stdout:
         print(f"[{self.rank}] {line}", end="", flush=True)
       return self.proc.wait()
@@ -113,57 +125,85 @@ def main(argv=None) -> int:
   bundle = {"CPU": args.cpus_per_worker}
   if args.gpus_per_worker:
     bundle["GPU"] = args.gpus_per_worker
-  pg = placement_group([dict(bundle)] * n, strategy=args.strategy)
-  ready, _ = ray.wait([pg.ready()], timeout=args.placement_timeout)
-  if not ready:
-    sys.exit(f"launch/ray_job.py: the cluster has no room for {n} × {bundle} "
-             f"({args.strategy}) after {args.placement_timeout:.0f} s; `ray status` shows "
-             "what it has")
-  workers = [Trainer.options(
-      num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker,
-      scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-  ).remote(i) for i in range(n)]
-  coordinator = ray.get(workers[0].coordinator.remote())
   extra = dict(kv.split("=", 1) for kv in args.env)
-  print(f"launch/ray_job.py: {n} workers, coordinator {coordinator}", flush=True)
+  stopping = []  # set by SIGTERM/Ctrl-C on this driver: no restart after that
+  group: list = []
 
   def forward(signum, frame):
     print(f"launch/ray_job.py: got signal {signum}, passing SIGTERM to every worker",
           flush=True)
-    for w in workers:
+    stopping.append(signum)
+    for w in group:
       w.stop.remote()
   signal.signal(signal.SIGTERM, forward)
   signal.signal(signal.SIGINT, forward)
 
-  refs = [w.run.remote(dict(extra, JAX_COORDINATOR_ADDRESS=coordinator,
-                            JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i)),
-                       args.train_args, None if args.working_dir else os.getcwd())
-          for i, w in enumerate(workers)]
-  status, pending, failed_at = {}, list(refs), None
-  while pending:
-    done, pending = ray.wait(pending, timeout=1.0)
-    for ref in done:
-      rank = refs.index(ref)
-      try:
-        status[rank] = ray.get(ref)
-      except ray.exceptions.RayError as e:  # the actor or its node died
-        print(f"launch/ray_job.py: worker {rank} lost: {e}", flush=True)
-        status[rank] = 1
-      if status[rank] != 0 and failed_at is None:
-        failed_at = time.monotonic()
-        print(f"launch/ray_job.py: worker {rank} exited with {status[rank]}", flush=True)
-    # The others notice a dead peer themselves (parallel.PeerWatchdog); past that, end them.
-    grace = float(extra.get("GENDER_JAX_PEER_TIMEOUT", os.environ.get(
-        "GENDER_JAX_PEER_TIMEOUT", 60))) + 30
-    if pending and failed_at is not None and time.monotonic() - failed_at > grace:
-      print("launch/ray_job.py: stopping the remaining workers", flush=True)
-      for w in workers:
-        ray.kill(w)
-      break
-  remove_placement_group(pg)
-  codes = [status.get(i, 1) for i in range(n)]
-  print(f"launch/ray_job.py: worker exit statuses {codes}", flush=True)
-  return next((c for c in codes if c != 0), 0)
+  def run_group() -> tuple[list[int], bool]:
+    """One start of all n workers → (exit statuses, whether a worker or node was lost)."""
+    pg = placement_group([dict(bundle)] * n, strategy=args.strategy)
+    ready, _ = ray.wait([pg.ready()], timeout=args.placement_timeout)
+    if not ready:
+      sys.exit(f"launch/ray_job.py: the cluster has no room for {n} × {bundle} "
+               f"({args.strategy}) after {args.placement_timeout:.0f} s; `ray status` shows "
+               "what it has")
+    group[:] = [Trainer.options(
+        num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+    ).remote(i) for i in range(n)]
+    coordinator = ray.get(group[0].coordinator.remote())
+    print(f"launch/ray_job.py: {n} workers, coordinator {coordinator}", flush=True)
+    refs = [w.run.remote(dict(extra, JAX_COORDINATOR_ADDRESS=coordinator,
+                              JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i)),
+                         args.train_args, None if args.working_dir else os.getcwd())
+            for i, w in enumerate(group)]
+    status, pending, failed_at, lost = {}, list(refs), None, False
+    while pending:
+      done, pending = ray.wait(pending, timeout=1.0)
+      for ref in done:
+        rank = refs.index(ref)
+        try:
+          status[rank] = ray.get(ref)
+        except ray.exceptions.RayError as e:  # the actor or its node died
+          print(f"launch/ray_job.py: worker {rank} lost: {e}", flush=True)
+          status[rank], lost = 1, True
+        if status[rank] < 0 and not stopping:  # the trainer was killed by a signal
+          lost = True
+        if status[rank] != 0 and failed_at is None:
+          failed_at = time.monotonic()
+          print(f"launch/ray_job.py: worker {rank} exited with {status[rank]}", flush=True)
+      # The others notice a dead peer themselves (parallel.PeerWatchdog); past that, end them.
+      # With restarts left there is no need to wait for that: the group starts again anyway.
+      grace = float(extra.get("GENDER_JAX_PEER_TIMEOUT", os.environ.get(
+          "GENDER_JAX_PEER_TIMEOUT", 60))) + 30
+      if pending and failed_at is not None and (
+          time.monotonic() - failed_at > grace or (lost and restarts_left())):
+        print("launch/ray_job.py: stopping the remaining workers", flush=True)
+        # SIGKILL the trainers first: one stuck in a collective ignores SIGTERM, and killing
+        # only the actor would leave it running (holding the workdir's lock).
+        try:
+          ray.get([w.stop.remote(signal.SIGKILL) for w in group], timeout=30)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+          pass  # a dead actor's trainer died with it
+        for w in group:
+          ray.kill(w)
+        break
+    remove_placement_group(pg)
+    return [status.get(i, 1) for i in range(n)], lost
+
+  attempts = []
+
+  def restarts_left() -> bool:
+    return len(attempts) < args.max_restarts and not stopping
+
+  while True:
+    codes, lost = run_group()
+    print(f"launch/ray_job.py: worker exit statuses {codes}", flush=True)
+    # 75: a survivor saw its peer vanish, which is a lost worker too.
+    if all(c == 0 for c in codes) or not (lost or 75 in codes) or not restarts_left():
+      return next((c for c in codes if c != 0), 0)
+    attempts.append(codes)
+    print(f"launch/ray_job.py: a worker was lost; restarting the group from the last "
+          f"checkpoint (restart {len(attempts)} of {args.max_restarts})", flush=True)
 
 
 if __name__ == "__main__":

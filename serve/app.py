@@ -1,9 +1,14 @@
 """The Ray Serve application: one FastAPI ingress deployment that owns the jitted model.
 
 `serve run serve/config.yaml` builds it through `app(args)`. A replica loads the inference
-bundle once, compiles `bundle.probs_fn()` for each padded batch size in `batch_sizes` before it
-reports healthy, and then only ever calls those executables: `@serve.batch` collects single
-images from concurrent requests and the batch is zero-padded up to the next compiled size.
+bundle in its constructor (a missing or broken bundle fails the replica there), then compiles
+the model for each batch size in `batch_sizes` on a background thread, so `/healthz` answers
+from the first second: 503 `{"status": "starting"}` while compiling, 200 `{"status": "ready"}`
+after. `@serve.batch` collects single images from concurrent requests and the batch is
+zero-padded up to the smallest compiled size that holds it — sizes in powers of two, so a
+batch of 2 costs a 2-image call, not an 8-image one. A request the replica cannot answer now
+(still compiling, or its model thread failed) gets 503 with `Retry-After` at once, never a
+wait until the proxy's timeout.
 Every backend compile in the replica process is counted (jax.monitoring), so a compile on the
 request path shows in `/v1/stats` and the Prometheus gauge instead of as a latency spike.
 
@@ -16,6 +21,7 @@ import concurrent.futures
 import hashlib
 import os
 import pathlib
+import threading
 import time
 from typing import Any
 
@@ -29,6 +35,32 @@ from serve import compiles, inputs
 
 PAGE = pathlib.Path(__file__).with_name("index.html")
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+# Seconds a client is told to wait (Retry-After) while a replica compiles; by then another
+# replica, or this one, answers.
+RETRY_AFTER_STARTING_S = 5
+RETRY_AFTER_FAILED_S = 1
+
+
+class Unavailable(Exception):
+  """This replica cannot answer now: 503 with Retry-After."""
+
+  def __init__(self, message: str, retry_after: int):
+    super().__init__(message)
+    self.message, self.retry_after = message, retry_after
+
+
+def bundle_path(bundle: str | None) -> str:
+  """The bundle a replica serves (GENDER_JAX_BUNDLE wins over args.bundle), checked: one
+  line naming where the path came from when it is not a bundle."""
+  path = os.environ.get("GENDER_JAX_BUNDLE") or bundle
+  origin = "GENDER_JAX_BUNDLE" if os.environ.get("GENDER_JAX_BUNDLE") else "args.bundle"
+  if not path:
+    raise ValueError("no bundle: set args.bundle in serve/config.yaml or GENDER_JAX_BUNDLE")
+  if not os.path.exists(os.path.join(path, "meta.json")):
+    raise FileNotFoundError(f"bundle {path!r} (from {origin}) has no meta.json; point it at "
+                            "a WORKDIR/bundle directory")
+  return path
 
 def _bundle_digest(directory: str) -> str:
   """sha256 over every file of the bundle: which exact model this replica serves."""
@@ -60,12 +92,19 @@ async def _bad_request(request: Request, e: inputs.BadRequest):
   return JSONResponse({"error": e.message}, status_code=e.status)
 
 
+@api.exception_handler(Unavailable)
+async def _unavailable(request: Request, e: Unavailable):
+  del request
+  return JSONResponse({"error": e.message}, status_code=503,
+                      headers={"Retry-After": str(e.retry_after)})
+
+
 @serve.deployment(max_ongoing_requests=64)
 @serve.ingress(api)
 class GenderClassifier:
   """Loads the bundle, compiles every batch size, answers /v1/predict in padded batches."""
 
-  def __init__(self, bundle: str | None = None, batch_sizes=(1, 8, 32),
+  def __init__(self, bundle: str | None = None, batch_sizes=DEFAULT_BATCH_SIZES,
                batch_wait_timeout_s: float = 0.002, compute_dtype: str = "float32",
                max_body_bytes: int = 16 * 2**20, max_images: int = 32,
                max_image_pixels: int = 40_000_000, faces_detector: str = "full",
@@ -75,26 +114,18 @@ class GenderClassifier:
     from gender_jax.inference.predictor import Predictor
 
     # The environment wins so one config file serves any bundle (a KubeRay pod, a CI run).
-    path = os.environ.get("GENDER_JAX_BUNDLE") or bundle
-    if not path:
-      raise ValueError("no bundle: set args.bundle in serve/config.yaml or GENDER_JAX_BUNDLE")
-    if not os.path.exists(os.path.join(path, "meta.json")):
-      raise FileNotFoundError(f"bundle {path!r} (from "
-                              f"{'GENDER_JAX_BUNDLE' if os.environ.get('GENDER_JAX_BUNDLE') else 'args.bundle'})"
-                              " has no meta.json; point it at a WORKDIR/bundle directory")
+    path = bundle_path(bundle)
     self.batch_sizes = tuple(sorted({int(s) for s in batch_sizes}))
     if not self.batch_sizes or self.batch_sizes[0] < 1:
       raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
     self.limits = inputs.Limits(int(max_body_bytes), int(max_images), int(max_image_pixels))
     compiles.install()
 
-    self.bundle = Bundle(path, compute_dtype=compute_dtype)
+    self.bundle = Bundle(path, compute_dtype=compute_dtype)  # NaN weights are refused here
     self.predictor = Predictor(self.bundle, batch_sizes=self.batch_sizes)
     size = self.bundle.image_size
-    t0 = time.perf_counter()
-    self.predictor.warm()  # every shape the request path will ever see
     # Photos of people (`?faces=detect|auto`): detector, alignment and classifier as one
-    # program, compiled here for its one padded batch size.
+    # program, compiled (with the classifier's sizes) on the warm-up thread.
     self.face_pipeline = None
     if faces_detector:
       from gender_jax.inference.photos import FacePipeline
@@ -102,11 +133,12 @@ class GenderClassifier:
                                         max_faces=int(max_faces),
                                         batch_size=int(faces_batch_size), faces="auto",
                                         tiles=faces_tiles)
-      self.face_pipeline.warm(size)
       self._infer_faces.set_max_batch_size(int(faces_batch_size))
       self._infer_faces.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
-    self.warmup_s = time.perf_counter() - t0
-    self.compiles_at_warmup = compiles.count()
+    self.warmup_s, self.compiles_at_warmup, self.warmup_error = None, None, None
+    self.started = time.perf_counter()
+    self.ready = threading.Event()
+    threading.Thread(target=self._warm, name="warm-up", daemon=True).start()
     # One thread runs the model; decoding runs on its own threads (PIL releases the GIL while
     # it decodes), so neither a batch nor a 40-megapixel upload stalls the event loop, which
     # keeps accepting and answering other requests meanwhile.
@@ -131,6 +163,37 @@ class GenderClassifier:
                     max_image_pixels=self.limits.max_image_pixels))
     self.page = PAGE.read_text()
     self._init_metrics()
+
+  def _warm(self):
+    """Every shape the request path will ever see, compiled before the first request runs."""
+    try:
+      self.predictor.warm()
+      if self.face_pipeline is not None:
+        self.face_pipeline.warm(self.bundle.image_size)
+    except Exception as e:  # noqa: BLE001 — reported by /healthz and Serve's health check
+      self.warmup_error = f"{type(e).__name__}: {e}"
+      return
+    self.warmup_s = time.perf_counter() - self.started
+    self.compiles_at_warmup = compiles.count()
+    self.ready.set()
+
+  def _require_ready(self):
+    if self.ready.is_set():
+      return
+    if self.warmup_error:
+      raise Unavailable(f"replica failed to start: {self.warmup_error}", RETRY_AFTER_FAILED_S)
+    raise Unavailable(f"replica starting: compiling the model "
+                      f"({time.perf_counter() - self.started:.0f} s so far)",
+                      RETRY_AFTER_STARTING_S)
+
+  async def _model_call(self, fn, *args):
+    """Runs fn on the model thread; a broken executor is this replica's failure: 503."""
+    try:
+      return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    except RuntimeError as e:
+      if self.executor._shutdown:  # pylint: disable=protected-access
+        raise Unavailable(f"replica model thread stopped: {e}", RETRY_AFTER_FAILED_S) from e
+      raise
 
   def _init_metrics(self):
     # Replica-local mirrors of the Prometheus series, for /v1/stats and the tests.
@@ -161,8 +224,8 @@ class GenderClassifier:
   @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
   async def _infer(self, items: list[tuple[np.ndarray, float]]) -> list[dict[str, Any]]:
     start = time.perf_counter()
-    probs, padded = await asyncio.get_running_loop().run_in_executor(
-        self.executor, self.predictor.probs_of, [image for image, _ in items])
+    probs, padded = await self._model_call(self.predictor.probs_of,
+                                           [image for image, _ in items])
     answers = self.bundle.decide(probs)
     self._record(items, answers, start, time.perf_counter() - start, padded)
     return answers
@@ -179,7 +242,7 @@ class GenderClassifier:
         for i, found in zip(idx, self.face_pipeline([items[i][0] for i in idx], faces=mode)):
           out[i] = [_face_json(f) for f in found]
       return out
-    found = await asyncio.get_running_loop().run_in_executor(self.executor, run)
+    found = await self._model_call(run)
     answers = [f for faces in found for f in faces]
     self._record([(None, t) for _, _, t in items], answers, start,
                  time.perf_counter() - start, self.face_pipeline.batch_size)
@@ -204,7 +267,10 @@ class GenderClassifier:
       if a["abstained"]:
         s["abstentions"] += 1
         self.m_abstain.inc()
-    self.m_compiles.set(compiles.count() - self.compiles_at_warmup)
+    self.m_compiles.set(self._compiles_after_warmup())
+
+  def _compiles_after_warmup(self) -> int | None:
+    return None if self.compiles_at_warmup is None else compiles.count() - self.compiles_at_warmup
 
   # --------------------------------------------------------------------------- routes
   @api.post("/v1/predict")
@@ -212,6 +278,7 @@ class GenderClassifier:
     """`?faces=off` (default): each image is one face or person crop → one answer.
     `?faces=detect`: every face of each photo, found, aligned and classified, with its box
     and keypoints; `?faces=auto`: a photo that is already one tight face crop whole."""
+    self._require_ready()
     try:
       faces = inputs.faces_mode(request.query_params.get("faces", "off"),
                                 enabled=self.face_pipeline is not None)
@@ -242,7 +309,17 @@ class GenderClassifier:
 
   @api.get("/healthz")
   def healthz(self):
-    return {"status": "ok", "compiles_after_warmup": compiles.count() - self.compiles_at_warmup}
+    """200 `ready` once every batch size is compiled; 503 `starting` (or `failed`) before,
+    with Retry-After, from the replica's first second."""
+    if self.ready.is_set():
+      return {"status": "ready", "compiles_after_warmup": self._compiles_after_warmup(),
+              "warmup_s": round(self.warmup_s, 3),
+              "replica": serve.get_replica_context().replica_id.unique_id}
+    status = "failed" if self.warmup_error else "starting"
+    retry = RETRY_AFTER_FAILED_S if self.warmup_error else RETRY_AFTER_STARTING_S
+    return JSONResponse({"status": status, "error": self.warmup_error,
+                         "elapsed_s": round(time.perf_counter() - self.started, 1)},
+                        status_code=503, headers={"Retry-After": str(retry)})
 
   @api.get("/v1/model")
   def model(self):
@@ -253,8 +330,8 @@ class GenderClassifier:
     """This replica's counters (Prometheus has the cluster-wide series)."""
     return dict(self.stats, replica=serve.get_replica_context().replica_id.unique_id,
                 pid=os.getpid(), compiles_at_warmup=self.compiles_at_warmup,
-                compiles_after_warmup=compiles.count() - self.compiles_at_warmup,
-                warmup_s=round(self.warmup_s, 3))
+                compiles_after_warmup=self._compiles_after_warmup(),
+                warmup_s=None if self.warmup_s is None else round(self.warmup_s, 3))
 
   @api.get("/", response_class=HTMLResponse)
   def page_(self):
@@ -264,11 +341,14 @@ class GenderClassifier:
     """Serve's periodic probe: an unusable model makes the controller replace the replica."""
     if self.executor._shutdown:  # pylint: disable=protected-access
       raise RuntimeError("model executor is shut down")
+    if self.warmup_error:
+      raise RuntimeError(f"warm-up failed: {self.warmup_error}")
 
 
 def app(args: dict[str, Any] | None = None) -> serve.Application:
   """Application builder for `serve run serve/config.yaml` (`import_path: serve.app:app`)."""
   args = dict(args or {})
+  bundle_path(args.get("bundle"))  # a missing bundle stops the build, not each replica
   known = {"bundle", "batch_sizes", "batch_wait_timeout_s", "compute_dtype", "max_body_bytes",
            "max_images", "max_image_pixels", "faces_detector", "faces_batch_size", "max_faces",
            "faces_tiles"}

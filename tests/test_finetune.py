@@ -259,7 +259,7 @@ def ema_run(tmp_path_factory):
   fresh workdir, resumed to the end."""
   config = lambda: tiny_config(**{"optimizer.ema_decay": 0.7,  # noqa: E731
                                   "checkpoint.checkpoint_every_steps": 3,
-                                  "calibrate": False})
+                                  "after_training": ""})
   ref = str(tmp_path_factory.mktemp("ema_ref"))
   result = trainer.train_and_evaluate(config(), ref)
   resumed = str(tmp_path_factory.mktemp("ema_resumed"))

@@ -29,7 +29,7 @@ yaml = pytest.importorskip("yaml")
 from gender_jax.inference.bundle import BUNDLE_VERSION, Bundle  # noqa: E402
 from gender_jax.data import preprocess  # noqa: E402
 from serve import inputs  # noqa: E402
-from tests.helpers import random_bundle  # noqa: E402
+from tests.helpers import constant_bundle, random_bundle  # noqa: E402
 
 IMAGE_SIZE = 64
 # The proxy mode serve/README.md recommends (measured there); Ray reads it when it starts.
@@ -180,12 +180,16 @@ def served(tmp_path_factory, request):
 
 
 def wait_until_ok(url, timeout):
+  """Until /healthz says ready; what the replica answered before is kept in _shared."""
   deadline, last = time.monotonic() + timeout, None
+  seen = _shared.setdefault("healthz_before_ready", [])
   while time.monotonic() < deadline:
     try:
       r = requests.get(url + "/healthz", timeout=5)
       if r.status_code == 200:
         return
+      if r.headers.get("content-type", "").startswith("application/json"):
+        seen.append((r.status_code, r.json().get("status"), r.headers.get("Retry-After")))
       last = r.status_code
     except requests.RequestException as e:
       last = e
@@ -194,7 +198,7 @@ def wait_until_ok(url, timeout):
 
 
 # ----------------------------------------------------------------------------- config
-def test_config_files_validate():
+def test_config_files_validate(tmp_path, monkeypatch):
   from ray.serve.schema import ServeDeploySchema
   from serve.app import app
   config = load_config()
@@ -203,9 +207,16 @@ def test_config_files_validate():
   assert application.import_path == "serve.app:app"
   deployment = application.deployments[0]
   assert deployment.max_ongoing_requests >= max(application.args["batch_sizes"])
+  bundle = constant_bundle(tmp_path / "bundle")
+  monkeypatch.setenv("GENDER_JAX_BUNDLE", bundle)
   app(application.args)  # every arg is one the deployment takes
   with pytest.raises(ValueError, match="unknown serve args.*batch_size"):
     app({"batch_size": 8})
+  # Powers of two: a batch is padded to the smallest compiled size that holds it.
+  sizes = application.args["batch_sizes"]
+  assert sizes == [2 ** i for i in range(len(sizes))], sizes
+  # Two replicas at least, so one lost leaves the other answering.
+  assert deployment.autoscaling_config["min_replicas"] >= 2
   # The KubeRay manifest carries the same application.
   manifest = yaml.safe_load((REPO / "serve" / "rayservice.yaml").read_text())
   embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
@@ -345,15 +356,32 @@ def test_faces_bad_mode_is_a_400(served):
 
 
 def test_model_health_and_page(served):
-  assert requests.get(served.url + "/healthz", timeout=10).json()["status"] == "ok"
+  health = requests.get(served.url + "/healthz", timeout=10).json()
+  assert health["status"] == "ready" and health["compiles_after_warmup"] == 0
   info = requests.get(served.url + "/v1/model", timeout=10).json()
   assert info["arch"] == "resnet_tiny" and info["image_size"] == IMAGE_SIZE
   assert info["bundle_format_version"] == BUNDLE_VERSION
   assert info["calibration"] == {"temperature": 1.0, "abstain_threshold": 0.55}
   assert info["bundle_path"] == os.path.abspath(served.bundle_dir)  # GENDER_JAX_BUNDLE won
-  assert info["batch_sizes"] == [1, 8, 32]
+  assert info["batch_sizes"] == [1, 2, 4, 8, 16, 32]
   page = requests.get(served.url + "/", timeout=10)
   assert page.status_code == 200 and 'id="file"' in page.text
+
+
+def test_healthz_says_starting_while_the_replica_compiles(served):
+  """The replica answered while compiling: 503 `starting` with Retry-After, never a hang."""
+  seen = _shared.get("healthz_before_ready", [])
+  assert seen, "the replica never answered before it was ready"
+  assert {s[:2] for s in seen} == {(503, "starting")}, seen
+  assert all(s[2] and int(s[2]) > 0 for s in seen), seen
+
+
+def test_missing_bundle_stops_the_app_builder_in_one_line(monkeypatch, tmp_path):
+  from serve.app import app
+  monkeypatch.setenv("GENDER_JAX_BUNDLE", str(tmp_path / "nowhere"))
+  with pytest.raises(FileNotFoundError, match=r"nowhere.*\(from GENDER_JAX_BUNDLE\) has no "
+                     "meta.json"):
+    app({})
 
 
 def test_concurrent_requests_are_batched_without_compiles(served):

@@ -101,7 +101,7 @@ def test_config_json_is_the_final_config_and_the_callers_is_untouched(run8, tmp_
   meta["preprocessing"]["preset"] = "torchvision"  # as a torchvision port records
   (weights / "meta.json").write_text(json.dumps(meta))
   config = tiny_config(**{"init_from": str(weights), "total_steps": 1, "eval_every_steps": 1,
-                          "calibrate": False, "finetune.mode": "all"})
+                          "after_training": "", "finetune.mode": "all"})
   assert config.data.preprocessing != "torchvision"
   trainer.train_and_evaluate(config, str(tmp_path / "run"))
   written = json.loads((tmp_path / "run" / "config.json").read_text())

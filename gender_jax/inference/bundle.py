@@ -41,6 +41,19 @@ def save_bundle(directory: str, model: nnx.Module, *, model_config: dict, prepro
   save_weights(directory, flat, bundle_meta(model_config, preprocessing, calibration, extra))
 
 
+class NonFiniteWeights(cli.UsageError):
+  """A bundle holding NaN or inf: a diverged run's output, refused rather than served."""
+
+
+def check_finite(flat: dict[str, Any], directory: str) -> None:
+  bad = sorted(k for k, v in flat.items()
+               if np.issubdtype(np.asarray(v).dtype, np.inexact) and not np.isfinite(v).all())
+  if bad:
+    raise NonFiniteWeights(f"bundle {directory!r} holds NaN or inf weights ({len(bad)} of "
+                           f"{len(flat)} arrays, e.g. {bad[0]}): the run that wrote it diverged; "
+                           "retrain with a lower optimizer.lr")
+
+
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:
   """softmax(logits / T) on the host, in float64 (calibration fits and reports use it too)."""
   z = np.asarray(logits, np.float64) / temperature
@@ -54,6 +67,7 @@ class Bundle:
   def __init__(self, directory: str, compute_dtype: str | None = None):
     """`compute_dtype` overrides the training dtype (e.g. float32 for CPU serving/export)."""
     flat, meta = load_weights(directory)
+    check_finite(flat, directory)
     if meta.get("format_version") != BUNDLE_VERSION:
       raise ValueError(f"{directory}: bundle format {meta.get('format_version')!r}, "
                        f"this version reads {BUNDLE_VERSION}")
@@ -127,6 +141,8 @@ class Bundle:
     """Calibrated probabilities (N, 2) → per-image answers, with abstention below threshold."""
     threshold = float(self.calibration.get("abstain_threshold", 0.0))
     probs = np.asarray(probs, np.float64)
+    if not np.isfinite(probs).all():  # never an answer with p=nan
+      raise FloatingPointError("the model gave NaN or inf probabilities")
     out = []
     for p in probs:
       top = int(np.argmax(p))
@@ -150,6 +166,12 @@ def load_bundle(path: str, compute_dtype: str | None = None, what: str = "bundle
   os.dup2(held.fileno(), 2)
   try:
     bundle = Bundle(path, compute_dtype)
+  except cli.UsageError:  # the files loaded, and say something the user must fix
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    held.close()
+    raise
   except Exception as failure:  # noqa: BLE001 — tensorstore/zarr internals: files damaged
     # fd 2 stays on the held file until exit (the callbacks keep firing); our own messages
     # go to the real stderr.

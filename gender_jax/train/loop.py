@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -23,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from gender_jax import parallel
+from gender_jax import cli, parallel
 from gender_jax.train import metrics_writer as metrics_lib
 from gender_jax.train import schedule as config_lib
 from gender_jax.train import after, checkpoint
@@ -40,6 +41,60 @@ from gender_jax.train.validation import Validation
 # Steps dispatched ahead of the host before it waits. Unbounded async dispatch deadlocks
 # XLA:CPU collectives on many fake devices (DESIGN.md); 2 also keeps a GPU busy.
 MAX_STEPS_IN_FLIGHT = 2
+
+
+class TrainingFailed(RuntimeError):
+  """The run cannot go on (a non-finite loss, gradient or weights; no checkpoint restores):
+  no bundle is written and the command exits 1 with this one line."""
+
+
+# ----------------------------------------------------------------------------- finite or nothing
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+class FiniteGuard:
+  """Each step's loss and gradient norm, read on the host a bounded number of steps behind
+  (MAX_STEPS_IN_FLIGHT), must be finite: the run stops after `config.max_nonfinite_steps`
+  + 1 bad steps in a row (the train step skips bad updates when that is > 0)."""
+
+  def __init__(self, config, before_stop=lambda: None):
+    self.allowed = int(config.get("max_nonfinite_steps", 0))
+    self.config, self.before_stop, self.bad_in_row = config, before_stop, 0
+
+  def _stop(self, message: str):
+    self.before_stop()
+    raise TrainingFailed(message)
+
+  def hint(self) -> str:
+    lr = self.config.optimizer.lr
+    clip = ("" if self.config.optimizer.grad_clip_norm else
+            " or set optimizer.grad_clip_norm (e.g. 1.0)")
+    return (f"the run diverged: lower optimizer.lr (now {lr:g}){clip}; a rerun resumes from the "
+            "last checkpoint, which holds finite weights")
+
+  def check(self, step: int, metrics) -> None:
+    loss_sum, n, grad_norm = (float(v) for v in jax.device_get(
+        (metrics["loss"][0], metrics["loss"][1], metrics["grad_norm"][0])))
+    loss = loss_sum / max(n, 1.0)
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+      self.bad_in_row = 0
+      return
+    self.bad_in_row += 1
+    what = f"values at step {step}: loss {loss:.4g}, gradient norm {grad_norm:.4g}"
+    if self.bad_in_row > self.allowed:
+      self._stop(f"non-finite {what}"
+                           + (f" ({self.bad_in_row} such steps in a row)" if self.allowed else "")
+                           + f": {self.hint()}")
+    logging.warning("non-finite %s: update skipped (%d of %d allowed in a row)", what,
+                    self.bad_in_row, self.allowed)
+
+  def check_state(self, state, step: int) -> None:
+    if not bool(_all_finite(state)):
+      self._stop(f"the weights hold NaN or inf after step {step}: {self.hint()}")
 
 
 # ----------------------------------------------------------------------------- preemption
@@ -105,27 +160,68 @@ def _input_spec(config) -> tuple[dict, dict | None]:
                               config.data.get("resize", "squash")), init_meta
 
 
-def _restore(source, setup):
+def _restore(source, setup, step: int | None = None):
   """checkpoint.restore into this run's target. A run keeping an EMA that resumes a checkpoint
   without one (optimizer.ema_decay set on a resumed run) starts the EMA at the restored
   weights; a checkpoint with an EMA resumed without one is refused in one line."""
   target = setup.abstract_state
   try:
-    return checkpoint.restore(source, target)
+    state, meta = checkpoint.restore(source, target, step)
+  except checkpoint.CheckpointDamaged:
+    raise
   except ValueError as e:
     if "ema" in target and "ema" in str(e):
       pass  # the checkpoint has no EMA: restore the rest, then start one
     elif "ema" in str(e):
-      raise ValueError("the checkpoint keeps an EMA of the weights: resume it with "
-                       "optimizer.ema_decay > 0") from None
+      raise cli.UsageError("the checkpoint keeps an EMA of the weights: resume it with "
+                           "optimizer.ema_decay > 0") from None
     else:
       raise
-  state, meta = checkpoint.restore(source, {k: v for k, v in target.items() if k != "ema"})
+  else:
+    _require_finite(state, step)
+    return state, meta
+  state, meta = checkpoint.restore(source, {k: v for k, v in target.items() if k != "ema"}, step)
+  _require_finite(state, step)
   copy = jax.jit(lambda *trees: dict(zip(("params", "batch_stats"), jax.tree.map(
       jnp.copy, trees))), out_shardings=setup.state_sharding["ema"])
   state["ema"] = copy(state["params"], state["batch_stats"])
   logging.info("the checkpoint has no EMA of the weights: starting it from the restored ones")
   return state, meta
+
+
+def _require_finite(state, step) -> None:
+  if not bool(_all_finite(state)):
+    raise checkpoint.CheckpointDamaged(f"step {step} holds NaN or inf values")
+
+
+def _restore_newest_good(manager, setup):
+  """The newest step of this workdir that restores and checks out (files complete,
+  checksums equal, values finite). Newer steps that failed are set aside — only once an older
+  one restored, so a config that no longer fits any step (a changed model) moves nothing."""
+  failed = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, meta = _restore(manager, setup, step)
+    except cli.UsageError:
+      raise
+    except Exception as e:  # noqa: BLE001 — Orbax/tensorstore/JSON: files missing or damaged
+      failed.append((step, cli.one_line(e)[:200] or type(e).__name__))
+      logging.warning("checkpoint step %d does not restore: %s", step, failed[-1][1])
+      continue
+    if failed:
+      if jax.process_index() == 0:
+        for bad, why in failed:
+          where = checkpoint.set_aside(manager, bad)
+          logging.warning("set checkpoint step %d aside as %s (%s); resuming from step %d",
+                          bad, where, why, step)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("gender_jax: damaged checkpoints set aside")
+      manager.reload()
+    return state, meta
+  raise TrainingFailed(f"no checkpoint in {manager.directory} restores ("
+                       + "; ".join(f"step {s}: {why}" for s, why in failed)
+                       + "): if the config changed, rerun with the one the run started with; "
+                       "else move that folder away to start over")
 
 
 def _load_state(config, setup, manager, fingerprint: str, init_meta):
@@ -136,7 +232,7 @@ def _load_state(config, setup, manager, fingerprint: str, init_meta):
   4. scratch
   """
   if manager.latest_step() is not None:
-    state, meta = _restore(manager, setup)
+    state, meta = _restore_newest_good(manager, setup)
     logging.info("resumed from %s at step %d", manager.directory, int(state["step"]))
     if meta.get("data_fingerprint") != fingerprint:
       logging.warning("data config changed since the checkpoint: the input stream differs")
@@ -235,7 +331,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = _load_state(config, setup, manager, fingerprint, init_meta)
   start_step = int(state["step"])
 
+  def before_stop():  # the last good checkpoint stays whole; the logs say how it went
+    manager.wait_until_finished()
+    writer.flush()
+  guard = FiniteGuard(config, before_stop)
+
+  def drain():
+    """Waits for every step in flight and checks each one's loss and gradient norm."""
+    while in_flight:
+      guard.check(*in_flight.popleft())
+
   def save(step, metrics=None, force=False):
+    drain()  # nothing non-finite is ever saved
+    guard.check_state(state, step)
     meta = dict(step=step, data_position=step, data_fingerprint=fingerprint)
     checkpoint.save(manager, step, state, meta, metrics=metrics, force=force)
 
@@ -259,10 +367,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step += 1
     # Transfer the next batch while this step runs on the devices.
     next_batch = parallel.put_batch(next(train_iter), mesh) if step < total_steps else None
-    in_flight.append(step_metrics["loss"][0])
+    in_flight.append((step, step_metrics))
     pending.append(step_metrics)
     if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-      in_flight.popleft().block_until_ready()
+      guard.check(*in_flight.popleft())
 
     if step % config.log_every == 0 or step == total_steps:
       # Throughput over this log window only, so the first window's compile doesn't skew it.
@@ -291,6 +399,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.flush()
       return dict(preempted=True, step=step, **last_eval)
 
+  drain()
+  guard.check_state(state, step)
   manager.wait_until_finished()
   writer.flush()
 

@@ -40,7 +40,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from gender_jax import cli, parallel  # noqa: E402
-from gender_jax.train import loop, preflight, rerun  # noqa: E402
+from gender_jax.train import lock, preflight, rerun  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, bundle. "
                                "Example: --workdir runs/demo")
@@ -65,20 +65,38 @@ def main(argv):
     return 0
   if not _WORKDIR.value:
     raise cli.UsageError("give --workdir RUN (where checkpoints, logs and the bundle go)")
+  # One run per workdir, decided before any work: a second launch leaves in seconds.
+  cli.require_writable(_WORKDIR.value, "--workdir")
+  if lock.is_first_process():
+    try:
+      lock.acquire(_WORKDIR.value)
+    except lock.WorkdirBusy as e:
+      cli.exit_now(f"error: {e}", lock.EXIT_BUSY)
+  try:
+    return _train(config, _WORKDIR.value)
+  finally:
+    lock.release(_WORKDIR.value)
+
+
+def _train(config, workdir: str) -> int:
+  from gender_jax.train import loop  # after the lock: its imports take seconds
   parallel.initialize_distributed()  # before anything touches devices
   parallel.persistent_compilation_cache()
-  preflight.check_config(config, _WORKDIR.value)
+  preflight.check_config(config, workdir)
   logging.info("jax %s on %d × %s", jax.__version__, jax.device_count(),
                jax.devices()[0].device_kind)
-  finished = rerun.check(config, _WORKDIR.value, _CONTINUE.value)
+  finished = rerun.check(config, workdir, _CONTINUE.value)
   if finished:
     print(finished)
     return 0
   preflight.log_data_sanity(config)
-  result = loop.train_and_evaluate(config, _WORKDIR.value)
+  try:
+    result = loop.train_and_evaluate(config, workdir)
+  except loop.TrainingFailed as e:  # a diverged run: no bundle, a non-zero status, one line
+    cli.exit_now(f"error: {e}", 1)
   if result.get("preempted"):
     sys.exit(143)  # non-zero, so schedulers restart the job; the rerun resumes
-  print(_summary(result, _WORKDIR.value))
+  print(_summary(result, workdir))
   return 0
 
 

@@ -85,6 +85,7 @@ def make_train_step(train_graphdef, tx, spec, config, frozen_stats, frozen_param
   mixup_alpha = float(config.get("mixup_alpha", 0.0))
   base_key = jax.random.key(config.seed)
   use_ema = bool(config.optimizer.get("ema_decay", 0.0))
+  skip_nonfinite = int(config.get("max_nonfinite_steps", 0)) > 0
   on_device = bool(config.data.get("device_augment", False))
   if on_device:  # flip, colour jitter, grayscale here; the host only decodes, crops, resizes
     aug_key, aug_params = device_augment.base_key(config.seed), device_augment.params_for(config)
@@ -137,6 +138,14 @@ def make_train_step(train_graphdef, tx, spec, config, frozen_stats, frozen_param
       new_state["ema"] = dict(
           params=ema_update(state["ema"]["params"], params, frozen, decay),
           batch_stats=ema_update(state["ema"]["batch_stats"], batch_stats, frozen_stats, decay))
+    if skip_nonfinite:
+      # A NaN/inf step leaves the state as it was (the loop counts such steps and stops the
+      # run after config.max_nonfinite_steps of them in a row); only the step advances.
+      ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"][0])
+      kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                          {k: v for k, v in new_state.items() if k != "step"},
+                          {k: v for k, v in state.items() if k != "step"})
+      new_state = dict(kept, step=new_state["step"])
     return new_state, metrics
 
   return train_step
