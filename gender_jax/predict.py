@@ -3,7 +3,8 @@
   python -m gender_jax.predict --bundle RUN/bundle PATH... --out preds.csv [--sort-into DIR]
 
 Columns, faces and `--sort-into`: `gender_jax.inference.folders`. From Python:
-`gender_jax.inference.predictor.Predictor`.
+`gender_jax.inference.photos.classify_photos` (photos of people, the same answers) and
+`gender_jax.inference.predictor.Predictor` (crops).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from gender_jax.faces.detect import check_side
 from gender_jax.inference import bundle as bundle_lib
 from gender_jax.inference.folders import (CSV_COLUMNS, FACE_COLUMNS, face_rows, list_files,
                                           sort_into)
-from gender_jax.inference.photos import FacePipeline, tta_flag_problem
+from gender_jax.inference.photos import FacePipeline, face_batch_sizes, tta_flag_problem
 from gender_jax.inference.predictor import TTA_MODES, Predictor
 
 
@@ -71,9 +72,9 @@ def main(argv=None):
     predictor = Predictor(bundle, batch_size=args.batch_size, tta=args.tta)
     columns, source = CSV_COLUMNS, predictor.predict_paths(paths, progress=not args.quiet)
   else:
-    # Faces multiply the classifier's batch: images per call is batch_size / max_faces.
+    # --batch-size is the classifier's, in faces: only the faces found take a pass.
     pipeline = FacePipeline(bundle, **face_options, faces=args.faces, tta=args.tta,
-                            batch_size=max(1, args.batch_size // args.max_faces))
+                            face_batch_sizes=face_batch_sizes(args.batch_size))
     columns = CSV_COLUMNS + FACE_COLUMNS
     source = face_rows(pipeline, paths, args.save_crops, progress=not args.quiet)
   rows = []

@@ -82,11 +82,11 @@ def warp(image, matrix, out_hw: tuple[int, int]):
   fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
   x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
   H, W = image.shape[:2]
-  img = image.astype(jnp.float32)
 
-  def tap(yi, xi):
+  def tap(yi, xi):  # gathered as stored, then widened: no float copy of the whole canvas
     inside = ((yi >= 0) & (yi < H) & (xi >= 0) & (xi < W))[..., None]
-    return jnp.where(inside, img[jnp.clip(yi, 0, H - 1), jnp.clip(xi, 0, W - 1)], 0.0)
+    pixels = image[jnp.clip(yi, 0, H - 1), jnp.clip(xi, 0, W - 1)].astype(jnp.float32)
+    return jnp.where(inside, pixels, 0.0)
 
   out = ((1 - fy) * ((1 - fx) * tap(y0, x0) + fx * tap(y0, x0 + 1)) +
          fy * ((1 - fx) * tap(y0 + 1, x0) + fx * tap(y0 + 1, x0 + 1)))
