@@ -28,7 +28,10 @@ def main(argv=None):
                       "(example: photos/ img.jpg)")
   cli.add_bundle_options(parser)
   parser.add_argument("--out", required=True, help="CSV file to write (example: preds.csv)")
-  cli.add_batch_size(parser)
+  parser.add_argument("--batch-size", type=int,
+                      help="images per model call; the last batch is padded (default 64 whole "
+                           "images, or 8 faces with --faces auto|detect: larger is slower per "
+                           "face on CPU; example: --batch-size 256 on a GPU)")
   parser.add_argument("--tta", default="none", choices=TTA_MODES,
                       help="test-time augmentation: average over flipped and/or cropped views "
                            "(default none; example: --tta flip)")
@@ -69,7 +72,7 @@ def main(argv=None):
   if args.abstain_threshold is not None:
     bundle.calibration = dict(bundle.calibration, abstain_threshold=args.abstain_threshold)
   if args.faces == "off":
-    predictor = Predictor(bundle, batch_size=args.batch_size, tta=args.tta)
+    predictor = Predictor(bundle, batch_size=args.batch_size or 64, tta=args.tta)
     columns, source = CSV_COLUMNS, predictor.predict_paths(paths, progress=not args.quiet)
   else:
     # --batch-size is the classifier's, in faces: only the faces found take a pass.

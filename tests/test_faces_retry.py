@@ -10,11 +10,13 @@ def test_photos_without_a_face_are_tried_again_without_the_margin():
   pipe.faces, pipe.margin, pipe.tiles, pipe.max_faces = "detect", None, "auto", 8
   calls = []
 
-  def answer(images, mode, crops, margin=None):
+  def find(images, margin, capped):
     calls.append(([im.shape for im in images], margin))
-    return [[{"score": 0.9, "margin": margin}] if im.shape == (250, 250, 3) and margin == 0.0
+    return [[{"score": 0.9, "margin": margin, "box": [0, 0, 9, 9], "aligned": True}]
+            if im.shape == (250, 250, 3) and margin == 0.0
             or im.shape == (250, 250, 3) and im[0, 0, 0] == 1 else [] for im in images]
-  pipe._answer = answer
+  pipe._find = find
+  pipe._classify = lambda images, found, crops: None
   found = np.ones((250, 250, 3), np.uint8)         # found on the first pass
   small = np.zeros((250, 250, 3), np.uint8)        # found only without the margin
   wide = np.zeros((200, 400, 3), np.uint8)         # no margin to drop: not run again

@@ -99,7 +99,7 @@ def runner(bundle: Bundle, *, faces: str = "off", face_options: dict | None = No
     return Predictor(bundle, batch_size=batch_size, tta=tta)
   from gender_jax.inference.photos import FacePipeline, face_batch_sizes
   return FacePipeline(bundle, **dict(face_options or {}, faces=faces, tta=tta,
-                                     face_batch_sizes=face_batch_sizes(batch_size)))
+                                     face_batch_sizes=face_batch_sizes()))
 
 
 def held_out_logits(run, records, progress: bool = False) -> tuple[Outputs, list[str]]:
