@@ -15,10 +15,9 @@ photo in overlapping windows (faces/tiles.py).
 speed: one photo (batch 1, already letterboxed on the device) through detector + decoding +
 NMS; median ms. `--one-core` pins the process to CPU 0 (sched_setaffinity, as `taskset -c 0`)
 and gives XLA one thread (--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1).
-fused: the whole program (detector, NMS, warp of 8 face slots per photo from a 640 px
-canvas, classifier, softmax) at batch 32: device img/s on prepared batches, and end to end
-with the host's letterboxing. accuracy: each TEST-split crop pasted whole (feathered border)
-as a person in a 250x250 photo (0.3–0.6 of the side, random place, ±8°, a texture or a
+fused: the photo path end to end (host letterboxing, detector and NMS, the faces found
+refined and warped from a 640 px canvas, the Predictor): photos/s on group photos of 3.
+accuracy: each TEST-split crop pasted whole (feathered border) as a person in a 250x250 photo (0.3–0.6 of the side, random place, ±8°, a texture or a
 blurred corner of another test image behind): balanced accuracy with the photo classified
 whole (--faces off) and with the best-scoring detected face aligned and classified (--faces
 detect; no face found counts as wrong), beside the crops themselves. `--refine both` runs
@@ -111,7 +110,7 @@ def recall(args, kinds):
         (640 * scale, 480 * scale), Image.BILINEAR)) for p in photos]
     for kind in kinds:
       name, side, tiles = split_kind(kind)
-      detector = Detector(name, side=side, tiles=tiles, max_faces=8, batch_size=8)
+      detector = Detector(name, side=side, tiles=tiles, batch_size=8)
       detector(images[:8])  # compile
       start = time.perf_counter()
       found = detector(images)
@@ -187,6 +186,7 @@ def variants(args, kinds):
 
 
 def fused(args, kinds, bundle):
+  """The photo path end to end: detection, the faces found warped, the Predictor."""
   rng = np.random.default_rng(2)
   crops = load_crops(args.data, 6 * args.batch_size)
   photos = [scenes.group_photo(rng, crops[6 * k:6 * k + 3], size=(640, 480), sides=(60, 120),
@@ -195,26 +195,21 @@ def fused(args, kinds, bundle):
   for label, kind, refine in variants(args, kinds):
     name, side, tiles = split_kind(kind)
     pipe = FacePipeline(bundle, detector=name, detector_side=side, tiles=tiles,
-                        max_faces=8, batch_size=args.batch_size, refine=refine)
-    prepared = [pipe.prepare(p) for p in photos]
-    arrays = [jax.device_put(np.stack([p[i].image if i < 2 else p[i] for p in prepared]))
-              for i in range(3)]
+                        batch_size=args.batch_size, refine=refine, faces="detect")
     start = time.perf_counter()
-    jax.block_until_ready(pipe.run_batch(*arrays))
+    pipe.warm()
     compile_s = time.perf_counter() - start
+    pipe(photos)
     steps = max(3, args.steps // 10)
     start = time.perf_counter()
     for _ in range(steps):
-      jax.block_until_ready(pipe.run_batch(*arrays))
-    device = steps * args.batch_size / (time.perf_counter() - start)
-    start = time.perf_counter()
-    pipe(photos)
-    end_to_end = args.batch_size / (time.perf_counter() - start)
-    note = f"batch {args.batch_size}, 8 face slots, {pipe.crop_size} px classifier"
-    rows.append(dict(part="fused", detector=label, metric="img/s (device)", value=device,
-                     n=steps, note=note + f", compile {compile_s:.0f} s"))
-    rows.append(dict(part="fused", detector=label, metric="img/s (with host letterbox)",
-                     value=end_to_end, n=1, note=note))
+      found = pipe(photos)
+    rate = steps * len(photos) / (time.perf_counter() - start)
+    faces = sum(len(f) for f in found)
+    rows.append(dict(part="fused", detector=label, metric="photos/s (host and device)",
+                     value=rate, n=steps,
+                     note=f"{len(photos)} photos a call, {faces} faces found, "
+                          f"{pipe.bundle.image_size} px classifier, compile {compile_s:.0f} s"))
   return rows
 
 

@@ -2,6 +2,10 @@
 
   python -m gender_jax.calibrate --workdir RUN [--target-accuracy 0.95]
   python -m gender_jax.calibrate --bundle RUN/bundle --data VAL_FOLDER
+  python -m gender_jax.calibrate --bundle RUN/bundle --data VAL_PHOTOS --faces detect
+
+With `--faces`, the temperature is fitted on each photo's detected, aligned face (its raw
+logits), as predict and evaluate answer photos of people.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import sys
 from gender_jax import cli
 from gender_jax.evaluation import datasets
 from gender_jax.evaluation.calibration import calibrate_bundle
+from gender_jax.inference.photos import tta_flag_problem
+from gender_jax.inference.predictor import TTA_MODES
 
 
 def main(argv=None):
@@ -25,7 +31,11 @@ def main(argv=None):
                            "(example: --target-accuracy 0.95)")
   parser.add_argument("--abstain-threshold", type=float,
                       help="set this threshold explicitly (example: --abstain-threshold 0.7)")
+  parser.add_argument("--tta", default="none", choices=TTA_MODES,
+                      help="fit on the test-time views the bundle will be asked with "
+                           "(default none; example: --tta flip)")
   cli.add_batch_size(parser)
+  cli.add_face_options(parser, default="off")
   args = parser.parse_args(argv)
   bundle_dir = cli.bundle(args)
   cli.require_target_accuracy(args.target_accuracy)
@@ -40,11 +50,15 @@ def main(argv=None):
              if args.workdir else "no held-out data given")
     raise cli.UsageError(f"{where}: give --data FOLDER (held-out images to fit on), or "
                          "--workdir RUN to use the run's validation split")
+  if args.faces != "off" and tta_flag_problem(args.tta):
+    raise cli.UsageError(tta_flag_problem(args.tta))
+  face_options = cli.face_options(args)
   found = datasets.load(args.data and [args.data], workdir=args.workdir, split="validation")
   summary = calibrate_bundle(bundle_dir, datasets.Concat([d.records for d in found]),
                              target_accuracy=args.target_accuracy,
                              abstain_threshold=args.abstain_threshold, batch_size=args.batch_size,
-                             description=", ".join(d.description for d in found))
+                             description=", ".join(d.description for d in found),
+                             faces=args.faces, face_options=face_options, tta=args.tta)
   print(json.dumps(summary, indent=2))
   print(_written(summary, bundle_dir), file=sys.stderr)
 

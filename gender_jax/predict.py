@@ -3,7 +3,8 @@
   python -m gender_jax.predict --bundle RUN/bundle PATH... --out preds.csv [--sort-into DIR]
 
 Columns, faces and `--sort-into`: `gender_jax.inference.folders`. From Python:
-`gender_jax.inference.predictor.Predictor`.
+`gender_jax.inference.photos.classify_photos` (photos of people, the same answers) and
+`gender_jax.inference.predictor.Predictor` (crops).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from gender_jax.faces.detect import check_side
 from gender_jax.inference import bundle as bundle_lib
 from gender_jax.inference.folders import (CSV_COLUMNS, FACE_COLUMNS, face_rows, list_files,
                                           sort_into)
-from gender_jax.inference.photos import FacePipeline, tta_flag_problem
+from gender_jax.inference.photos import FacePipeline, face_batch_sizes, tta_flag_problem
 from gender_jax.inference.predictor import TTA_MODES, Predictor
 
 
@@ -27,7 +28,10 @@ def main(argv=None):
                       "(example: photos/ img.jpg)")
   cli.add_bundle_options(parser)
   parser.add_argument("--out", required=True, help="CSV file to write (example: preds.csv)")
-  cli.add_batch_size(parser)
+  parser.add_argument("--batch-size", type=int,
+                      help="images per model call; the last batch is padded (default 64 whole "
+                           "images, or 8 faces with --faces auto|detect: larger is slower per "
+                           "face on CPU; example: --batch-size 256 on a GPU)")
   parser.add_argument("--tta", default="none", choices=TTA_MODES,
                       help="test-time augmentation: average over flipped and/or cropped views "
                            "(default none; example: --tta flip)")
@@ -74,12 +78,12 @@ def main(argv=None):
     print("the bundle was trained on person crops: --faces auto classifies each image whole",
           file=sys.stderr)
   if args.faces == "off":
-    predictor = Predictor(bundle, batch_size=args.batch_size, tta=args.tta)
+    predictor = Predictor(bundle, batch_size=args.batch_size or 64, tta=args.tta)
     columns, source = CSV_COLUMNS, predictor.predict_paths(paths, progress=not args.quiet)
   else:
-    # Faces multiply the classifier's batch: images per call is batch_size / max_faces.
+    # --batch-size is the classifier's, in faces: only the faces found take a pass.
     pipeline = FacePipeline(bundle, **face_options, faces=args.faces, tta=args.tta,
-                            batch_size=max(1, args.batch_size // args.max_faces))
+                            face_batch_sizes=face_batch_sizes(args.batch_size))
     columns = CSV_COLUMNS + FACE_COLUMNS
     # A model that also saw person crops answers an image without a face whole.
     whole = (Predictor(bundle, batch_size=1, tta=args.tta)

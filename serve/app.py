@@ -74,7 +74,7 @@ def _bundle_digest(directory: str) -> str:
 
 def _face_json(face: dict[str, Any]) -> dict[str, Any]:
   """A pipeline face → JSON: box [x0, y0, x1, y1] and keypoints in the photo's pixels."""
-  out = {k: v for k, v in face.items() if k not in ("box", "keypoints", "crop")}
+  out = {k: v for k, v in face.items() if k not in ("box", "keypoints", "crop", "logits")}
   out["box"] = [round(float(v), 1) for v in np.asarray(face["box"]).ravel()]
   out["keypoints"] = [[round(float(x), 1), round(float(y), 1)]
                       for x, y in np.asarray(face["keypoints"]).reshape(-1, 2)]
@@ -108,7 +108,7 @@ class GenderClassifier:
                batch_wait_timeout_s: float = 0.002, compute_dtype: str = "float32",
                max_body_bytes: int = 16 * 2**20, max_images: int = 32,
                max_image_pixels: int = 40_000_000, faces_detector: str = "full",
-               faces_batch_size: int = 8, max_faces: int = 8, faces_tiles: str = "auto"):
+               faces_batch_size: int = 8, max_faces: int = 64, faces_tiles: str = "auto"):
     import jax
     from gender_jax.inference.bundle import Bundle
     from gender_jax.inference.predictor import Predictor
@@ -124,12 +124,12 @@ class GenderClassifier:
     self.bundle = Bundle(path, compute_dtype=compute_dtype)  # NaN weights are refused here
     self.predictor = Predictor(self.bundle, batch_sizes=self.batch_sizes)
     size = self.bundle.image_size
-    # Photos of people (`?faces=detect|auto`): detector, alignment and classifier as one
-    # program, compiled (with the classifier's sizes) on the warm-up thread.
+    # Photos of people (`?faces=auto|detect`): detector and alignment in front of this same
+    # Predictor (its batch sizes), each program compiled on the warm-up thread.
     self.face_pipeline = None
     if faces_detector:
       from gender_jax.inference.photos import FacePipeline
-      self.face_pipeline = FacePipeline(self.bundle, detector=faces_detector,
+      self.face_pipeline = FacePipeline(self.predictor, detector=faces_detector,
                                         max_faces=int(max_faces),
                                         batch_size=int(faces_batch_size), faces="auto",
                                         tiles=faces_tiles)
@@ -275,12 +275,15 @@ class GenderClassifier:
   # --------------------------------------------------------------------------- routes
   @api.post("/v1/predict")
   async def predict(self, request: Request):
-    """`?faces=off` (default): each image is one face or person crop → one answer.
-    `?faces=detect`: every face of each photo, found, aligned and classified, with its box
-    and keypoints; `?faces=auto`: a photo that is already one tight face crop whole."""
+    """`?faces=auto` (the default, as predict's and the Python API's): every face of each
+    photo, found, aligned and classified, with its box and keypoints, numbered left to right,
+    a photo that is already one tight face crop classified whole (a bundle trained on person
+    crops alone: every image whole); `?faces=detect`: every face aligned; `?faces=off` (the
+    default where face detection is off): each image is one face or person crop → one answer."""
     self._require_ready()
     try:
-      faces = inputs.faces_mode(request.query_params.get("faces", "off"),
+      default = "auto" if self.face_pipeline is not None else "off"
+      faces = inputs.faces_mode(request.query_params.get("faces", default),
                                 enabled=self.face_pipeline is not None)
       if faces == "auto" and self.bundle.inputs == ("persons",):
         faces = "off"  # a persons-only model classifies each crop whole, never "no face"

@@ -127,17 +127,21 @@ def test_pasted_faces_found_where_they_are_and_blank_images_have_none(utkface_2k
 
 
 @pytest.mark.slow
-def test_pipeline_classifies_the_crops_it_aligns_in_one_compile(utkface_2k, tmp_path):
+def test_pipeline_classifies_only_the_faces_it_finds_with_the_predictor(utkface_2k, tmp_path):
+  """Detection, then the faces found (and only those) warped and classified by the Predictor:
+  its answers on the aligned crops, each face one pass, compiles fixed after the first call."""
   from gender_jax.inference.predictor import Predictor
   bundle = Bundle(random_bundle(tmp_path / "bundle", size=32))
-  pipe = FacePipeline(bundle, detector="short", max_faces=4, batch_size=4, canvas=320)
+  pipe = FacePipeline(bundle, detector="short", batch_size=4, canvas=320, faces="detect")
   rng = np.random.default_rng(5)
   crops = _crops(utkface_2k, 6, seed=2)
   photo = scenes.group_photo(rng, crops[:2], size=(420, 280), sides=(120, 135), kind="gradient")
   images = [photo.image, crops[2], np.zeros((50, 70, 3), np.uint8), crops[3], crops[4]]
+  passes, crop_logits = [], pipe.predictor.crop_logits
+  pipe.predictor.crop_logits = lambda ims: passes.append(len(ims)) or crop_logits(ims)
   out = pipe(images, crops=True)
-  assert pipe.traces == 1  # 5 images = one full batch + one padded one, a single compile
   assert [len(f) for f in out] == [2, 1, 0, 1, 1]
+  assert passes == [5]  # one classifier input per face found, none for empty slots
   assert scenes.match(photo.squares, np.stack([f["box"] for f in out[0]])).all()
   faces = [f for fs in out for f in fs]
   direct = Predictor(bundle, batch_size=8).predict([f["crop"] for f in faces])
@@ -145,15 +149,17 @@ def test_pipeline_classifies_the_crops_it_aligns_in_one_compile(utkface_2k, tmp_
     assert f["crop"].shape == (32, 32, 3)
     assert f["p_male"] == pytest.approx(d["p_male"], abs=1e-5)
     assert f["label"] == d["label"] and f["index"] in (0, 1)
+  pipe.warm()  # every batch size: a photo alone takes the smallest
+  compiled = pipe.compiles
   pipe([crops[5]])
-  assert pipe.traces == 1
+  pipe(images[:2])
+  assert pipe.compiles == compiled
 
 
 def test_auto_classifies_a_tight_crop_whole(utkface_2k, tmp_path):
   from gender_jax.inference.predictor import Predictor
   bundle = Bundle(random_bundle(tmp_path / "bundle", size=32))
-  pipe = FacePipeline(bundle, detector="short", max_faces=2, batch_size=2, canvas=320,
-                      faces="auto")
+  pipe = FacePipeline(bundle, detector="short", max_faces=2, batch_size=2, canvas=320)
   crop = _crops(utkface_2k, 1, seed=4)[0]
   photo = scenes.in_the_wild(np.random.default_rng(0), crop, [], side=300, scale=(0.5, 0.5))
   # Framed a little wider than the crops (a 250-px portrait): its face box is over half the
@@ -247,11 +253,13 @@ def test_photos_without_a_face_are_tried_again_without_the_margin():
   pipe.faces, pipe.margin, pipe.tiles, pipe.max_faces = "detect", None, "auto", 8
   calls = []
 
-  def answer(images, mode, crops, margin=None):
+  def find(images, margin, capped):
     calls.append(([im.shape for im in images], margin))
-    return [[{"score": 0.9, "margin": margin}] if im.shape == (250, 250, 3) and margin == 0.0
+    return [[{"score": 0.9, "margin": margin, "box": [0, 0, 9, 9], "aligned": True}]
+            if im.shape == (250, 250, 3) and margin == 0.0
             or im.shape == (250, 250, 3) and im[0, 0, 0] == 1 else [] for im in images]
-  pipe._answer = answer
+  pipe._find = find
+  pipe._classify = lambda images, found, crops: None
   found = np.ones((250, 250, 3), np.uint8)         # found on the first pass
   small = np.zeros((250, 250, 3), np.uint8)        # found only without the margin
   wide = np.zeros((200, 400, 3), np.uint8)         # no margin to drop: not run again

@@ -120,11 +120,3 @@ def test_modules_stay_small_and_the_loop_readable():
   [loop] = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
             and n.name == "train_and_evaluate"]
   assert loop.end_lineno - loop.lineno + 1 < 120
-
-
-def test_one_place_applies_the_temperature():
-  """Calibrated probabilities come from `Bundle.probs_from_logits`; the maths module
-  (calibration.py) fits temperatures and is the only other softmax-with-T."""
-  users = sorted(str(p.relative_to(ROOT)) for p in _modules().values()
-                 if '.get("temperature"' in p.read_text())
-  assert users == ["gender_jax/inference/bundle.py"]

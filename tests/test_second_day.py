@@ -9,9 +9,7 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from tests.helpers import constant_bundle
 from tests.test_cli_errors import assert_error, cli, train, write_images

@@ -93,7 +93,10 @@ class Served:
     self.bundle = Bundle(bundle_dir, compute_dtype="float32")
 
   def post(self, body=None, content_type="image/jpeg", **kwargs):
+    """POST /v1/predict; the crop tests' images hold no face, so unless the test names
+    `faces` (the endpoint's default is auto), they are sent as crops (faces=off)."""
     headers = {"Content-Type": content_type} if content_type else {}
+    kwargs.setdefault("params", {"faces": "off"})
     return requests.post(self.url + "/v1/predict", data=body, headers=headers, timeout=60, **kwargs)
 
   def stats(self):
@@ -321,6 +324,40 @@ def test_faces_detect_returns_every_face_with_its_box(served, utkface_2k):
       [preprocess.decode(photo)], faces="detect")[0]
   got = sorted(f["p_male"] for f in group["faces"])
   np.testing.assert_allclose(got, sorted(f["p_male"] for f in offline_faces), atol=1e-4)
+
+
+def test_one_photo_gets_the_same_answer_by_every_door(served, utkface_2k, tmp_path):
+  """The same photo and options, by predict, the Python API and the HTTP endpoint (whose
+  default the web page uses): the same faces, numbered left to right, the same answers, and
+  the same default, auto. A tight crop is one face classified whole by each."""
+  import csv
+  from gender_jax import predict
+  from gender_jax.inference.photos import classify_photos
+  photo, _ = group_photo(utkface_2k, seed=1)
+  crop = sorted((utkface_2k / "female").glob("*.jpg"))[5].read_bytes()
+  (tmp_path / "in").mkdir()
+  for name, data in (("a_group.jpg", photo), ("b_crop.jpg", crop)):
+    (tmp_path / "in" / name).write_bytes(data)
+  r = requests.post(served.url + "/v1/predict", timeout=60,  # no `faces`: the default
+                    files=[("file", ("a_group.jpg", photo)), ("file", ("b_crop.jpg", crop))])
+  assert r.status_code == 200, r.text
+  http = [p["faces"] for p in r.json()["predictions"]]
+  api = classify_photos(served.bundle_dir, [photo, crop], detector="short")
+  predict.main(["--bundle", served.bundle_dir, str(tmp_path / "in"), "--out",
+                str(tmp_path / "p.csv"), "--detector", "short", "--quiet"])
+  with open(tmp_path / "p.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  cli_rows = [[r for r in rows if r["path"].endswith(name)] for name in ("a_group.jpg", "b_crop.jpg")]
+  assert [len(h) for h in http] == [len(a) for a in api] == [len(c) for c in cli_rows] == [2, 1]
+  for h_faces, a_faces, c_faces in zip(http, api, cli_rows):
+    for h, a, c in zip(h_faces, a_faces, c_faces):
+      assert h["index"] == a["index"] == int(c["face"])
+      assert h["label"] == a["label"] == c["label"] and h["aligned"] == a["aligned"]
+      assert h["aligned"] == bool(int(c["aligned"]))
+      np.testing.assert_allclose([h["p_male"], float(c["p_male"])], [a["p_male"]] * 2, atol=1e-4)
+      np.testing.assert_allclose(h["box"], a["box"], atol=0.1)
+  assert [f["box"][0] for f in http[0]] == sorted(f["box"][0] for f in http[0])
+  assert not http[1][0]["aligned"]  # auto: the crop whole
 
 
 def test_small_faces_of_a_large_photo_are_found_in_windows_without_compiles(served, utkface_2k):
@@ -587,10 +624,14 @@ def test_page_uploads_a_photo_and_shows_the_label(browser, served, tmp_path):
 
   browser.get(served.url + "/")
   assert "gender" in browser.title.lower()
+  if not photos:  # no face in a made image: ask for the whole image, as a crop
+    browser.find_element(By.ID, "whole").click()
   got = upload_and_read(browser, path)
   assert got["label"] == want["label"]
   assert got["p_female"] == f"{100 * want['p_female']:.1f}%"
-  assert browser.find_element(By.ID, "preview").is_displayed()
+  # The default finds the faces first (a tight crop is classified whole): the photo is drawn
+  # with its box; asked for the whole image, the plain preview.
+  assert browser.find_element(By.ID, "photo" if photos else "preview").is_displayed()
   # The screenshot is kept for a person to look at (pytest's tmp dir, or SERVE_SCREENSHOT).
   shot = os.environ.get("SERVE_SCREENSHOT") or str(tmp_path / "page.png")
   browser.save_screenshot(shot)

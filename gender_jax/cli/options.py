@@ -93,8 +93,10 @@ def add_face_options(parser, *, default: str = "auto") -> None:
                            "windows, for the small faces of a group photo (auto, the default; "
                            "several times the detection work); off looks at it whole only "
                            "(example: --tiles off)")
-  parser.add_argument("--max-faces", type=int, default=8,
-                      help="most faces reported per photo (default 8; example: --max-faces 16)")
+  parser.add_argument("--max-faces", type=int, default=64,  # faces.detect.MAX_FACES
+                      help="detection slots per photo (and per window of a large one); every "
+                           "face found is answered, a photo that fills them all is named "
+                           "(default 64; example: --max-faces 128)")
 
 
 def face_options(args) -> dict:

@@ -5,8 +5,8 @@ fitted temperature T fixes most of that without changing a single prediction (Gu
 The abstain threshold turns the calibrated top probability into "uncertain" below it.
 
 The maths, the bundle's calibration record, and `calibrate_bundle`: a bundle run over held-out
-data (through the Predictor) and the fit written into it — what `python -m gender_jax.calibrate`
-and `evaluate --calibrate-on` both call.
+data (through the Predictor, or with faces through the photo path) and the fit written into
+it — what `python -m gender_jax.calibrate` and `evaluate --calibrate-on` both call.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from scipy import optimize, special
 
 from gender_jax.evaluation import stats
 from gender_jax.inference.bundle import Bundle, softmax
-from gender_jax.inference.predictor import Predictor
+from gender_jax.inference.predictor import Outputs, Predictor
 from gender_jax.models.weights import read_meta, update_meta
 
 
@@ -78,35 +78,75 @@ def write_calibration(bundle_dir: str, temperature: float | None = None,
   return calibration
 
 
-def calibrate_bundle(bundle_dir: str, records, *, target_accuracy: float | None = None,
-                     abstain_threshold: float | None = None, batch_size: int = 64,
-                     description: str = "") -> dict[str, Any]:
-  """Fits the bundle's temperature on held-out `records` and stores it (and a threshold).
+def runner(bundle: Bundle, *, faces: str = "off", face_options: dict | None = None,
+           tta: str = "none", batch_size: int = 64):
+  """What answers labelled records as the bundle will be asked: the Predictor (`faces="off"`,
+  whole images) or the photo pipeline over it (each photo's detected, aligned faces). Build
+  one per bundle: building compiles."""
+  if faces == "off":
+    return Predictor(bundle, batch_size=batch_size, tta=tta)
+  from gender_jax.inference.photos import FacePipeline, face_batch_sizes
+  return FacePipeline(bundle, **dict(face_options or {}, faces=faces, tta=tta,
+                                     face_batch_sizes=face_batch_sizes()))
 
-  `records`: a random-access sequence of {"image", "label"} (a validation source or folder).
-  The threshold is `abstain_threshold` if given, else the one reaching `target_accuracy` on
-  the same records, else the bundle's current one is kept. Returns the fit summary.
-  """
-  bundle = Bundle(bundle_dir)
-  predictor = Predictor(bundle, batch_size=batch_size)
-  logits, labels, _, _ = predictor.logits_for_records(records)
+
+def held_out_logits(run, records, progress: bool = False) -> tuple[Outputs, list[str]]:
+  """Raw (temperature 1) logits of labelled `records` through `run` (a `runner`): with faces,
+  each photo's most confident face; and the keys of the photos without a face."""
+  if isinstance(run, Predictor):
+    return run.logits_for_records(records, progress=progress), []
+  return run.logits_for_records(records)
+
+
+def fit(logits: np.ndarray, labels: np.ndarray, *, target_accuracy: float | None = None,
+        abstain_threshold: float | None = None) -> dict[str, Any]:
+  """Temperature (and threshold) fitted on raw logits: the summary `calibrate` prints.
+
+  The threshold is `abstain_threshold` if given, else the one reaching `target_accuracy`,
+  else None (the bundle's current one is kept)."""
   if len(labels) == 0:
-    raise ValueError(f"no readable images to calibrate {bundle_dir} on")
+    raise ValueError("no readable images with a label to fit the calibration on")
   temperature = fit_temperature(logits, labels)
   probs = softmax(logits, temperature)
   if abstain_threshold is None and target_accuracy is not None:
     abstain_threshold = threshold_for_accuracy(probs, labels, target_accuracy)
-  summary = dict(
+  answered = probs.max(axis=-1) >= (abstain_threshold or 0.0)
+  return dict(
       count=int(len(labels)), temperature=temperature,
       nll_before=nll(logits, labels), nll_after=nll(logits, labels, temperature),
       ece_before=float(stats.ece(softmax(logits), labels)[0]),
-      ece_after=float(stats.ece(probs, labels)[0]))
-  write_calibration(bundle_dir, temperature, abstain_threshold,
-                    fitted_on=dict(data=description, count=int(len(labels)),
-                                   target_accuracy=target_accuracy))
-  summary["abstain_threshold"] = abstain_threshold
-  answered = probs.max(axis=-1) >= (abstain_threshold or 0.0)
-  summary["coverage"] = float(answered.mean())  # what the threshold implies on this data
-  summary["answered_accuracy"] = (float((probs.argmax(-1) == labels)[answered].mean())
-                                  if answered.any() else None)
+      ece_after=float(stats.ece(probs, labels)[0]), abstain_threshold=abstain_threshold,
+      # What the threshold implies on this data: the share answered, and their accuracy.
+      coverage=float(answered.mean()),
+      answered_accuracy=float((probs.argmax(-1) == labels)[answered].mean())
+      if answered.any() else None)
+
+
+def calibrate_bundle(bundle_dir: str, records, *, target_accuracy: float | None = None,
+                     abstain_threshold: float | None = None, batch_size: int = 64,
+                     description: str = "", faces: str = "off", face_options: dict | None = None,
+                     tta: str = "none", write: bool = True, run=None,
+                     progress: bool = False) -> dict[str, Any]:
+  """Fits the bundle's temperature on held-out `records` and stores it (and a threshold):
+  what `python -m gender_jax.calibrate` and `evaluate --calibrate-on` both call.
+
+  `records`: a random-access sequence of {"image", "label"} (a validation source or folder),
+  answered through the door the bundle will be asked by (`faces`, `tta`; or `run`, a `runner`
+  already built): with faces, the fit is on the detected, aligned faces' raw logits.
+  `write=False` fits without storing. Returns the fit summary, with the counts of unreadable
+  photos and of photos without a face."""
+  run = run or runner(Bundle(bundle_dir), faces=faces, face_options=face_options, tta=tta,
+                      batch_size=batch_size)
+  outputs, missed = held_out_logits(run, records, progress)
+  if len(outputs.labels) == 0:
+    raise ValueError(f"no readable images{' with a face' if faces != 'off' else ''} to "
+                     f"calibrate {bundle_dir} on")
+  summary = fit(outputs.values, outputs.labels, target_accuracy=target_accuracy,
+                abstain_threshold=abstain_threshold)
+  summary.update(unreadable=len(outputs.errors), no_face=len(missed))
+  if write:
+    write_calibration(bundle_dir, summary["temperature"], summary["abstain_threshold"],
+                      fitted_on=dict(data=description, count=summary["count"],
+                                     target_accuracy=target_accuracy,
+                                     **({"faces": faces} if faces != "off" else {})))
   return summary

@@ -10,8 +10,9 @@ Every number comes with its 95% CI and sample count. Writes report.json, report.
 bundles or sources a cross-dataset matrix). `--calibrate-on DATA` fits the temperature on held-out
 data first; `--write-calibration` stores it (and `--target-accuracy`'s threshold) in the bundle.
 `--faces detect` evaluates photos of people: each photo's most confident face is found,
-aligned to the bundle's template and classified (`gender_jax.faces`); photos without a face
-are listed and left out of the numbers, the share found is reported.
+aligned to the bundle's template and classified (`gender_jax.inference.photos`); photos without
+a face are listed and left out of the numbers, the share found is reported. `--calibrate-on`
+fits as `calibrate` does, through the same door (with `--faces`, on the detected faces).
 """
 from __future__ import annotations
 
@@ -22,15 +23,10 @@ import numpy as np
 
 from gender_jax import CLASS_NAMES, cli
 from gender_jax.evaluation import datasets as eval_data
-from gender_jax.data.schema import record_meta
 from gender_jax.evaluation import calibration
 from gender_jax.evaluation import stats
 from gender_jax.inference.bundle import Bundle
-from gender_jax.inference.predictor import Predictor
 from gender_jax.evaluation.report import write_report
-from gender_jax.data import preprocess
-from gender_jax.inference.photos import FacePipeline
-from gender_jax.inference.predictor import Outputs
 
 MIN_GROUP = 1  # groups are reported at any size; the CI says how little a small one tells
 ADULTS = "20-69 adults"  # subgroups.age_group's name for the band reported apart
@@ -221,35 +217,29 @@ def evaluate_bundle(bundle_dir: str, datasets: Sequence[eval_data.Dataset], out_
   """Runs the bundle over the datasets; writes report.json, report.md and plots to out_dir."""
   os.makedirs(out_dir, exist_ok=True)
   bundle = Bundle(bundle_dir, compute_dtype)
-  predictor = Predictor(bundle, batch_size=batch_size, tta=tta)
   temperature = bundle.temperature
   threshold = float(bundle.calibration.get("abstain_threshold", 0.0))
   fitted = None
+  run = calibration.runner(bundle, faces=faces, face_options=face_options, tta=tta,
+                           batch_size=batch_size)
   if calibrate_on is not None:
-    val = predictor.logits_for_records(calibrate_on.records, progress=progress)
-    temperature = calibration.fit_temperature(val.values, val.labels)
-    if target_accuracy is not None:
-      threshold = calibration.threshold_for_accuracy(
-          calibration.softmax(val.values, temperature), val.labels, target_accuracy)
-    fitted = dict(data=calibrate_on.description, count=int(len(val.labels)),
+    # What `calibrate` does, through the same door the data below is answered by.
+    summary = calibration.calibrate_bundle(
+        bundle_dir, calibrate_on.records, target_accuracy=target_accuracy, batch_size=batch_size,
+        description=calibrate_on.description, faces=faces, face_options=face_options, tta=tta,
+        write=write_calibration, run=run, progress=progress)
+    temperature = summary["temperature"]
+    if summary["abstain_threshold"] is not None:
+      threshold = summary["abstain_threshold"]
+    fitted = dict(data=calibrate_on.description, count=summary["count"],
                   temperature=temperature, abstain_threshold=threshold,
-                  target_accuracy=target_accuracy, unreadable=len(val.errors))
-    if write_calibration:
-      calibration.write_calibration(bundle_dir, temperature, threshold,
-                                    fitted_on=dict(data=calibrate_on.description,
-                                                   count=int(len(val.labels)),
-                                                   target_accuracy=target_accuracy))
+                  target_accuracy=target_accuracy, unreadable=summary["unreadable"],
+                  **({"no_face": summary["no_face"]} if faces != "off" else {}))
   logits, labels, metas, errors = [], [], [], []
-  face_pipeline = None
-  if faces != "off":
-    face_pipeline = FacePipeline(bundle, **dict(face_options or {}, faces=faces, tta=tta))
   no_face: list[dict[str, str]] = []
   for ds in datasets:
-    if face_pipeline is not None:
-      out, missed = face_logits(face_pipeline, ds.records, temperature)
-      no_face += [dict(source=ds.name, key=k) for k in missed]
-    else:
-      out = predictor.logits_for_records(ds.records, progress=progress)
+    out, missed = calibration.held_out_logits(run, ds.records, progress)
+    no_face += [dict(source=ds.name, key=k) for k in missed]
     logits.append(out.values)
     labels.append(out.labels)
     metas += out.metas
@@ -262,38 +252,10 @@ def evaluate_bundle(bundle_dir: str, datasets: Sequence[eval_data.Dataset], out_
   report["calibration"]["fitted"] = fitted
   report["calibration"]["source"] = "fitted now" if fitted else "stored in the bundle"
   report["unreadable"] = errors
-  if face_pipeline is not None:
+  if faces != "off":
     total = report["count"] + len(no_face)
-    report["faces"] = dict(mode=faces, detector=face_pipeline.kind, images=total, no_face=no_face,
+    report["faces"] = dict(mode=faces, detector=dict(face_options or {}).get("detector", "full"),
+                           images=total, no_face=no_face,
                            found_fraction=report["count"] / total if total else None)
   write_report(report, out_dir)
   return report
-
-
-def face_logits(pipeline, records, temperature: float, chunk: int = 64):
-  """Each record's photo through detect → align → classify; the answer for a labelled photo
-  is its most confident detection's (one person per labelled photo). Logits are recovered
-  from the calibrated probabilities as T·log p, equal to the raw logits up to a per-image
-  constant, so the report's calibration section still compares T=1 with T.
-  Returns (Outputs, keys of the photos where no face was found)."""
-  values, labels, metas, errors, missed = [], [], [], [], []
-  for lo in range(0, len(records), chunk):
-    images, kept = [], []
-    for i in range(lo, min(lo + chunk, len(records))):
-      meta = record_meta(records, i)
-      try:
-        images.append(preprocess.decode(records[i]["image"]))
-        kept.append(meta)
-      except preprocess.ImageError as e:
-        errors.append((str(meta.get("key", i)), str(e)))
-    for meta, found in zip(kept, pipeline(images) if images else []):
-      if not found:
-        missed.append(str(meta.get("key", "")))
-        continue
-      best = max(found, key=lambda f: f["score"])
-      p = np.clip([best["p_female"], best["p_male"]], 1e-12, 1.0)
-      values.append(temperature * np.log(p))
-      labels.append(int(meta.get("label", -1)))
-      metas.append(meta)
-  values = np.stack(values).astype(np.float32) if values else np.zeros((0, 2), np.float32)
-  return Outputs(values, np.asarray(labels, np.int64), metas, errors), missed

@@ -56,6 +56,14 @@ def view_geometry(template: dict[str, Any], side: int):
   return fit, np.asarray([(side - tw * fit) / 2, (side - th * fit) / 2], np.float32)
 
 
+def view_eyes(template: dict[str, Any], side: int) -> float:
+  """The template face's eye distance in the second look's `side`-px view: a face the first
+  look saw with its eyes this far apart or more takes nothing from a second look."""
+  points = np.asarray(check_template(template)["points"], np.float64)
+  fit, _ = view_geometry(check_template(template), side)
+  return float(fit * np.linalg.norm(points[1] - points[0]))
+
+
 def view_matrices(keypoints, frame_pts, fit: float, offset):
   """Keypoints (..., 6, 2) in canvas pixels → (..., 2, 3) maps from view pixels to canvas
   pixels: view → template frame (the letterbox undone) → canvas (the first look's fit)."""

@@ -55,9 +55,9 @@ def _iou_inside(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def merge(views: Sequence[Sequence[dict[str, Any]]], origins: Sequence[tuple[int, int, int, int]],
-          shape, max_faces: int) -> list[dict[str, Any]]:
+          shape, max_faces: int | None = None) -> list[dict[str, Any]]:
   """The faces of one photo's views (each in its window's pixels) → one list in the photo's
-  pixels, duplicates dropped, best first, at most `max_faces`, indexed again.
+  pixels, duplicates dropped, best first, at most `max_faces` (None: all), indexed again.
 
   A face touching an inner border of its window (not the photo's edge) may be cut: it ranks
   after every whole face, so the whole one of the neighbouring window is kept."""
@@ -83,7 +83,7 @@ def merge(views: Sequence[Sequence[dict[str, Any]]], origins: Sequence[tuple[int
 
 
 def add_tiled(images: Sequence[np.ndarray], found: list[list[dict[str, Any]]], detect_views,
-              mode: str, max_faces: int, skip=lambda faces: False,
+              mode: str, max_faces: int | None = None, skip=lambda faces: False,
               locate_views=None) -> list[list[dict[str, Any]]]:
   """`found` (each image's faces, seen whole) with the faces of its windows merged in.
 

@@ -8,8 +8,9 @@ The model is jitted once per batch size: the last batch is padded, never recompi
 `--sort-into DIR` copies each input into DIR/male, DIR/female or DIR/uncertain for review.
 
 Faces (`--faces`, default auto): photos go through BlazeFace, and every face found is aligned
-onto the bundle's face template and classified, all in one jitted program; the CSV gets one
-row per face, with its index, detector score, box and six keypoints in the photo's pixels. A
+onto the bundle's face template and classified by the same Predictor whole crops use
+(`gender_jax.inference.photos`); the CSV gets one row per face, numbered left to right, with
+its detector score, box (clipped to the photo) and six keypoints in the photo's pixels. A
 photo without a face gets one row with label "no_face". `auto` classifies a photo that already
 is one face crop framed like the training crops (exactly one face, its eyes and mouth where
 the bundle's template puts them, within 12% of scale) whole, as the training crops were;
@@ -18,7 +19,8 @@ each, with the columns above only. A bundle trained on person crops alone (its `
 takes `auto` as `off`; one trained on faces and persons answers an image without a face
 whole instead of "no_face". `--save-crops DIR` writes the aligned faces as PNG.
 
-Library use: gender_jax.inference.predictor.Predictor.
+Library use: gender_jax.inference.predictor.Predictor (crops),
+gender_jax.inference.photos.classify_photos (photos of people).
 """
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ def face_rows(pipeline, paths: Sequence[str], save_crops: str | None = None,
               whole=None) -> Iterable[dict[str, Any]]:
   """Yields CSV rows (CSV_COLUMNS + FACE_COLUMNS) per face of each path, in order; a photo
   without a face gets one "no_face" row (or, given `whole`, the Predictor of a model that
-  also saw person crops, its answer for the image whole), an unreadable one an "error" row."""
+  also saw person crops, its answer for the image whole), an unreadable one an "error" row.
+  Photos are decoded on threads a chunk ahead; a chunk is as many photos as the classifier's
+  largest batch."""
   from tqdm import tqdm
 
   def load(path):
@@ -54,16 +58,22 @@ def face_rows(pipeline, paths: Sequence[str], save_crops: str | None = None,
     except ImageError as e:
       return None, str(e)
   blank = dict.fromkeys(FACE_COLUMNS, "")
-  n = pipeline.batch_size
+  n = max(pipeline.batch_size, pipeline.predictor.batch_sizes[-1])
+  chunks = [paths[s:s + n] for s in range(0, len(paths), n)]
   bar = tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr,
              dynamic_ncols=True)
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    for start in range(0, len(paths), n):
-      chunk = paths[start:start + n]
-      loaded = list(pool.map(load, chunk))
+    ahead = [pool.submit(load, p) for p in chunks[0]] if chunks else []
+    for k, chunk in enumerate(chunks):
+      start = k * n
+      loaded = [f.result() for f in ahead]
+      ahead = [pool.submit(load, p) for p in chunks[k + 1]] if k + 1 < len(chunks) else []
       ok = [i for i, (image, _) in enumerate(loaded) if image is not None]
       found = dict(zip(ok, pipeline([loaded[i][0] for i in ok], crops=bool(save_crops))
                        if ok else []))
+      for i in pipeline.capped:
+        print(f"warning: {chunk[ok[i]]}: {pipeline.max_faces} faces, every detection slot "
+              "filled; more may be there: raise --max-faces", file=sys.stderr)
       for i, path in enumerate(chunk):
         if i not in found:
           yield dict(path=path, label="error", p_female="", p_male="", abstained="",

@@ -199,7 +199,21 @@ class Predictor:
   def warm(self) -> None:
     """Compiles every serving size now, so no request waits for XLA."""
     for n in self.batch_sizes:
-      self._call(self._logits, [np.zeros((self.size, self.size, 3), np.uint8)], n)
+      self._call(self._logits, [np.zeros((self.size, self.size, 3), np.uint8)],
+                 n * self.num_views)
+
+  def crop_logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Decoded uint8 images, any number → raw logits (n, classes), each image's TTA views
+    averaged, in the compiled `batch_sizes` (a chunk padded to the smallest that holds it):
+    the classifier of the photo path, one pass per face (two with flip)."""
+    out, top = [], self.batch_sizes[-1]
+    for lo in range(0, len(images), top):
+      chunk = images[lo:lo + top]
+      size = next(s for s in self.batch_sizes if s >= len(chunk))
+      flat = [v for image in chunk for v in views(image, self.size, self.tta)]
+      out.append(self._call(self._logits, flat, size * self.num_views)[:len(chunk)])
+    return (np.concatenate(out) if out else
+            np.zeros((0, len(self.bundle.class_names)), np.float32))
 
   def logits(self, items: Sequence[Any]) -> Outputs:
     """Raw (temperature 1) logits of images given as arrays, PIL images, bytes or paths."""
