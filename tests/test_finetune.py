@@ -12,9 +12,9 @@ import optax
 import pytest
 from flax import nnx
 
-from gender_jax import parallel
+from gender_jax import cli, parallel
 from gender_jax.train import schedule as config_lib
-from gender_jax.train import checkpoint
+from gender_jax.train import checkpoint, resume
 from gender_jax.train import loop as trainer
 from gender_jax.train import steps
 from gender_jax.models.weights import to_flat
@@ -305,15 +305,15 @@ def test_ema_switched_on_or_off_at_resume(ema_run, mesh, tmp_path):
   config, ref, *_ = ema_run
   spec = preprocess.make_spec(16)
   plain = steps.create_train_setup(tiny_config(), mesh, 6, spec)
-  with pytest.raises(ValueError, match="checkpoint keeps an EMA"):
-    trainer._restore(os.path.join(ref, "checkpoints"), plain)
+  with pytest.raises(cli.UsageError, match="checkpoint keeps an EMA"):
+    resume.restore(os.path.join(ref, "checkpoints"), plain)
   manager = checkpoint.create_manager(str(tmp_path / "plain"), keep=1, best_metric=None,
                                       async_save=False)
   checkpoint.save(manager, 1, jax.jit(plain.init_state, out_shardings=plain.state_sharding)(),
                   {})
   manager.wait_until_finished()
   with_ema = steps.create_train_setup(config(), mesh, 6, spec)
-  state, _ = trainer._restore(manager, with_ema)
+  state, _ = resume.restore(manager, with_ema)
   assert jax.tree.structure(state) == jax.tree.structure(with_ema.abstract_state)
   for part in ("params", "batch_stats"):
     live, ema = to_flat(state[part]), to_flat(state["ema"][part])

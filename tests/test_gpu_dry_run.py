@@ -122,7 +122,7 @@ def test_gpu_run_dry_run_under_the_guard(tmp_path):
     (peer,) = parts["torch_resnet50"]["rows"]
     assert peer["impl"] == "torch eager" and peer["arch"] == "resnet50" and peer["img_s"] > 0
   assert [r["batch"] for r in parts["predict_resnet50"]["rows"]] == [1, 4]
-  assert any(r["metric"].startswith("img/s") and r["value"] > 0
+  assert any(r["metric"].startswith("photos/s") and r["value"] > 0
              for r in parts["photos"]["rows"])
   assert parts["end_to_end"]["num_train"] > 0 and parts["end_to_end"]["grain"]["resolved"]
   assert "| train_utkface_dlib |" in done.stdout and (out / "gpu.log").stat().st_size > 0

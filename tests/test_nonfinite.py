@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from gender_jax.inference import bundle as bundle_lib
-from gender_jax.train import loop as trainer
+from gender_jax.train import finite, loop as trainer
 from tests.helpers import REPO, constant_bundle, tiny_config, train_cli
 
 
 def test_huge_learning_rate_stops_the_run_without_a_bundle(tmp_path):
   config = tiny_config(**{"optimizer.lr": 1e9, "after_training": ""})
-  with pytest.raises(trainer.TrainingFailed, match=r"non-finite values at step \d+: .*"
+  with pytest.raises(finite.TrainingFailed, match=r"non-finite values at step \d+: .*"
                      r"lower optimizer.lr \(now 1e\+09\)"):
     trainer.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "bundle")
@@ -41,7 +41,7 @@ def test_huge_learning_rate_from_the_command_line_exits_1_in_one_line(tmp_path):
 
 def test_guard_skips_up_to_the_allowed_bad_steps_then_stops():
   config = tiny_config(max_nonfinite_steps=2)
-  guard = trainer.FiniteGuard(config)
+  guard = finite.FiniteGuard(config)
 
   def metrics(loss, grad_norm=1.0):
     return {"loss": (np.float32(loss * 32), np.float32(32)),
@@ -52,7 +52,7 @@ def test_guard_skips_up_to_the_allowed_bad_steps_then_stops():
   guard.check(4, metrics(0.7))          # a good step resets the count
   guard.check(5, metrics(np.inf))
   guard.check(6, metrics(np.nan))
-  with pytest.raises(trainer.TrainingFailed, match="step 7: loss nan.*3 such steps in a row"):
+  with pytest.raises(finite.TrainingFailed, match="step 7: loss nan.*3 such steps in a row"):
     guard.check(7, metrics(np.nan))
 
 
@@ -61,7 +61,7 @@ def test_skipped_steps_leave_the_weights_finite(tmp_path):
   its bad steps, and the state never holds a NaN (every save checks it)."""
   config = tiny_config(**{"optimizer.lr": 1e9, "max_nonfinite_steps": 1,
                           "after_training": ""})
-  with pytest.raises(trainer.TrainingFailed, match="2 such steps in a row"):
+  with pytest.raises(finite.TrainingFailed, match="2 such steps in a row"):
     trainer.train_and_evaluate(config, str(tmp_path))
 
 

@@ -90,19 +90,23 @@ def test_faces_auto_on_a_faces_and_persons_bundle_answers_a_faceless_crop_whole(
   assert [r["label"] for r in _predict(tmp_path, merged)] == ["male"]
 
 
-def test_sources_say_whether_they_hold_faces_or_persons():
+def test_sources_say_whether_they_hold_faces_or_persons(tmp_path):
   import ml_collections
 
-  from gender_jax.train import loop
+  from gender_jax.train import after
   from gender_jax.data import sources
-  config = ml_collections.ConfigDict(dict(face_template="measure", data=dict(
+  from gender_jax.models.weights import read_meta
+  config = ml_collections.ConfigDict(dict(data=dict(
       folder="", sources={"peta": dict(weight=1.0), "folder:office": dict(weight=1.0),
                           "folder:cctv": dict(weight=1.0, inputs="persons")})))
   assert sources.input_kinds(config) == {"peta": "persons", "folder:office": "faces",
                                          "folder:cctv": "persons"}
   # No face source: no template measured (the detector never runs on person crops).
   del config.data.sources["folder:office"]
-  assert loop._face_template(config, {"peta": None, "folder:cctv": None}) is None
+  bundle = constant_bundle(tmp_path / "b", size=16)
+  said = after.STEPS["face_template"](config, bundle, step=0,
+                                      val_sources={"peta": None, "folder:cctv": None})
+  assert "no face source" in said and "face_template" not in read_meta(bundle)
   config.data.sources["folder:cctv"].inputs = "bodies"
   with pytest.raises(ValueError, match=r"inputs='bodies': choose from \('faces', 'persons'\)"):
     sources.input_kinds(config)

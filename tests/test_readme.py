@@ -23,8 +23,9 @@ def test_the_python_api_examples_run(tmp_path, monkeypatch, capsys):
   rng = np.random.default_rng(0)
   Image.fromarray(rng.integers(0, 256, (64, 64, 3), np.uint8)).save(tmp_path / "photo.jpg")
   monkeypatch.chdir(tmp_path)  # the examples' relative paths
+  namespace = {}  # the blocks build on each other, as in one session
   for block in blocks:
-    exec(compile(block, "README.md", "exec"), {})
+    exec(compile(block, "README.md", "exec"), namespace)
   printed = capsys.readouterr().out.split()
   assert printed[0] in ("female", "male", "uncertain"), printed
   assert 0.0 <= float(printed[1]) <= 1.0 and printed[2] in ("True", "False")

@@ -17,7 +17,7 @@ import logging
 from typing import Any, Callable
 
 from gender_jax.data import pipeline
-from gender_jax.data.sources import input_kinds
+from gender_jax.data.sources import input_kind, input_kinds
 from gender_jax.evaluation import datasets
 from gender_jax.evaluation.calibration import calibrate_bundle
 from gender_jax.faces import template
@@ -45,7 +45,7 @@ def _precise_bn(config, bundle_dir: str, *, step: int, val_sources: dict) -> dic
 def _face_template(config, bundle_dir: str, *, step: int, val_sources: dict) -> dict | None:
   # Faces only: in a mix of face and person sources, the person crops would blur the template.
   kinds = input_kinds(config)
-  faces = {n: s for n, s in val_sources.items() if kinds.get(n, "faces") == "faces"}
+  faces = {n: s for n, s in val_sources.items() if (kinds.get(n) or input_kind(n)) == "faces"}
   if not faces:
     return "no face source; none (the bundle classifies persons whole)"
   found = template.measure_records(datasets.Concat(list(faces.values())))

@@ -40,7 +40,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from gender_jax import cli, parallel  # noqa: E402
-from gender_jax.train import lock, preflight, rerun  # noqa: E402
+from gender_jax.train import finite, lock, preflight, rerun  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, bundle. "
                                "Example: --workdir runs/demo")
@@ -66,7 +66,7 @@ def main(argv):
   if not _WORKDIR.value:
     raise cli.UsageError("give --workdir RUN (where checkpoints, logs and the bundle go)")
   # One run per workdir, decided before any work: a second launch leaves in seconds.
-  cli.require_writable(_WORKDIR.value, "--workdir")
+  preflight.check_workdir(_WORKDIR.value)
   if lock.is_first_process():
     try:
       lock.acquire(_WORKDIR.value)
@@ -92,7 +92,7 @@ def _train(config, workdir: str) -> int:
   preflight.log_data_sanity(config)
   try:
     result = loop.train_and_evaluate(config, workdir)
-  except loop.TrainingFailed as e:  # a diverged run: no bundle, a non-zero status, one line
+  except finite.TrainingFailed as e:  # a diverged run: no bundle, a non-zero status, one line
     cli.exit_now(f"error: {e}", 1)
   if result.get("preempted"):
     sys.exit(143)  # non-zero, so schedulers restart the job; the rerun resumes

@@ -13,12 +13,17 @@ from gender_jax.data import folder, prepare, sources
 from gender_jax.train import schedule
 
 
-def check_config(config, workdir: str) -> None:
-  """Every check that needs no data, before any work and before the workdir exists."""
+def check_workdir(workdir: str) -> None:
+  """A folder that is or can be made, writable: before the lock creates it."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise cli.UsageError(f"--workdir {workdir!r} is a file, not a folder; give a folder for "
                          "the run (checkpoints, logs, bundle)")
   cli.require_writable(workdir, "--workdir")
+
+
+def check_config(config, workdir: str) -> None:
+  """Every check that needs no data, before any work and before the workdir exists."""
+  check_workdir(workdir)
   if config.data.get("folder"):
     folder.require_folder(config.data.folder, "--config.data.folder")
   for name, opts in config.data.sources.items():
