@@ -3,13 +3,15 @@
 What is proven: 2 processes train to the same weights as 1 process over the same global
 batches; a checkpoint written by 2 processes resumes in 1; a peer that never arrives or
 dies makes the others stop with an error naming it, within the configured timeout;
-SLURM's environment is understood; launch/ray_job.py trains on a real local Ray cluster.
+SLURM's environment is understood; launch/ray_job.py trains on a real local Ray cluster, and
+with --max-restarts starts the worker group again from the last checkpoint when a trainer dies.
 
 Every subprocess runs in its own session and is SIGKILLed on timeout: a process stuck in a
 gloo collective ignores SIGTERM.
 """
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -281,9 +283,10 @@ def test_two_process_checkpoint_resumes_in_one(two_process_run, tmp_path):
   assert_same_weights(two_process_run["workdir"] / "bundle", workdir / "bundle")
 
 
-@pytest.mark.slow
-def test_ray_job_on_a_local_cluster(two_process_run, tmp_path):
-  """`ray start --head` on loopback with 2 CPUs; ray_job.py runs the same 2-process training."""
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+  """`ray start --head` on loopback with 2 CPUs, once for this module's Ray tests: its
+  address, and the environment (its own auth token) a driver needs to join it."""
   pytest.importorskip("ray")
   port = free_port()
   ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
@@ -293,22 +296,10 @@ def test_ray_job_on_a_local_cluster(two_process_run, tmp_path):
   head = Proc([str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
                "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-              clean_env(**auth), tmp_path / "head.log")
+              clean_env(**auth), tmp_path_factory.mktemp("ray") / "head.log")
   try:
     head.wait_for("Ray runtime started", 180)
-    job = Proc([sys.executable, str(ROOT / "launch" / "ray_job.py"), "--address",
-                f"127.0.0.1:{port}", "--num-workers", "2", "--cpus-per-worker", "1",
-                "--env", f"XLA_FLAGS={xla_flags(DEVICES_PER_PROCESS)}",
-                "--env", "JAX_PLATFORMS=cpu", "--", "--config",
-                str(two_process_run["config"]), "--workdir", str(tmp_path / "ray_run")],
-               clean_env(**auth), tmp_path / "job.log")
-    try:
-      assert job.wait(400) == 0, job.output()[-4000:]
-    finally:
-      job.kill()
-    out = job.output()
-    assert "worker exit statuses [0, 0]" in out and "on 4 devices" in out
-    assert_same_weights(two_process_run["workdir"] / "bundle", tmp_path / "ray_run" / "bundle")
+    yield f"127.0.0.1:{port}", clean_env(**auth)
   finally:
     head.p.send_signal(signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
     try:
@@ -317,6 +308,65 @@ def test_ray_job_on_a_local_cluster(two_process_run, tmp_path):
       pass
     head.kill()
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def ray_job(address: str, env: dict, log, *args) -> Proc:
+  """launch/ray_job.py with 2 one-CPU workers of DEVICES_PER_PROCESS devices each."""
+  return Proc([sys.executable, str(ROOT / "launch" / "ray_job.py"), "--address", address,
+               "--num-workers", "2", "--cpus-per-worker", "1",
+               "--env", f"XLA_FLAGS={xla_flags(DEVICES_PER_PROCESS)}",
+               "--env", "JAX_PLATFORMS=cpu", *args], env, log)
+
+
+@pytest.mark.slow
+def test_ray_job_on_a_local_cluster(two_process_run, ray_cluster, tmp_path):
+  """ray_job.py on a real local Ray cluster runs the same 2-process training."""
+  job = ray_job(*ray_cluster, tmp_path / "job.log", "--", "--config",
+                str(two_process_run["config"]), "--workdir", str(tmp_path / "ray_run"))
+  try:
+    assert job.wait(400) == 0, job.output()[-4000:]
+  finally:
+    job.kill()
+  out = job.output()
+  assert "worker exit statuses [0, 0]" in out and "on 4 devices" in out
+  assert_same_weights(two_process_run["workdir"] / "bundle", tmp_path / "ray_run" / "bundle")
+
+
+def _wait_for_pattern(proc: Proc, pattern: str, timeout: float) -> re.Match:
+  deadline = time.monotonic() + timeout
+  while True:
+    found = re.search(pattern, proc.output())
+    if found:
+      return found
+    if proc.p.poll() is not None or time.monotonic() > deadline:
+      pytest.fail(f"never printed {pattern!r} (rc {proc.p.poll()}):\n" + proc.output()[-3000:])
+    time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_cluster, tmp_path):
+  """--max-restarts: a trainer killed mid-run (SIGKILL, as a lost node leaves it) makes the
+  driver start the worker group again, which resumes from the last checkpoint."""
+  workdir = tmp_path / "ray_run"
+  job = ray_job(*ray_cluster, tmp_path / "job.log", "--max-restarts", "2",
+                "--env", "GENDER_JAX_PEER_TIMEOUT=20", "--",
+                "--config", str(tiny_config(tmp_path)), "--config.total_steps=12",
+                "--workdir", str(workdir))
+  try:
+    pid = int(_wait_for_pattern(job, r"\[1\] trainer PID (\d+)", 240).group(1))
+    # Once step 2's checkpoint is written, the trainer of worker 1 dies as on a lost node.
+    deadline = time.monotonic() + 400
+    while not (workdir / "checkpoints" / "2").is_dir():
+      assert time.monotonic() < deadline and job.p.poll() is None, job.output()[-3000:]
+      time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    assert job.wait(600) == 0, job.output()[-4000:]
+  finally:
+    job.kill()
+  out = job.output()
+  assert "restarting the group from the last checkpoint (restart 1 of 2)" in out, out[-4000:]
+  assert "resumed from" in out and "worker exit statuses [0, 0]" in out
+  assert (workdir / "bundle" / "meta.json").exists()
 
 
 # -------------------------------------------------- data shards across processes
