@@ -21,6 +21,7 @@ full width, 160 px, batch 256, 60 epochs (not measured here: no device was lent)
 Results: see configs/merged.py, whose table holds this config's row.
 """
 from configs.common import get_base_config, use_adamw
+from configs.utkface_dlib import dlib_finetune
 
 # Bodies: scale and crop jitter (3/4..4/3 aspect), flip, colour; no rotation (the face
 # template's ±10° suits aligned faces, not standing people).
@@ -34,17 +35,7 @@ def dlib_recipe(config, arg=None):
   config.data.resize = "letterbox"
   config.data.device_augment = True
   config.data.image_size = 150
-  config.data.batch_size = 64
-  config.data.eval_batch_size = 128
-  config.model.arch = "dlib_resnet"
-  config.model.variant = "dlib"
-  config.model.compute_dtype = "float32"  # bf16 is slower than f32 on CPUs
-  config.init_from = ""  # the converted dlib weights, on the command line
-  config.finetune.mode = "last_n"
-  config.finetune.last_n = 4  # level2, level1, level0 and the descriptor, with the head
-  use_adamw(config, lr=3e-4, weight_decay=0.05)
-  config.optimizer.lr_mult.fc = 10.0  # the fresh head learns faster than the backbone
-  config.label_smoothing = 0.1
+  dlib_finetune(config)
   config.eval_every_epochs = 1.0
   config.log_every = 20
   if arg == "gpu":
