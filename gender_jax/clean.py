@@ -43,9 +43,12 @@ def main(argv=None):
                            "--exclude-label-errors --bundle runs/utkface/bundle)")
   parser.add_argument("--keep-label-errors", action="store_true", help=argparse.SUPPRESS)
   cli.add_batch_size(parser)
+  cli.add_overwrite(parser)
   args = parser.parse_args(argv)
   # Before scanning: the inputs exist and the output can be written.
   cli.require_writable(args.out, "--out")
+  cli.require_unwritten(args.out, "--out", "a cleaning report", args.overwrite,
+                        inside="summary.json")
   for d in args.data:
     if not d.startswith("source:"):
       cli.require_dir(d.split("=", 1)[-1], "--data")

@@ -47,6 +47,7 @@ def main(argv=None):
   cli.add_compute_dtype(parser)
   cli.add_face_options(parser, default="off")
   cli.add_quiet(parser)
+  cli.add_overwrite(parser)
   args = parser.parse_args(argv)
   # Before any data is read: every bundle is there and complete, the report can be written.
   runs = cli.bundles(args)
@@ -59,6 +60,8 @@ def main(argv=None):
     raise cli.UsageError(f"--out {args.out!r} is a file; the report is a folder (report.md, "
                          "report.json, plots): give a folder name")
   cli.require_writable(args.out, "--out")
+  for written in ("report.json", "matrix.json"):  # one bundle's report; several bundles' matrix
+    cli.require_unwritten(args.out, "--out", "a report", args.overwrite, inside=written)
   if args.write_calibration:  # the bundle is rewritten at the end: refuse now, not after the work
     for bundle_dir, _ in runs:
       cli.require_writable(os.path.join(bundle_dir, "meta.json"), "--write-calibration: bundle")

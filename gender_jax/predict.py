@@ -45,9 +45,11 @@ def main(argv=None):
   parser.add_argument("--save-crops", help="write each aligned face as DIR/<n>_<name>_face<i>.png "
                       "(example: --save-crops crops/)")
   cli.add_quiet(parser)
+  cli.add_overwrite(parser)
   args = parser.parse_args(argv)
   bundle_dir = cli.bundle(args)
   cli.require_writable(args.out, "--out")
+  cli.require_unwritten(args.out, "--out", "predictions", args.overwrite)
   if args.sort_into:
     cli.require_writable(args.sort_into, "--sort-into")
   face_options = cli.face_options(args)

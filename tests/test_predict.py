@@ -93,8 +93,8 @@ def test_faces_one_row_per_face_no_face_rows_and_crops(bundle, tmp_path, utkface
   Image.fromarray(crops[2]).save(tmp_path / "in" / "b_crop.jpg")
   Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(tmp_path / "in" / "c_blank.png")
   (tmp_path / "in" / "d_bad.jpg").write_bytes(b"not a jpeg")
-  out = tmp_path / "faces.csv"
   for mode in ("detect", "auto"):
+    out = tmp_path / f"faces_{mode}.csv"
     assert predict.main(["--bundle", bundle, str(tmp_path / "in"), "--out", str(out), "--quiet",
                          "--faces", mode, "--detector", "short", "--max-faces", "4",
                          "--save-crops", str(tmp_path / f"crops_{mode}")]) == 0

@@ -163,6 +163,31 @@ def test_evaluate_summary_names_the_data_given(tmp_path, bundle, capsys):
   assert f"on {folder}: n=6" in line, line
 
 
+def test_what_a_command_wrote_is_kept_unless_asked(tmp_path, bundle):
+  """A rerun of evaluate, predict or clean onto its earlier --out stops in one line, the
+  earlier output untouched; --overwrite replaces it."""
+  from gender_jax import evaluate
+  folder = _folder(tmp_path / "mine", ("male", "female"), n=2)
+  (tmp_path / "report").mkdir()
+  (tmp_path / "report" / "report.json").write_text("mine")
+  (tmp_path / "preds.csv").write_text("mine")
+  (tmp_path / "clean").mkdir()
+  (tmp_path / "clean" / "summary.json").write_text("mine")
+  for module, out, args in (("gender_jax.evaluate", "report", ["--bundle", bundle]),
+                            ("gender_jax.predict", "preds.csv", ["--bundle", bundle]),
+                            ("gender_jax.clean", "clean", [])):
+    first = [str(folder)] if module.endswith("predict") else ["--data", str(folder)]
+    line = assert_error(cli(module, *args, *first, "--out", str(tmp_path / out)), out,
+                        "already holds", "--overwrite")
+    assert "Traceback" not in line
+  assert (tmp_path / "report" / "report.json").read_text() == "mine"
+  assert (tmp_path / "preds.csv").read_text() == "mine"
+  assert (tmp_path / "clean" / "summary.json").read_text() == "mine"
+  evaluate.main(["--bundle", bundle, "--data", str(folder), "--out", str(tmp_path / "report"),
+                 "--bootstrap", "20", "--quiet", "--overwrite"])
+  assert json.loads((tmp_path / "report" / "report.json").read_text())["count"] == 4
+
+
 # ----------------------------------------------------------------------------- export
 @pytest.mark.parametrize("fmt,out,named", [
     ("tflite", "model.onnx", ".tflite"), ("onnx", "model.tflite", ".onnx"),

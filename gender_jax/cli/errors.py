@@ -96,6 +96,16 @@ def require_writable(path: str, what: str) -> str:
   return path
 
 
+def require_unwritten(path: str, what: str, holds: str, overwrite: bool,
+                      inside: str | None = None) -> str:
+  """What an earlier run wrote at `path` (the file, or `inside` it when it is a folder) is
+  never replaced unless asked: one line naming it and the two ways on."""
+  if os.path.exists(os.path.join(path, inside) if inside else path) and not overwrite:
+    raise UsageError(f"{what} {path!r} already holds {holds}: give another {what}, or add "
+                     "--overwrite to replace it")
+  return path
+
+
 def _can_write(folder: str) -> bool:
   # A real write, not os.access: root passes os.access on read-only folders and mounts.
   try:

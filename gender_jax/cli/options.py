@@ -157,3 +157,8 @@ def run_config(workdir: str | None, config_file: str | None = None):
       return ml_collections.ConfigDict(json.load(f))
   raise UsageError("a configured source needs the run's config: give --workdir RUN "
                    "(with RUN/config.json) or --config FILE")
+
+
+def add_overwrite(parser) -> None:
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace what an earlier run wrote at --out (example: --overwrite)")
