@@ -239,7 +239,9 @@ def run_mode(mode: str, bundle: str, images: list[bytes], concurrencies, seconds
     # What `serve run serve/config.yaml` calls, with the port and replica count overridden.
     client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
                                    proxy_location=schema.proxy_location)
-    url = f"http://127.0.0.1:{port}/v1/predict"
+    # Crops, as the page's "whole image" mode: `?faces=off` (the default is auto, detection
+    # first, where the config turns face detection on); the ceilings ignore the query.
+    url = f"http://127.0.0.1:{port}/v1/predict?faces=off"
     size = Bundle(bundle).image_size
     out = {}
     noop, decode = ceiling_apps()
