@@ -50,11 +50,11 @@ def dlib_recipe(config, arg=None):
 
 
 def scratch_recipe(config, arg=None):
-  """ResNet-18 at 1/4 width from scratch, 80 px letterboxed (a 1:2 person is 40x80 px);
-  `arg` "gpu": full width at 160 px, batch 256."""
+  """ResNet-18 at 1/4 width from scratch, 96 px letterboxed (a 1:2 person is 48x96 px),
+  30 epochs; `arg` "gpu": full width at 160 px, batch 256, 60 epochs."""
   config.data.resize = "letterbox"
   config.data.device_augment = True  # flip, colour and grayscale in the step
-  config.data.image_size = 80
+  config.data.image_size = 96
   config.data.batch_size = 128
   config.data.eval_batch_size = 256
   config.model.arch = "resnet18"
@@ -62,8 +62,8 @@ def scratch_recipe(config, arg=None):
   config.model.compute_dtype = "float32"  # bf16 is slower than f32 on CPUs
   use_adamw(config, lr=2e-3, weight_decay=0.05)
   config.label_smoothing = 0.1
-  config.total_epochs = 8.0
-  config.eval_every_epochs = 2.0
+  config.total_epochs = 30.0  # 8 epochs at 80 px: validation 0.751; 30 at 96 px: 0.766
+  config.eval_every_epochs = 5.0
   config.log_every = 20
   if arg == "gpu":
     config.data.image_size = 160
