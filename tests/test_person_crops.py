@@ -67,9 +67,9 @@ def _predict(tmp_path, bundle, *extra):
   photos = tmp_path / "crops"
   photos.mkdir(exist_ok=True)
   Image.fromarray(_tall(96, 32)).save(photos / "person.png")
-  out = tmp_path / "preds.csv"
+  out = tmp_path / "preds.csv"  # one file, rewritten for each bundle asked
   assert predict.main(["--bundle", bundle, str(photos), "--out", str(out), "--quiet",
-                       *extra]) == 0
+                       "--overwrite", *extra]) == 0
   with open(out) as f:
     return list(csv.DictReader(f))
 
