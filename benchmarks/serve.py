@@ -82,49 +82,17 @@ def make_random_bundle(directory: str) -> str:
 
 
 # ----------------------------------------------------------------------------- load generator
-async def _load(url: str, images: list[bytes], concurrency: int, seconds: float) -> dict:
-  """`concurrency` keep-alive clients posting one image each, back to back, for `seconds`."""
+async def _load(url: str, images: list[bytes], concurrency: int, seconds: float,
+                warmup: float = 1.0, kill=None) -> list[dict]:
+  """`concurrency` keep-alive clients posting one image each, back to back, for `seconds`
+  after `warmup` seconds not recorded (connections, routing tables); `kill()`, if given, runs
+  a third of the way in. Each request: start (s after the load began), seconds to its answer,
+  status, Retry-After."""
   import aiohttp
-  latencies, errors = [], 0
+  records = []
   connector = aiohttp.TCPConnector(limit=concurrency)
   async with aiohttp.ClientSession(connector=connector) as session:
-    async def one(i):
-      nonlocal errors
-      t = time.perf_counter()
-      async with session.post(url, data=images[i % len(images)],
-                              headers={"Content-Type": "image/jpeg"}) as r:
-        await r.read()
-        if r.status != 200:
-          errors += 1
-      return time.perf_counter() - t
-
-    async def client(k, deadline, record):
-      i = k
-      while time.perf_counter() < deadline:
-        dt = await one(i)
-        if record:
-          latencies.append(dt)
-        i += concurrency
-
-    # One second of warm-up traffic (connections, routing tables) is not counted.
-    await asyncio.gather(*(client(k, time.perf_counter() + 1.0, False) for k in range(concurrency)))
-    start = time.perf_counter()
-    await asyncio.gather(*(client(k, start + seconds, True) for k in range(concurrency)))
-    elapsed = time.perf_counter() - start
-  lat = np.asarray(latencies) * 1e3
-  return dict(requests=len(lat), errors=errors, rps=len(lat) / elapsed,
-              p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)))
-
-
-async def _load_with_kill(url, images, concurrency, seconds, kill) -> list[dict]:
-  """`concurrency` clients for `seconds`; `kill()` runs a third of the way in. Each request:
-  start (s after the load began), seconds to its answer, status, Retry-After."""
-  import aiohttp
-  records, start = [], time.perf_counter()
-  deadline = start + seconds
-  connector = aiohttp.TCPConnector(limit=concurrency)
-  async with aiohttp.ClientSession(connector=connector) as session:
-    async def client(k):
+    async def client(k, start, deadline, record):
       i = k
       while time.perf_counter() < deadline:
         t = time.perf_counter()
@@ -135,18 +103,32 @@ async def _load_with_kill(url, images, concurrency, seconds, kill) -> list[dict]
             await r.read()
             status, retry = r.status, r.headers.get("Retry-After")
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-          status, retry = f"{type(e).__name__}", None
-        records.append(dict(t=t - start, wait_s=time.perf_counter() - t, status=status,
-                            retry_after=retry))
+          status, retry = type(e).__name__, None
+        if record:
+          records.append(dict(t=t - start, wait_s=time.perf_counter() - t, status=status,
+                              retry_after=retry))
         i += concurrency
 
-    async def killer():
+    async def killer(start):
       await asyncio.sleep(seconds / 3)
       await asyncio.get_running_loop().run_in_executor(None, kill)
       records.append(dict(t=time.perf_counter() - start, kill=True))
 
-    await asyncio.gather(killer(), *(client(k) for k in range(concurrency)))
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(k, t0, t0 + warmup, False) for k in range(concurrency)))
+    start = time.perf_counter()
+    await asyncio.gather(*([killer(start)] if kill else []),
+                         *(client(k, start, start + seconds, True) for k in range(concurrency)))
   return records
+
+
+def rates(records: list[dict]) -> dict:
+  """Requests per second and latency percentiles of a load's records."""
+  lat = np.asarray([r["wait_s"] for r in records]) * 1e3
+  elapsed = max(r["t"] + r["wait_s"] for r in records)
+  return dict(requests=len(lat), errors=sum(r["status"] != 200 for r in records),
+              rps=len(lat) / elapsed, p50_ms=float(np.percentile(lat, 50)),
+              p99_ms=float(np.percentile(lat, 99)))
 
 
 def summarize_kill(records: list[dict]) -> dict:
@@ -186,7 +168,7 @@ def wait_ready(base_url: str, replicas: int, timeout: float = 600) -> float:
 
 
 def measure(url, images, concurrencies, seconds):
-  return {c: asyncio.run(_load(url, images, c, seconds)) for c in concurrencies}
+  return {c: rates(asyncio.run(_load(url, images, c, seconds))) for c in concurrencies}
 
 
 # ----------------------------------------------------------------------------- ceilings
@@ -268,7 +250,7 @@ def run_mode(mode: str, bundle: str, images: list[bytes], concurrencies, seconds
         actors = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                   if "GenderClassifier" in a["name"] and "REPLICA" in a["name"]]
         ray.kill(ray.get_actor(actors[0], namespace="serve"), no_restart=True)
-      records = asyncio.run(_load_with_kill(url, images, concurrencies[0], seconds, kill))
+      records = asyncio.run(_load(url, images, concurrencies[0], seconds, warmup=0, kill=kill))
       out["kill"] = dict(summarize_kill(records), concurrency=concurrencies[0], replicas=replicas)
       out["kill_records"] = records
       print(mode, "kill", json.dumps(out["kill"]), flush=True)
