@@ -164,8 +164,8 @@ def test_evaluate_summary_names_the_data_given(tmp_path, bundle, capsys):
 
 
 def test_what_a_command_wrote_is_kept_unless_asked(tmp_path, bundle):
-  """A rerun of evaluate, predict or clean onto its earlier --out stops in one line, the
-  earlier output untouched; --overwrite replaces it."""
+  """A rerun of evaluate, predict, clean or export onto its earlier --out stops in one line,
+  the earlier output untouched; --overwrite replaces it."""
   from gender_jax import evaluate
   folder = _folder(tmp_path / "mine", ("male", "female"), n=2)
   (tmp_path / "report").mkdir()
@@ -173,13 +173,15 @@ def test_what_a_command_wrote_is_kept_unless_asked(tmp_path, bundle):
   (tmp_path / "preds.csv").write_text("mine")
   (tmp_path / "clean").mkdir()
   (tmp_path / "clean" / "summary.json").write_text("mine")
-  for module, out, args in (("gender_jax.evaluate", "report", ["--bundle", bundle]),
-                            ("gender_jax.predict", "preds.csv", ["--bundle", bundle]),
-                            ("gender_jax.clean", "clean", [])):
-    first = [str(folder)] if module.endswith("predict") else ["--data", str(folder)]
-    line = assert_error(cli(module, *args, *first, "--out", str(tmp_path / out)), out,
-                        "already holds", "--overwrite")
-    assert "Traceback" not in line
+  (tmp_path / "m.onnx").write_text("mine")
+  data = ["--data", str(folder)]
+  for module, out, args in (("gender_jax.evaluate", "report", ["--bundle", bundle, *data]),
+                            ("gender_jax.predict", "preds.csv", ["--bundle", bundle, str(folder)]),
+                            ("gender_jax.clean", "clean", data),
+                            ("gender_jax.export", "m.onnx", ["--bundle", bundle, "--format", "onnx"])):
+    assert_error(cli(module, *args, "--out", str(tmp_path / out)), out, "already holds",
+                 "--overwrite")
+  assert (tmp_path / "m.onnx").read_text() == "mine"
   assert (tmp_path / "report" / "report.json").read_text() == "mine"
   assert (tmp_path / "preds.csv").read_text() == "mine"
   assert (tmp_path / "clean" / "summary.json").read_text() == "mine"

@@ -38,6 +38,7 @@ def main(argv=None) -> int:
                                           "(default: --calibration-dir, else synthetic; example: --check-dir photos/)")
   parser.add_argument("--check-images", type=int, default=64,
                       help="images in the parity check (default 64; example: --check-images 16)")
+  cli.add_overwrite(parser)
   args = parser.parse_args(argv)
   # Before any work (tracing and converting take seconds to minutes): inputs exist, out is writable.
   # Option clashes are export()'s to report (status 1, with its own words); missing or
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
     cli.require_writable(args.out, "--out")
     if lib.out_problem(args.format, args.out):
       raise cli.UsageError(lib.out_problem(args.format, args.out))
+    cli.require_unwritten(args.out, "--out", "an exported model", args.overwrite,
+                          inside="saved_model.pb" if args.format == "saved_model" else None)
     for flag in ("calibration_dir", "check_dir"):
       if getattr(args, flag):
         cli.require_dir(getattr(args, flag), f"--{flag}")
