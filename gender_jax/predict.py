@@ -73,10 +73,8 @@ def main(argv=None):
   bundle = bundle_lib.load_bundle(bundle_dir, args.compute_dtype)
   if args.abstain_threshold is not None:
     bundle.calibration = dict(bundle.calibration, abstain_threshold=args.abstain_threshold)
-  if args.faces == "auto" and bundle.inputs == ("persons",):
-    # Trained on person crops alone: each image is one, classified whole (as in training);
-    # hunting it for a face would answer "no_face" for most of them.
-    args.faces = "off"
+  if bundle.faces_mode(args.faces) != args.faces:
+    args.faces = bundle.faces_mode(args.faces)
     print("the bundle was trained on person crops: --faces auto classifies each image whole",
           file=sys.stderr)
   if args.faces == "off":
@@ -88,7 +86,7 @@ def main(argv=None):
                             face_batch_sizes=face_batch_sizes(args.batch_size))
     columns = CSV_COLUMNS + FACE_COLUMNS
     # A model that also saw person crops answers an image without a face whole.
-    whole = (Predictor(bundle, batch_size=1, tta=args.tta)
+    whole = (pipeline.predictor
              if args.faces == "auto" and "persons" in bundle.inputs else None)
     source = face_rows(pipeline, paths, args.save_crops, progress=not args.quiet, whole=whole)
   rows = []

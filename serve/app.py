@@ -285,8 +285,7 @@ class GenderClassifier:
       default = "auto" if self.face_pipeline is not None else "off"
       faces = inputs.faces_mode(request.query_params.get("faces", default),
                                 enabled=self.face_pipeline is not None)
-      if faces == "auto" and self.bundle.inputs == ("persons",):
-        faces = "off"  # a persons-only model classifies each crop whole, never "no face"
+      faces = self.bundle.faces_mode(faces)
       encoded = await inputs.encoded_images(request, self.limits)
       size = None if faces != "off" else self.bundle.image_size  # photos keep their pixels
       loop = asyncio.get_running_loop()

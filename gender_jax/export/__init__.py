@@ -126,8 +126,8 @@ def export(bundle_dir, fmt: str, out, *, quantization: str = "float32", batch: i
   if quantization == "int8" and not calibration_dir:
     raise ExportError("--quantize int8 needs --calibration-dir: a folder of representative "
                      "images (e.g. with male/ and female/ inside)")
-  if out_problem(fmt, out):
-    raise ExportError(out_problem(fmt, out))
+  if problem := out_problem(fmt, out):
+    raise ExportError(problem)
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   bundle = Bundle(str(bundle_dir), compute_dtype="float32")

@@ -46,8 +46,8 @@ def main(argv=None) -> int:
   try:
     cli.require_weights_dir(args.bundle, "--bundle")
     cli.require_writable(args.out, "--out")
-    if lib.out_problem(args.format, args.out):
-      raise cli.UsageError(lib.out_problem(args.format, args.out))
+    if problem := lib.out_problem(args.format, args.out):
+      raise cli.UsageError(problem)
     cli.require_unwritten(args.out, "--out", "an exported model", args.overwrite,
                           inside="saved_model.pb" if args.format == "saved_model" else None)
     for flag in ("calibration_dir", "check_dir"):

@@ -102,6 +102,12 @@ class Bundle:
     bundles from before it was recorded were trained on face crops."""
     return tuple(self.meta.get("inputs") or ("faces",))
 
+  def faces_mode(self, requested: str) -> str:
+    """The `faces` mode a request gets: `auto` on a model trained on person crops alone is
+    `off` (each image one person, classified whole, as in training; hunting it for a face
+    would answer "no face" for most)."""
+    return "off" if requested == "auto" and self.inputs == ("persons",) else requested
+
   @property
   def face_template(self) -> dict[str, Any]:
     """Where the eyes and mouth sit on the training crops (meta `face_template`), for

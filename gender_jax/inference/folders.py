@@ -74,13 +74,16 @@ def face_rows(pipeline, paths: Sequence[str], save_crops: str | None = None,
       for i in pipeline.capped:
         print(f"warning: {chunk[ok[i]]}: {pipeline.max_faces} faces, every detection slot "
               "filled; more may be there: raise --max-faces", file=sys.stderr)
+      faceless = [i for i in ok if not found[i]] if whole is not None else []
+      answers = dict(zip(faceless, whole.predict([loaded[i][0] for i in faceless])
+                         if faceless else []))
       for i, path in enumerate(chunk):
         if i not in found:
           yield dict(path=path, label="error", p_female="", p_male="", abstained="",
                      error=loaded[i][1], **blank)
           continue
         if not found[i] and whole is not None:
-          answer = whole.predict([loaded[i][0]])[0]
+          answer = answers[i]
           yield dict(path=path, label=answer["label"], p_female=f"{answer['p_female']:.6f}",
                      p_male=f"{answer['p_male']:.6f}", abstained=int(answer["abstained"]),
                      error="", **blank)

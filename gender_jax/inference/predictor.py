@@ -210,7 +210,8 @@ class Predictor:
     for lo in range(0, len(images), top):
       chunk = images[lo:lo + top]
       size = next(s for s in self.batch_sizes if s >= len(chunk))
-      flat = [v for image in chunk for v in views(image, self.size, self.tta)]
+      flat = [v for image in chunk
+              for v in views(image, self.size, self.tta, self.bundle.preprocessing)]
       out.append(self._call(self._logits, flat, size * self.num_views)[:len(chunk)])
     return (np.concatenate(out) if out else
             np.zeros((0, len(self.bundle.class_names)), np.float32))

@@ -64,11 +64,7 @@ def save_weights(directory: str, flat: dict[str, np.ndarray], meta: dict[str, An
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "weights"), flat, force=True)
     ckptr.wait_until_finished()
-  if jax.process_index() == 0:  # every process joins Orbax's save; one writes the JSON
-    path = os.path.join(directory, "meta.json")
-    with open(path + ".tmp", "w") as f:  # renamed whole: a reader never sees half a file
-      json.dump(meta, f, indent=2)
-    os.replace(path + ".tmp", path)
+  _write_meta(directory, meta)  # every process joined Orbax's save; one writes the JSON
   if jax.process_count() > 1:
     # The others may read the directory next (the trainer calibrates the bundle on every
     # process): none goes on before meta.json is there.
@@ -80,12 +76,17 @@ def update_meta(directory: str, **entries) -> dict[str, Any]:
   """Sets top-level entries of a weights directory's meta.json (the weights untouched); the
   file is replaced whole, by process 0."""
   meta = dict(read_meta(directory), **entries)
+  _write_meta(directory, meta)
+  return meta
+
+
+def _write_meta(directory: str, meta: dict[str, Any]) -> None:
+  """meta.json written by process 0 and renamed whole: a reader never sees half a file."""
   if jax.process_index() == 0:
     path = os.path.join(os.path.abspath(directory), "meta.json")
     with open(path + ".tmp", "w") as f:
       json.dump(meta, f, indent=2)
     os.replace(path + ".tmp", path)
-  return meta
 
 
 def read_meta(directory: str) -> dict[str, Any]:

@@ -41,12 +41,12 @@ def create_manager(directory: str, *, keep: int, best_metric: str | None,
                                item_names=("state", "meta"))
 
 
-def _host_value(x) -> np.ndarray:
+def _local(x):
   # The state is replicated: any one copy is the value (a multi-process array is not fully
   # addressable, but its local copy is whole).
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    x = x.addressable_data(0)
-  return np.asarray(jax.device_get(x))
+    return x.addressable_data(0)
+  return x
 
 
 def digest(state) -> dict[str, str]:
@@ -55,8 +55,10 @@ def digest(state) -> dict[str, str]:
   out = {}
   for part in sorted(state):
     h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(state[part])[0]:
-      value = np.ascontiguousarray(_host_value(leaf))
+    flat = jax.tree_util.tree_flatten_with_path(state[part])[0]
+    values = jax.device_get([_local(leaf) for _, leaf in flat])  # one transfer per part
+    for (path, _), value in zip(flat, values):
+      value = np.ascontiguousarray(value)
       h.update(f"{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}|".encode())
       h.update(value.tobytes())
     out[part] = h.hexdigest()

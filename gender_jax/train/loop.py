@@ -240,8 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.flush()
       return dict(preempted=True, step=step, **last_eval)
 
-  drain()
-  guard.check_state(state, step)
+  # The last step was saved (it validates), and save() drained and checked the state.
   manager.wait_until_finished()
   writer.flush()
 

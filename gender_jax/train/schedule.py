@@ -38,6 +38,14 @@ def after_training(config) -> list[str]:
   return [n.strip() for n in str(config.get("after_training", "")).split(",") if n.strip()]
 
 
+def _lengths(config):
+  """(name, its key prefix, the config node holding it) of each length counted in steps,
+  epochs or examples."""
+  return (("total", "", config), ("eval_every", "", config),
+          ("checkpoint_every", "checkpoint.", config.checkpoint),
+          ("warmup", "optimizer.", config.optimizer))
+
+
 def _value_errors(config) -> list[str]:
   """Counts and rates that must be positive (or not negative), and at least one run length."""
   errors = []
@@ -50,9 +58,7 @@ def _value_errors(config) -> list[str]:
       errors.append(f"{key}={value} must be positive")
   not_negative = {"optimizer.weight_decay": config.optimizer.weight_decay,
                   "optimizer.end_lr_fraction": config.optimizer.get("end_lr_fraction", 0.0)}
-  for name, node in (("total", config), ("eval_every", config),
-                     ("checkpoint_every", config.checkpoint), ("warmup", config.optimizer)):
-    prefix = {"checkpoint_every": "checkpoint.", "warmup": "optimizer."}.get(name, "")
+  for name, prefix, node in _lengths(config):
     for unit in ("steps", "epochs", "examples"):
       not_negative[f"{prefix}{name}_{unit}"] = node.get(f"{name}_{unit}")
   for key, value in not_negative.items():
@@ -104,13 +110,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     errors.append(f"model.compute_dtype={config.model.compute_dtype!r}: choose 'float32' or "
                   "'bfloat16'")
   errors += _value_errors(config)
-  for name, node in (("total", config), ("eval_every", config),
-                     ("checkpoint_every", config.checkpoint), ("warmup", config.optimizer)):
+  for name, prefix, node in _lengths(config):
     given = [f"{name}_{k}" for k in ("steps", "epochs", "examples") if node.get(f"{name}_{k}")]
     if len(given) > 1:  # a config counts in one unit; the command line may switch it
       errors.append(f"{' and '.join(given)} are both set: keep one (e.g. add "
-                    f"--config.{'checkpoint.' if name == 'checkpoint_every' else ''}"
-                    f"{'optimizer.' if name == 'warmup' else ''}{given[1]}=0)")
+                    f"--config.{prefix}{given[1]}=0)")
   if config.model.arch not in ARCHS:
     near = difflib.get_close_matches(config.model.arch, ARCHS, n=3)
     errors.append(f"model.arch={config.model.arch!r} is not a model here: "
